@@ -1,0 +1,236 @@
+//! Running one accepted group: its steps in order (or at once), each task
+//! isolated, timed, retried and counted.
+
+use std::any::Any;
+use std::future::Future;
+use std::panic::AssertUnwindSafe;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::time::Instant;
+
+use futures_util::FutureExt;
+use tracing::Instrument;
+
+use crate::runner::{Accepted, Inner};
+use crate::stats::Outcome;
+use crate::task::{BackgroundTask, Run, TaskResult};
+use crate::tasks::{BackgroundTasks, Mode, Step};
+
+/// How a step ended, as far as the steps after it care.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Flow {
+    Ok,
+    Failed,
+    /// The shutdown deadline passed: nothing more runs.
+    Cut,
+}
+
+/// The body of a group's tokio task.
+pub(crate) async fn run_group(accepted: Accepted) {
+    let Accepted {
+        slot_inner: inner,
+        slot: _slot,
+        tasks,
+        accepted_at,
+        span,
+    } = accepted;
+    // Fast path first: a free place costs one CAS and no waker registration.
+    let _permit = match inner.running.try_acquire() {
+        Ok(permit) => permit,
+        Err(_) => {
+            tokio::select! {
+                biased;
+                permit = inner.running.acquire() => permit.expect("the running semaphore is never closed"),
+                () = inner.deadline.cancelled() => {
+                    cut_off_pending(&inner, &tasks);
+                    return;
+                }
+            }
+        }
+    };
+    run_steps(&inner, tasks, accepted_at).instrument(span).await;
+}
+
+type BoxFlow<'a> = Pin<Box<dyn Future<Output = Flow> + Send + 'a>>;
+
+/// Boxed because nested groups recurse.
+fn run_steps(inner: &Arc<Inner>, mut group: BackgroundTasks, accepted_at: Instant) -> BoxFlow<'_> {
+    let mode = group.mode;
+    let mut steps = std::mem::take(&mut group.steps).into_iter();
+    Box::pin(async move {
+        if mode == Mode::Concurrent {
+            let flows =
+                futures_util::future::join_all(steps.map(|step| run_step(inner, step, accepted_at)))
+                    .await;
+            return flows
+                .into_iter()
+                .fold(Flow::Ok, |worst, flow| match (worst, flow) {
+                    (Flow::Cut, _) | (_, Flow::Cut) => Flow::Cut,
+                    (Flow::Failed, _) | (_, Flow::Failed) => Flow::Failed,
+                    _ => Flow::Ok,
+                });
+        }
+        let mut result = Flow::Ok;
+        while let Some(step) = steps.next() {
+            match run_step(inner, step, accepted_at).await {
+                Flow::Ok => {}
+                Flow::Failed if mode == Mode::StopOnError => {
+                    let rest = BackgroundTasks::from_steps(steps.collect());
+                    inner.counters.dropped_pending(rest.len() as u64, false);
+                    return Flow::Failed;
+                }
+                Flow::Failed => result = Flow::Failed,
+                Flow::Cut => {
+                    let rest = BackgroundTasks::from_steps(steps.collect());
+                    cut_off_pending(inner, &rest);
+                    return Flow::Cut;
+                }
+            }
+        }
+        result
+    })
+}
+
+async fn run_step(inner: &Arc<Inner>, step: Step, accepted_at: Instant) -> Flow {
+    match step {
+        Step::Task(task) => run_task(inner, task, accepted_at).await,
+        Step::Group(group) => run_steps(inner, group, accepted_at).await,
+    }
+}
+
+/// Counts tasks that will never start because the deadline passed, and keeps
+/// their names for the shutdown report.
+pub(crate) fn cut_off_pending(inner: &Inner, tasks: &BackgroundTasks) {
+    inner.counters.dropped_pending(tasks.len() as u64, true);
+    tasks.visit_names(&mut |name| inner.record_cut_off(name));
+}
+
+async fn run_task(inner: &Arc<Inner>, task: BackgroundTask, accepted_at: Instant) -> Flow {
+    let started = Instant::now();
+    inner.counters.started(started - accepted_at);
+    let span = tracing::debug_span!("epilogue.task", task = %task.task_name());
+    let name = task.task_name().to_owned();
+    let attempts = attempt_all(inner, task, &name).instrument(span);
+    let outcome = tokio::select! {
+        // The task first: one that finishes on its first poll never
+        // registers with the deadline.
+        biased;
+        outcome = attempts => outcome,
+        () = inner.deadline.cancelled() => {
+            inner.counters.cut_running();
+            inner.record_cut_off(&name);
+            tracing::warn!(task = %name, "background task cut off by the shutdown deadline");
+            return Flow::Cut;
+        }
+    };
+    inner.counters.finished(outcome, started.elapsed());
+    if outcome.is_success() {
+        Flow::Ok
+    } else {
+        Flow::Failed
+    }
+}
+
+/// Runs the task, then its retries while it fails, and reports the last failure.
+async fn attempt_all(inner: &Arc<Inner>, task: BackgroundTask, name: &str) -> Outcome {
+    let retry = task.retry_policy();
+    let mut task = Some(task);
+    let mut backoff = retry.backoff;
+    for attempt in 0..=retry.retries {
+        let last = attempt == retry.retries;
+        let run = match (last, &task) {
+            (false, Some(task)) => task.attempt(),
+            _ => task.take().expect("the task is only taken on the last attempt").into_run(),
+        };
+        let (outcome, detail) = attempt_once(inner, run).await;
+        if outcome.is_success() {
+            return outcome;
+        }
+        if last {
+            report_failure(name, outcome, detail.as_deref(), attempt);
+            return outcome;
+        }
+        inner.counters.retried();
+        tracing::info!(
+            task = %name,
+            attempt = attempt + 1,
+            error = detail.as_deref().unwrap_or(""),
+            "background task failed; retrying in {backoff:?}"
+        );
+        tokio::time::sleep(backoff).await;
+        backoff = backoff.saturating_mul(2);
+    }
+    unreachable!("the last attempt returns")
+}
+
+fn report_failure(name: &str, outcome: Outcome, detail: Option<&str>, retries: u32) {
+    let detail = detail.unwrap_or("");
+    match outcome {
+        Outcome::Panicked => {
+            tracing::error!(task = %name, retries, panic = detail, "background task panicked")
+        }
+        Outcome::Failed => {
+            tracing::warn!(task = %name, retries, error = detail, "background task failed")
+        }
+        Outcome::TimedOut => {
+            tracing::warn!(task = %name, retries, "background task timed out")
+        }
+        Outcome::Succeeded => {}
+    }
+}
+
+/// One call of the task function, with the panic caught and the timeout applied.
+async fn attempt_once(inner: &Arc<Inner>, run: Run) -> (Outcome, Option<String>) {
+    let caught = match run {
+        Run::Async(future) => with_timeout(inner, AssertUnwindSafe(future).catch_unwind()).await,
+        Run::Blocking(call) => {
+            // Take the blocking place before the thread: a waiting blocking
+            // task costs a parked future, not a parked thread.
+            let permit = match inner.blocking.clone().try_acquire_owned() {
+                Ok(permit) => permit,
+                Err(_) => inner
+                    .blocking
+                    .clone()
+                    .acquire_owned()
+                    .await
+                    .expect("the blocking semaphore is never closed"),
+            };
+            let handle = tokio::task::spawn_blocking(move || {
+                let _permit = permit;
+                call()
+            });
+            with_timeout(inner, async {
+                handle.await.map_err(|e| match e.try_into_panic() {
+                    Ok(payload) => payload,
+                    Err(e) => Box::new(e.to_string()) as Box<dyn Any + Send>,
+                })
+            })
+            .await
+        }
+    };
+    match caught {
+        None => (Outcome::TimedOut, None),
+        Some(Ok(Ok(()))) => (Outcome::Succeeded, None),
+        Some(Ok(Err(error))) => (Outcome::Failed, Some(error)),
+        Some(Err(payload)) => (Outcome::Panicked, Some(panic_message(&*payload))),
+    }
+}
+
+type Caught = Result<TaskResult, Box<dyn Any + Send>>;
+
+async fn with_timeout(inner: &Inner, attempt: impl Future<Output = Caught>) -> Option<Caught> {
+    match inner.config.task_timeout {
+        None => Some(attempt.await),
+        Some(limit) => tokio::time::timeout(limit, attempt).await.ok(),
+    }
+}
+
+fn panic_message(payload: &(dyn Any + Send)) -> String {
+    if let Some(s) = payload.downcast_ref::<&'static str>() {
+        (*s).to_owned()
+    } else if let Some(s) = payload.downcast_ref::<String>() {
+        s.clone()
+    } else {
+        "a panic with a non-string payload".to_owned()
+    }
+}

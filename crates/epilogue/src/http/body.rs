@@ -1,0 +1,75 @@
+//! The response body that starts its tasks once it has been handed on.
+
+use std::pin::Pin;
+use std::task::{ready, Context, Poll};
+
+use http_body::{Body, Frame, SizeHint};
+use pin_project_lite::pin_project;
+
+use crate::runner::Deferred;
+
+pin_project! {
+    /// A response body that starts its response's background tasks once it
+    /// is complete or dropped, whichever comes first.
+    ///
+    /// hyper does not always poll a body to its end: a body whose
+    /// `is_end_stream()` is true after its last frame (one with a known
+    /// length) is dropped without the final `poll_frame`, and an empty body
+    /// may never be polled at all. So the tasks start when a frame leaves the
+    /// inner body at its end, when the inner body ends or fails, or when this
+    /// body is dropped: a client that goes away mid-body drops it, and its
+    /// accepted tasks still run.
+    ///
+    /// `size_hint` and `is_end_stream` are forwarded, so wrapping a body never
+    /// turns a `Content-Length` response into a chunked one.
+    pub struct BackgroundBody<B> {
+        #[pin]
+        inner: B,
+        // Starts when dropped: the body needs no drop logic of its own.
+        tasks: Option<Deferred>,
+    }
+}
+
+impl<B> BackgroundBody<B> {
+    pub(crate) fn new(inner: B, tasks: Option<Deferred>) -> Self {
+        Self { inner, tasks }
+    }
+
+    /// Whether this body still holds tasks that have not started.
+    pub fn has_pending_tasks(&self) -> bool {
+        self.tasks.is_some()
+    }
+}
+
+impl<B: Body> Body for BackgroundBody<B> {
+    type Data = B::Data;
+    type Error = B::Error;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Self::Data>, Self::Error>>> {
+        let mut this = self.project();
+        let frame = ready!(this.inner.as_mut().poll_frame(cx));
+        // The body has been handed on in full when it ends, fails, or its
+        // last frame is out: hyper may never poll again after that frame.
+        let done = match &frame {
+            Some(Ok(_)) => this.inner.is_end_stream(),
+            None | Some(Err(_)) => true,
+        };
+        if done {
+            if let Some(tasks) = this.tasks.take() {
+                tasks.start();
+            }
+        }
+        Poll::Ready(frame)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
+}

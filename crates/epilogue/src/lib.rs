@@ -1,0 +1,218 @@
+//! Background tasks for tower, hyper and axum: work that runs **after the
+//! response has been sent**, so the client never waits for it, and that is
+//! never lost on the way: tracked, bounded, drained on shutdown, counted.
+//!
+//! It is the model of Esmerald, Lilya, Starlette and FastAPI
+//! (`BackgroundTask`, `BackgroundTasks`, `add_task`, `background=` on a route
+//! or on a response), made native to Rust:
+//!
+//! - a [`BackgroundTask`] is a function (`async fn` or plain `fn`) and its
+//!   arguments; a [`BackgroundTasks`] is an ordered group of them;
+//! - a [`Runner`] owns all background work of the application: it runs each
+//!   group on its own tokio task, bounds how many run and wait, isolates
+//!   failures and panics, and [drains](Runner::shutdown) on shutdown;
+//! - [`http::BackgroundLayer`] wraps any tower service and starts a
+//!   response's tasks once its body has been handed to the server;
+//! - with the `axum` feature (on by default), tasks are response parts, an
+//!   extractor, and a route layer, and [`axum::serve`](crate::axum::serve)
+//!   wires it all and drains on Ctrl-C / SIGTERM.
+//!
+//! # The five patterns
+//!
+//! The task functions of every example below:
+//!
+//! ```
+//! async fn send_email_notification(to: Option<String>, message: &'static str) {
+//!     // talk to the mail server
+//! }
+//!
+//! // A plain fn: it runs on the blocking pool, never on an async worker.
+//! fn write_in_file(email: Option<String>) -> std::io::Result<()> {
+//!     // append to a file
+//!     Ok(())
+//! }
+//! ```
+//!
+//! ## Route-level, one task
+//!
+//! Esmerald: `@post("/register", background=BackgroundTask(send_email_notification, message="Account created"))`
+//!
+//! ```
+//! # async fn send_email_notification(to: Option<String>, message: &'static str) {}
+//! use axum::{routing::post, Json, Router};
+//! use epilogue::{axum::background, BackgroundTask};
+//!
+//! async fn create_user() -> Json<&'static str> {
+//!     Json("Created")
+//! }
+//!
+//! let app: Router = Router::new().route(
+//!     "/register",
+//!     post(create_user).layer(background(BackgroundTask::new(
+//!         send_email_notification,
+//!         (None, "Account created"),
+//!     ))),
+//! );
+//! ```
+//!
+//! ## Route-level, a list
+//!
+//! Esmerald: `background=BackgroundTasks(tasks=[BackgroundTask(...), BackgroundTask(...)])`
+//!
+//! ```
+//! # async fn send_email_notification(to: Option<String>, message: &'static str) {}
+//! # fn write_in_file(email: Option<String>) -> std::io::Result<()> { Ok(()) }
+//! # async fn create_user() {}
+//! use axum::{routing::post, Router};
+//! use epilogue::{axum::background, BackgroundTask, BackgroundTasks};
+//!
+//! let app: Router = Router::new().route(
+//!     "/register",
+//!     post(create_user).layer(background(BackgroundTasks::from([
+//!         BackgroundTask::new(send_email_notification, (None, "Account created")),
+//!         BackgroundTask::new(write_in_file, (None,)),
+//!     ]))),
+//! );
+//! ```
+//!
+//! ## Response-level, one task
+//!
+//! Esmerald: `return Response({...}, background=BackgroundTask(send_email_notification, email=..., message=...))`
+//!
+//! ```
+//! # async fn send_email_notification(to: Option<String>, message: &'static str) {}
+//! use axum::{http::StatusCode, Json};
+//! use epilogue::BackgroundTask;
+//! use serde_json::{json, Value};
+//!
+//! async fn register(Json(email): Json<String>) -> (StatusCode, BackgroundTask, Json<Value>) {
+//!     let task = BackgroundTask::new(send_email_notification, (Some(email), "Thank you for registering."));
+//!     (StatusCode::CREATED, task, Json(json!({ "message": "Email sent" })))
+//! }
+//! # let _: axum::Router = axum::Router::new().route("/", axum::routing::post(register));
+//! ```
+//!
+//! ## Response-level, a list
+//!
+//! ```
+//! # async fn send_email_notification(to: Option<String>, message: &'static str) {}
+//! # fn write_in_file(email: Option<String>) -> std::io::Result<()> { Ok(()) }
+//! use axum::Json;
+//! use epilogue::{BackgroundTask, BackgroundTasks};
+//!
+//! async fn register(Json(email): Json<String>) -> (BackgroundTasks, Json<&'static str>) {
+//!     let tasks = BackgroundTasks::from([
+//!         BackgroundTask::new(send_email_notification, (Some(email.clone()), "Thank you for registering.")),
+//!         BackgroundTask::new(write_in_file, (Some(email),)),
+//!     ]);
+//!     (tasks, Json("Email sent"))
+//! }
+//! # let _: axum::Router = axum::Router::new().route("/", axum::routing::post(register));
+//! ```
+//!
+//! ## `add_task`
+//!
+//! Esmerald: `tasks = BackgroundTasks(); tasks.add_task(send_email_notification, email=..., message=...)`
+//!
+//! ```
+//! # async fn send_email_notification(to: Option<String>, message: &'static str) {}
+//! # fn write_in_file(email: Option<String>) -> std::io::Result<()> { Ok(()) }
+//! use axum::Json;
+//! use epilogue::BackgroundTasks;
+//!
+//! async fn register(Json(email): Json<String>) -> (BackgroundTasks, Json<&'static str>) {
+//!     let mut tasks = BackgroundTasks::new();
+//!     tasks.add_task(send_email_notification, (Some(email.clone()), "Thank you for registering."));
+//!     tasks.add_task(write_in_file, (Some(email),));
+//!     (tasks, Json("Email sent"))
+//! }
+//! # let _: axum::Router = axum::Router::new().route("/", axum::routing::post(register));
+//! ```
+//!
+//! ## And the extractor, FastAPI style
+//!
+//! ```
+//! # async fn send_email_notification(to: Option<String>, message: &'static str) {}
+//! use axum::Json;
+//! use epilogue::BackgroundTasks;
+//!
+//! async fn register(mut tasks: BackgroundTasks, Json(email): Json<String>) -> Json<&'static str> {
+//!     tasks.add_task(send_email_notification, (Some(email), "Welcome."));
+//!     Json("Email sent")
+//! }
+//! # let _: axum::Router = axum::Router::new().route("/", axum::routing::post(register));
+//! ```
+//!
+//! ## Serving it, with a graceful shutdown
+//!
+//! ```no_run
+//! # async fn create_user() {}
+//! use std::time::Duration;
+//! use axum::{routing::post, Router};
+//! use epilogue::{axum::admission, Runner};
+//!
+//! # #[tokio::main] async fn main() -> std::io::Result<()> {
+//! let app = Router::new().route("/register", post(create_user).layer(admission()));
+//! let listener = tokio::net::TcpListener::bind("127.0.0.1:3000").await?;
+//! // Serves until Ctrl-C or SIGTERM, then finishes the responses in flight and
+//! // runs every accepted task, within 30 s in all.
+//! let report = epilogue::axum::serve(listener, app, Runner::new())
+//!     .grace(Duration::from_secs(30))
+//!     .await?;
+//! println!("drained: {}, cut off: {:?}", report.drained, report.cut_off);
+//! # Ok(()) }
+//! ```
+//!
+//! # When tasks run
+//!
+//! - A response's tasks (route-level first, then the response's own, then
+//!   those added through the extractor, in the order added) run **in order,
+//!   one after another**, once the response body has been handed to the
+//!   server, or dropped because the client went away.
+//! - Running them never delays the response, nor the next request on the same
+//!   keep-alive connection: a group runs on its own tokio task.
+//! - A failing or panicking task is reported (a `tracing` event with the
+//!   task's name, never its arguments) and the next task of the group still
+//!   runs, unless the group was made with [`BackgroundTasks::stop_on_error`].
+//! - Route-level tasks run when the response is a success (status below 400):
+//!   a rejected request (bad JSON, a missing field) sends no "Account created"
+//!   email. Tasks the handler attached itself run whatever the status.
+//! - A client that goes away once its handler has answered does not cancel
+//!   the tasks; a handler that panics schedules nothing.
+//! - When the runner is full, requests to task-bearing routes are answered
+//!   `503` with `Retry-After` **before their handler runs**, so every request
+//!   that got its success response gets all of its tasks.
+//!
+//! # Features
+//!
+//! - `axum` (default): the [`axum`](crate::axum) module.
+//! - `metrics`: counters, gauges and histograms through the `metrics` facade
+//!   (`epilogue_tasks_total{outcome}`, `epilogue_tasks_running`,
+//!   `epilogue_tasks_pending`, `epilogue_task_wait_seconds`,
+//!   `epilogue_task_run_seconds`, `epilogue_refused_total`, ...).
+//! - `serde`: `Serialize` for [`Stats`] and [`ShutdownReport`].
+
+#![deny(missing_docs)]
+#![forbid(unsafe_code)]
+#![cfg_attr(docsrs, feature(doc_cfg))]
+
+mod execute;
+mod shutdown;
+mod signal;
+mod stats;
+
+pub mod http;
+pub mod runner;
+pub mod task;
+pub mod tasks;
+
+#[cfg(feature = "axum")]
+#[cfg_attr(docsrs, doc(cfg(feature = "axum")))]
+pub mod axum;
+
+pub use runner::{Refused, Runner};
+pub use shutdown::ShutdownReport;
+pub use signal::shutdown_signal;
+pub use stats::Stats;
+pub use task::BackgroundTask;
+pub use tasks::BackgroundTasks;

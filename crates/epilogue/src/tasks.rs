@@ -1,0 +1,335 @@
+//! An ordered group of background tasks.
+
+use std::fmt;
+use std::sync::Arc;
+
+use crate::task::{BackgroundTask, TaskFn};
+
+/// An ordered group of [`BackgroundTask`]s, the Rust form of Esmerald's
+/// `BackgroundTasks(tasks=[...])` and its `add_task`.
+///
+/// By default the tasks of a group run **one after another, in the order they
+/// were added**. A task that fails or panics is reported and the next one
+/// still runs, unless the group was made with
+/// [`stop_on_error`](BackgroundTasks::stop_on_error). A group made with
+/// [`concurrent`](BackgroundTasks::concurrent) runs its tasks all at once
+/// instead (Lilya's `Tasks(as_group=True)`), each failure still isolated and
+/// counted.
+///
+/// Groups merge with [`merge`](BackgroundTasks::merge): a merged group keeps
+/// its own mode, so appending a concurrent group to a sequential one runs the
+/// concurrent set as one step of the sequence.
+///
+/// # Example
+///
+/// ```
+/// use epilogue::{BackgroundTask, BackgroundTasks};
+///
+/// async fn send_email(to: String, message: &'static str) { /* ... */ }
+/// fn write_in_file(line: String) { /* ... */ }
+///
+/// // From a list, like `BackgroundTasks(tasks=[...])`.
+/// let list = BackgroundTasks::from([
+///     BackgroundTask::new(send_email, ("ada@example.com".to_owned(), "Welcome")),
+///     BackgroundTask::new(write_in_file, ("signed up".to_owned(),)),
+/// ]);
+///
+/// // Grown with `add_task`, like `tasks.add_task(func, *args)`.
+/// let mut tasks = BackgroundTasks::new();
+/// tasks.add_task(send_email, ("ada@example.com".to_owned(), "Welcome"));
+/// tasks.add_task(write_in_file, ("signed up".to_owned(),));
+///
+/// assert_eq!(list.len(), tasks.len());
+/// ```
+#[must_use = "a BackgroundTasks group does nothing until it is handed to a response or a Runner"]
+#[derive(Default)]
+pub struct BackgroundTasks {
+    pub(crate) steps: Vec<Step>,
+    pub(crate) mode: Mode,
+    /// Set on a group that a handler extracted: where its tasks go when the
+    /// handler is done with it. See `crate::http::Scope`.
+    pub(crate) sink: Option<Sink>,
+}
+
+/// What a group hands its tasks to when it is dropped: the request it was
+/// extracted from. A trait object so that the core stays free of HTTP types.
+pub(crate) type Sink = Arc<dyn Deliver>;
+
+/// Takes the tasks of an extracted group once the handler is done with it.
+pub(crate) trait Deliver: Send + Sync {
+    fn deliver(&self, tasks: BackgroundTasks);
+}
+
+/// How the steps of a group run.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub(crate) enum Mode {
+    /// One after another; a failure does not stop the rest.
+    #[default]
+    Sequential,
+    /// One after another; the first failure skips the rest of this group.
+    StopOnError,
+    /// All at once.
+    Concurrent,
+}
+
+/// One step of a group: a task, or a nested group that kept its own mode.
+#[derive(Clone, Debug)]
+pub(crate) enum Step {
+    Task(BackgroundTask),
+    Group(BackgroundTasks),
+}
+
+impl BackgroundTasks {
+    /// An empty group whose tasks will run one after another.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// An empty group whose tasks will run concurrently, like Lilya's
+    /// `Tasks(as_group=True)`. A failing or panicking task does not stop the
+    /// others; each outcome is counted on its own.
+    pub fn concurrent() -> Self {
+        Self::with_mode(Mode::Concurrent)
+    }
+
+    /// An empty group whose tasks run one after another and whose first
+    /// failure (an `Err` or a panic) skips the tasks after it. Skipped tasks
+    /// are counted as `skipped` in [`Stats`](crate::Stats).
+    pub fn stop_on_error() -> Self {
+        Self::with_mode(Mode::StopOnError)
+    }
+
+    fn with_mode(mode: Mode) -> Self {
+        Self {
+            steps: Vec::new(),
+            mode,
+            sink: None,
+        }
+    }
+
+    /// A plain sequential group of these steps.
+    pub(crate) fn from_steps(steps: Vec<Step>) -> Self {
+        Self {
+            steps,
+            mode: Mode::Sequential,
+            sink: None,
+        }
+    }
+
+    /// Adds `function(args...)` at the end of the group: Esmerald's
+    /// `add_task(func, *args)`. Takes an `async fn` or a plain `fn`, like
+    /// [`BackgroundTask::new`].
+    pub fn add_task<F, Args, Kind>(&mut self, function: F, args: Args) -> &mut Self
+    where
+        F: TaskFn<Args, Kind>,
+        Args: Clone + Send + Sync + 'static,
+        Kind: 'static,
+    {
+        self.push(BackgroundTask::new(function, args))
+    }
+
+    /// Adds an already built task at the end of the group.
+    pub fn push(&mut self, task: BackgroundTask) -> &mut Self {
+        self.steps.push(Step::Task(task));
+        self
+    }
+
+    /// Appends another group after this group's tasks.
+    ///
+    /// A group of the same mode is spliced in task by task; a group of another
+    /// mode (concurrent into sequential, say) becomes one step that keeps its
+    /// own mode.
+    pub fn merge(&mut self, mut other: BackgroundTasks) -> &mut Self {
+        let steps = std::mem::take(&mut other.steps);
+        // An empty plain group is a container (a response's extension, say):
+        // it becomes whatever it receives.
+        if self.steps.is_empty() && self.mode == Mode::Sequential {
+            self.mode = other.mode;
+        }
+        if other.mode == self.mode {
+            self.steps.extend(steps);
+        } else if !steps.is_empty() {
+            self.steps.push(Step::Group(BackgroundTasks {
+                steps,
+                mode: other.mode,
+                sink: None,
+            }));
+        }
+        self
+    }
+
+    /// How many tasks the group holds, nested groups included.
+    pub fn len(&self) -> usize {
+        self.steps
+            .iter()
+            .map(|step| match step {
+                Step::Task(_) => 1,
+                Step::Group(group) => group.len(),
+            })
+            .sum()
+    }
+
+    /// Whether the group holds no task.
+    pub fn is_empty(&self) -> bool {
+        self.steps.is_empty()
+    }
+
+    /// The names of the group's tasks, in the order they were added.
+    pub fn task_names(&self) -> Vec<String> {
+        let mut names = Vec::with_capacity(self.steps.len());
+        self.visit_names(&mut |name| names.push(name.to_owned()));
+        names
+    }
+
+    pub(crate) fn visit_names(&self, visit: &mut dyn FnMut(&str)) {
+        for step in &self.steps {
+            match step {
+                Step::Task(task) => visit(task.task_name()),
+                Step::Group(group) => group.visit_names(visit),
+            }
+        }
+    }
+
+    /// Whether the tasks of this group run concurrently.
+    pub fn is_concurrent(&self) -> bool {
+        self.mode == Mode::Concurrent
+    }
+
+    /// Takes the steps out, leaving an empty group of the same mode behind.
+    pub(crate) fn take(&mut self) -> BackgroundTasks {
+        BackgroundTasks {
+            steps: std::mem::take(&mut self.steps),
+            mode: self.mode,
+            sink: None,
+        }
+    }
+}
+
+impl Clone for BackgroundTasks {
+    /// A detached copy: the copy of an extracted group is not delivered to the
+    /// request, so the handler's tasks never run twice.
+    fn clone(&self) -> Self {
+        Self {
+            steps: self.steps.clone(),
+            mode: self.mode,
+            sink: None,
+        }
+    }
+}
+
+impl Drop for BackgroundTasks {
+    fn drop(&mut self) {
+        let Some(sink) = self.sink.take() else {
+            return;
+        };
+        // A handler that panics schedules nothing: its extracted group is
+        // dropped while unwinding and its tasks go with it.
+        if self.steps.is_empty() || std::thread::panicking() {
+            return;
+        }
+        sink.deliver(self.take());
+    }
+}
+
+impl fmt::Debug for BackgroundTasks {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("BackgroundTasks")
+            .field("mode", &self.mode)
+            .field("steps", &self.steps)
+            .finish_non_exhaustive()
+    }
+}
+
+impl From<BackgroundTask> for BackgroundTasks {
+    fn from(task: BackgroundTask) -> Self {
+        let mut tasks = Self::new();
+        tasks.push(task);
+        tasks
+    }
+}
+
+impl<const N: usize> From<[BackgroundTask; N]> for BackgroundTasks {
+    fn from(tasks: [BackgroundTask; N]) -> Self {
+        tasks.into_iter().collect()
+    }
+}
+
+impl From<Vec<BackgroundTask>> for BackgroundTasks {
+    fn from(tasks: Vec<BackgroundTask>) -> Self {
+        tasks.into_iter().collect()
+    }
+}
+
+impl FromIterator<BackgroundTask> for BackgroundTasks {
+    fn from_iter<I: IntoIterator<Item = BackgroundTask>>(iter: I) -> Self {
+        let mut tasks = Self::new();
+        Extend::extend(&mut tasks, iter);
+        tasks
+    }
+}
+
+impl Extend<BackgroundTask> for BackgroundTasks {
+    fn extend<I: IntoIterator<Item = BackgroundTask>>(&mut self, iter: I) {
+        self.steps.extend(iter.into_iter().map(Step::Task));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn named(name: &'static str) -> BackgroundTask {
+        BackgroundTask::new(|| {}, ()).name(name)
+    }
+
+    #[test]
+    fn from_list_and_add_task_keep_order() {
+        let list = BackgroundTasks::from([named("a"), named("b")]);
+        assert_eq!(list.task_names(), ["a", "b"]);
+
+        let mut grown = BackgroundTasks::new();
+        grown.add_task(|| {}, ()).add_task(|_: u8| async {}, (1,));
+        assert_eq!(grown.len(), 2);
+        assert!(!grown.is_concurrent());
+    }
+
+    #[test]
+    fn merging_keeps_each_group_mode() {
+        let mut sequence = BackgroundTasks::from([named("a")]);
+        let mut set = BackgroundTasks::concurrent();
+        set.push(named("b")).push(named("c"));
+        sequence.merge(set);
+        sequence.merge(BackgroundTasks::from([named("d")]));
+
+        assert_eq!(sequence.task_names(), ["a", "b", "c", "d"]);
+        assert_eq!(sequence.steps.len(), 3, "the concurrent set is one step");
+        assert!(!sequence.is_concurrent());
+    }
+
+    #[test]
+    fn an_empty_group_takes_the_mode_of_what_it_receives() {
+        let mut empty = BackgroundTasks::new();
+        let mut set = BackgroundTasks::concurrent();
+        set.push(named("a"));
+        empty.merge(set);
+        assert!(empty.is_concurrent());
+    }
+
+    #[test]
+    fn a_dropped_extracted_group_delivers_its_tasks_once() {
+        struct Names(std::sync::Mutex<Vec<String>>);
+        impl Deliver for Names {
+            fn deliver(&self, tasks: BackgroundTasks) {
+                self.0.lock().unwrap().extend(tasks.task_names())
+            }
+        }
+        let got = Arc::new(Names(Default::default()));
+        let mut tasks = BackgroundTasks::new();
+        tasks.sink = Some(got.clone());
+        tasks.push(named("a"));
+        let copy = tasks.clone();
+        drop(tasks);
+        drop(copy);
+        assert_eq!(*got.0.lock().unwrap(), ["a"], "a clone is detached");
+    }
+}
