@@ -1,1 +1,73 @@
-fn main() {}
+//! `epilogue-demo`: the five background-task patterns of the reference
+//! documentation as one small service. Its behaviour is fixed by
+//! DEMO-CONTRACT.md; run it with `cargo run --release -p epilogue-demo`.
+
+mod app;
+mod config;
+mod input;
+mod tasks;
+
+use std::io::{IsTerminal, Write};
+use std::process::ExitCode;
+
+use clap::Parser;
+use tokio::net::TcpListener;
+use tracing_subscriber::EnvFilter;
+
+use crate::config::Config;
+
+#[tokio::main]
+async fn main() -> ExitCode {
+    // Logs go to stderr: stdout carries only the "listening on" line.
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info")),
+        )
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::stderr().is_terminal())
+        .init();
+    let config = Config::parse();
+    match run(config).await {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(error) => {
+            tracing::error!("{error}");
+            eprintln!("epilogue-demo: {error}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn run(config: Config) -> Result<(), String> {
+    let runner = config.runner();
+    let state = app::State::open(&config, runner.clone()).map_err(|e| {
+        format!(
+            "cannot open the data directory {}: {e}",
+            config.data_dir.display()
+        )
+    })?;
+    let listener = TcpListener::bind(&config.addr)
+        .await
+        .map_err(|e| format!("cannot listen on {}: {e}", config.addr))?;
+    let addr = listener.local_addr().map_err(|e| e.to_string())?;
+    let mut stdout = std::io::stdout().lock();
+    writeln!(stdout, "listening on http://{addr}")
+        .and_then(|()| stdout.flush())
+        .map_err(|e| format!("cannot write to stdout: {e}"))?;
+    drop(stdout);
+
+    let app = app::router(state);
+    let report = epilogue::axum::serve(listener, app, runner)
+        .grace(config.shutdown_grace())
+        .await
+        .map_err(|e| format!("server error: {e}"))?;
+    let stats = report.stats;
+    tracing::info!(
+        drained = report.drained,
+        succeeded = stats.succeeded,
+        failed = stats.failed,
+        panicked = stats.panicked,
+        cut_off = ?report.cut_off,
+        "stopped"
+    );
+    Ok(())
+}

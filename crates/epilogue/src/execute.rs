@@ -59,9 +59,10 @@ fn run_steps(inner: &Arc<Inner>, mut group: BackgroundTasks, accepted_at: Instan
     let mut steps = std::mem::take(&mut group.steps).into_iter();
     Box::pin(async move {
         if mode == Mode::Concurrent {
-            let flows =
-                futures_util::future::join_all(steps.map(|step| run_step(inner, step, accepted_at)))
-                    .await;
+            let flows = futures_util::future::join_all(
+                steps.map(|step| run_step(inner, step, accepted_at)),
+            )
+            .await;
             return flows
                 .into_iter()
                 .fold(Flow::Ok, |worst, flow| match (worst, flow) {
@@ -140,7 +141,10 @@ async fn attempt_all(inner: &Arc<Inner>, task: BackgroundTask, name: &str) -> Ou
         let last = attempt == retry.retries;
         let run = match (last, &task) {
             (false, Some(task)) => task.attempt(),
-            _ => task.take().expect("the task is only taken on the last attempt").into_run(),
+            _ => task
+                .take()
+                .expect("the task is only taken on the last attempt")
+                .into_run(),
         };
         let (outcome, detail) = attempt_once(inner, run).await;
         if outcome.is_success() {

@@ -152,7 +152,10 @@ impl Builder {
     ///
     /// When `n` is 0: no group could ever run.
     pub fn max_running(mut self, n: usize) -> Self {
-        assert!(n > 0, "max_running must be at least 1, or no task could ever run");
+        assert!(
+            n > 0,
+            "max_running must be at least 1, or no task could ever run"
+        );
         self.config.max_running = n;
         self
     }
@@ -175,7 +178,10 @@ impl Builder {
     ///
     /// When `n` is 0: no blocking task could ever run.
     pub fn max_blocking(mut self, n: usize) -> Self {
-        assert!(n > 0, "max_blocking must be at least 1, or no blocking task could ever run");
+        assert!(
+            n > 0,
+            "max_blocking must be at least 1, or no blocking task could ever run"
+        );
         self.config.max_blocking = n;
         self
     }
@@ -358,7 +364,9 @@ impl fmt::Debug for Runner {
 
 impl Inner {
     fn limit(&self) -> usize {
-        self.config.max_running.saturating_add(self.config.max_pending)
+        self.config
+            .max_running
+            .saturating_add(self.config.max_pending)
     }
 
     pub(crate) fn record_cut_off(&self, name: &str) {
@@ -453,7 +461,9 @@ impl Deferred {
         let inner = accepted.slot_inner.clone();
         match tokio::runtime::Handle::try_current() {
             Ok(handle) => {
-                inner.tracker.spawn_on(execute::run_group(accepted), &handle);
+                inner
+                    .tracker
+                    .spawn_on(execute::run_group(accepted), &handle);
             }
             Err(_) => {
                 tracing::error!(

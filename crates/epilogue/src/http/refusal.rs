@@ -69,7 +69,10 @@ mod tests {
         assert_eq!(response.status(), StatusCode::SERVICE_UNAVAILABLE);
         assert_eq!(response.headers()[header::RETRY_AFTER], "2");
         let body: &str = response.body();
-        assert!(body.starts_with(r#"{"error":"background work is at capacity"#), "{body}");
+        assert!(
+            body.starts_with(r#"{"error":"background work is at capacity"#),
+            "{body}"
+        );
         assert!(body.ends_with(r#""reason":"full"}"#), "{body}");
     }
 

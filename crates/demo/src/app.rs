@@ -1,0 +1,198 @@
+//! The routes of DEMO-CONTRACT.md, one per pattern of the reference
+//! documentation.
+
+use std::io;
+
+use axum::extract::{Query, State as Extract};
+use axum::http::StatusCode;
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use epilogue::axum::{admission, background};
+use epilogue::{BackgroundTask, BackgroundTasks, Runner};
+use serde::{Deserialize, Serialize};
+use tower_http::compression::CompressionLayer;
+use tower_http::trace::TraceLayer;
+
+use crate::config::Config;
+use crate::input::{ApiError, Credentials};
+use crate::tasks::{
+    fail, send_email_notification, write_in_file, AuditLog, Email, FailMode, Outbox,
+};
+
+/// What the handlers share.
+#[derive(Clone)]
+pub struct State {
+    outbox: Outbox,
+    log: AuditLog,
+    runner: Runner,
+}
+
+impl State {
+    pub fn open(config: &Config, runner: Runner) -> io::Result<Self> {
+        std::fs::create_dir_all(&config.data_dir)?;
+        Ok(Self {
+            outbox: Outbox::open(&config.data_dir, config.email_delay())?,
+            log: AuditLog::open(&config.data_dir, config.log_delay())?,
+            runner,
+        })
+    }
+}
+
+#[derive(Serialize)]
+struct Message {
+    message: &'static str,
+}
+
+type Created = (StatusCode, Json<Message>);
+
+fn created(message: &'static str) -> Created {
+    (StatusCode::CREATED, Json(Message { message }))
+}
+
+pub fn router(state: State) -> Router {
+    let outbox = state.outbox.clone();
+    let log = state.log.clone();
+    // Route-level tasks, copied for every request: Esmerald's
+    // `@post(..., background=...)`.
+    let account_created = BackgroundTask::new(
+        send_email_notification,
+        (outbox.clone(), None, "Account created"),
+    );
+    let account_created_and_logged = BackgroundTasks::from([
+        account_created.clone(),
+        BackgroundTask::new(write_in_file, (log, None)),
+    ]);
+
+    Router::new()
+        .route(
+            "/handler/single",
+            post(create_user).layer(background(account_created)),
+        )
+        .route(
+            "/handler/list",
+            post(create_user).layer(background(account_created_and_logged)),
+        )
+        // Handlers that return their tasks: `admission()` refuses them with
+        // 503 before they run when the runner is full.
+        .route("/response/single", post(response_single).layer(admission()))
+        .route("/response/list", post(response_list).layer(admission()))
+        .route(
+            "/response/add-task",
+            post(response_add_task).layer(admission()),
+        )
+        .route("/fail", post(failing).layer(admission()))
+        // The extractor admits the request itself.
+        .route("/extractor", post(extractor))
+        .route("/outbox", get(outbox_list))
+        .route("/stats", get(stats))
+        .route(
+            "/healthz",
+            get(|| async { Json(serde_json::json!({ "status": "ok" })) }),
+        )
+        .with_state(state)
+        .layer(CompressionLayer::new())
+        .layer(TraceLayer::new_for_http())
+}
+
+/// `POST /handler/*`: the tasks are on the route.
+async fn create_user(_: Credentials) -> Created {
+    created("Created")
+}
+
+/// `POST /response/single`: one task returned with the response.
+async fn response_single(
+    Extract(state): Extract<State>,
+    user: Credentials,
+) -> (StatusCode, BackgroundTask, Json<Message>) {
+    let task = BackgroundTask::new(
+        send_email_notification,
+        (state.outbox, Some(user.email), "Thank you for registering."),
+    );
+    let (status, body) = created("Email sent");
+    (status, task, body)
+}
+
+/// `POST /response/list`: a list returned with the response.
+async fn response_list(
+    Extract(state): Extract<State>,
+    user: Credentials,
+) -> (StatusCode, BackgroundTasks, Json<Message>) {
+    let tasks = BackgroundTasks::from([
+        BackgroundTask::new(
+            send_email_notification,
+            (
+                state.outbox,
+                Some(user.email.clone()),
+                "Thank you for registering.",
+            ),
+        ),
+        BackgroundTask::new(write_in_file, (state.log, Some(user.email))),
+    ]);
+    let (status, body) = created("Email sent");
+    (status, tasks, body)
+}
+
+/// `POST /response/add-task`: the same list, grown with `add_task`.
+async fn response_add_task(
+    Extract(state): Extract<State>,
+    user: Credentials,
+) -> (StatusCode, BackgroundTasks, Json<Message>) {
+    let mut tasks = BackgroundTasks::new();
+    tasks.add_task(
+        send_email_notification,
+        (
+            state.outbox,
+            Some(user.email.clone()),
+            "Thank you for registering.",
+        ),
+    );
+    tasks.add_task(write_in_file, (state.log, Some(user.email)));
+    let (status, body) = created("Email sent");
+    (status, tasks, body)
+}
+
+/// `POST /extractor`: FastAPI's `background_tasks: BackgroundTasks` parameter.
+async fn extractor(
+    Extract(state): Extract<State>,
+    mut tasks: BackgroundTasks,
+    user: Credentials,
+) -> Created {
+    tasks.add_task(
+        send_email_notification,
+        (state.outbox, Some(user.email), "Welcome."),
+    );
+    created("Email sent")
+}
+
+#[derive(Deserialize)]
+struct FailQuery {
+    mode: FailMode,
+}
+
+/// `POST /fail?mode=error|panic`: a failing task, then one that still runs.
+async fn failing(
+    Extract(state): Extract<State>,
+    query: Result<Query<FailQuery>, axum::extract::rejection::QueryRejection>,
+    _: Credentials,
+) -> Result<(StatusCode, BackgroundTasks, Json<Message>), ApiError> {
+    let Query(FailQuery { mode }) = query?;
+    let tasks = BackgroundTasks::from([
+        BackgroundTask::new(fail, (mode,)),
+        BackgroundTask::new(
+            send_email_notification,
+            (state.outbox, None, "After failure"),
+        ),
+    ]);
+    let (status, body) = created("Created");
+    Ok((status, tasks, body))
+}
+
+/// `GET /outbox`: the most recent emails, in the order sent.
+async fn outbox_list(Extract(state): Extract<State>) -> Json<Vec<Email>> {
+    Json(state.outbox.recent())
+}
+
+/// `GET /stats`: the runner's counters.
+async fn stats(Extract(state): Extract<State>) -> Json<epilogue::Stats> {
+    Json(state.runner.stats())
+}

@@ -1,0 +1,70 @@
+//! The command line of DEMO-CONTRACT.md: every flag has an environment
+//! variable of the same meaning.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use epilogue::Runner;
+
+/// Background tasks for Rust web services: the demo of epilogue.
+#[derive(clap::Parser, Debug)]
+#[command(version, about)]
+pub struct Config {
+    /// Listen address, HOST:PORT; port 0 picks a free port.
+    #[arg(long, env = "EPILOGUE_ADDR", default_value = "127.0.0.1:3000")]
+    pub addr: String,
+
+    /// Where outbox.jsonl and log.txt are written (created if missing).
+    #[arg(long, env = "EPILOGUE_DATA_DIR", default_value = "./data")]
+    pub data_dir: PathBuf,
+
+    /// Simulated time to send one email (an async sleep), in milliseconds.
+    #[arg(long, env = "EPILOGUE_EMAIL_DELAY_MS", default_value_t = 0)]
+    pub email_delay_ms: u64,
+
+    /// Simulated blocking time of write_in_file (a thread sleep), in milliseconds.
+    #[arg(long, env = "EPILOGUE_LOG_DELAY_MS", default_value_t = 0)]
+    pub log_delay_ms: u64,
+
+    /// Background groups running at once [default: the library's, 4096].
+    #[arg(long, env = "EPILOGUE_MAX_RUNNING", value_parser = clap::value_parser!(u64).range(1..))]
+    pub max_running: Option<u64>,
+
+    /// Accepted groups waiting to run; past it, new requests get 503
+    /// [default: the library's, 16384].
+    #[arg(long, env = "EPILOGUE_MAX_PENDING")]
+    pub max_pending: Option<u64>,
+
+    /// How long SIGTERM/Ctrl-C waits for accepted tasks, in seconds.
+    #[arg(long, env = "EPILOGUE_SHUTDOWN_GRACE_S", default_value_t = 30)]
+    pub shutdown_grace_s: u64,
+}
+
+impl Config {
+    pub fn runner(&self) -> Runner {
+        let mut builder = Runner::builder();
+        if let Some(n) = self.max_running {
+            builder = builder.max_running(to_usize(n));
+        }
+        if let Some(n) = self.max_pending {
+            builder = builder.max_pending(to_usize(n));
+        }
+        builder.build()
+    }
+
+    pub fn email_delay(&self) -> Duration {
+        Duration::from_millis(self.email_delay_ms)
+    }
+
+    pub fn log_delay(&self) -> Duration {
+        Duration::from_millis(self.log_delay_ms)
+    }
+
+    pub fn shutdown_grace(&self) -> Duration {
+        Duration::from_secs(self.shutdown_grace_s)
+    }
+}
+
+fn to_usize(n: u64) -> usize {
+    usize::try_from(n).unwrap_or(usize::MAX)
+}
