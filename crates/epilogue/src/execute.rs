@@ -39,12 +39,14 @@ pub(crate) async fn run_group(accepted: Accepted) {
         Ok(permit) => permit,
         Err(_) => {
             tokio::select! {
+                // The deadline first: a place freed by a cut-off group must
+                // not start more work after the deadline.
                 biased;
-                permit = inner.running.acquire() => permit.expect("the running semaphore is never closed"),
                 () = inner.deadline.cancelled() => {
                     cut_off_pending(&inner, &tasks);
                     return;
                 }
+                permit = inner.running.acquire() => permit.expect("the running semaphore is never closed"),
             }
         }
     };
@@ -107,6 +109,11 @@ pub(crate) fn cut_off_pending(inner: &Inner, tasks: &BackgroundTasks) {
 }
 
 async fn run_task(inner: &Arc<Inner>, task: BackgroundTask, accepted_at: Instant) -> Flow {
+    if inner.deadline.is_cancelled() {
+        inner.counters.dropped_pending(1, true);
+        inner.record_cut_off(task.task_name());
+        return Flow::Cut;
+    }
     let started = Instant::now();
     inner.counters.started(started - accepted_at);
     let span = tracing::debug_span!("epilogue.task", task = %task.task_name());

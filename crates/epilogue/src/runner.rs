@@ -489,3 +489,326 @@ impl fmt::Debug for Deferred {
             .finish()
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::sync::atomic::{AtomicUsize, Ordering::SeqCst};
+    use std::sync::{Arc, Mutex};
+    use std::time::Duration;
+
+    use tokio::sync::Notify;
+
+    use super::*;
+    use crate::task::BackgroundTask;
+
+    type Journal = Arc<Mutex<Vec<&'static str>>>;
+
+    fn note(journal: &Journal, name: &'static str) -> BackgroundTask {
+        BackgroundTask::new(
+            |journal: Journal, name: &'static str| async move { journal.lock().unwrap().push(name) },
+            (journal.clone(), name),
+        )
+        .name(name)
+    }
+
+    fn note_blocking(journal: &Journal, name: &'static str) -> BackgroundTask {
+        BackgroundTask::new(
+            |journal: Journal, name: &'static str| {
+                std::thread::sleep(Duration::from_millis(20));
+                journal.lock().unwrap().push(name)
+            },
+            (journal.clone(), name),
+        )
+        .name(name)
+    }
+
+    fn failing() -> BackgroundTask {
+        BackgroundTask::new(|| async { Err::<(), _>("no mail server") }, ()).name("failing")
+    }
+
+    fn panicking() -> BackgroundTask {
+        BackgroundTask::new(|| -> () { panic!("boom") }, ()).name("panicking")
+    }
+
+    async fn drain(runner: &Runner) -> crate::ShutdownReport {
+        runner.shutdown(Duration::from_secs(10)).await
+    }
+
+    #[tokio::test]
+    async fn a_group_runs_in_order_async_and_blocking_alike() {
+        let runner = Runner::new();
+        let journal = Journal::default();
+        runner
+            .spawn([
+                note(&journal, "a"),
+                note_blocking(&journal, "b"),
+                note(&journal, "c"),
+                note_blocking(&journal, "d"),
+            ])
+            .unwrap();
+        let report = drain(&runner).await;
+        assert!(report.drained);
+        assert_eq!(*journal.lock().unwrap(), ["a", "b", "c", "d"]);
+        let stats = runner.stats();
+        assert_eq!(
+            (
+                stats.accepted,
+                stats.succeeded,
+                stats.pending,
+                stats.running
+            ),
+            (4, 4, 0, 0)
+        );
+    }
+
+    #[tokio::test]
+    async fn failures_and_panics_are_counted_and_the_next_task_runs() {
+        let runner = Runner::new();
+        let journal = Journal::default();
+        runner
+            .spawn([
+                failing(),
+                note(&journal, "after error"),
+                panicking(),
+                note(&journal, "after panic"),
+            ])
+            .unwrap();
+        drain(&runner).await;
+        assert_eq!(*journal.lock().unwrap(), ["after error", "after panic"]);
+        let stats = runner.stats();
+        assert_eq!((stats.failed, stats.panicked, stats.succeeded), (1, 1, 2));
+    }
+
+    #[tokio::test]
+    async fn an_async_panic_is_caught_too() {
+        let runner = Runner::new();
+        let journal = Journal::default();
+        let mut tasks = BackgroundTasks::new();
+        tasks.add_task(|| async { panic!("async boom") as () }, ());
+        tasks.push(note(&journal, "next"));
+        runner.spawn(tasks).unwrap();
+        drain(&runner).await;
+        assert_eq!(runner.stats().panicked, 1);
+        assert_eq!(*journal.lock().unwrap(), ["next"]);
+    }
+
+    #[tokio::test]
+    async fn stop_on_error_skips_the_rest_of_its_group_only() {
+        let runner = Runner::new();
+        let journal = Journal::default();
+        let mut strict = BackgroundTasks::stop_on_error();
+        strict
+            .push(note(&journal, "first"))
+            .push(failing())
+            .push(note(&journal, "skipped"));
+        let mut group = BackgroundTasks::new();
+        group.merge(strict);
+        group.push(note(&journal, "outside"));
+        runner.spawn(group).unwrap();
+        drain(&runner).await;
+        assert_eq!(*journal.lock().unwrap(), ["first", "outside"]);
+        let stats = runner.stats();
+        assert_eq!((stats.skipped, stats.failed, stats.succeeded), (1, 1, 2));
+        assert_eq!(
+            stats.accepted,
+            stats.skipped + stats.failed + stats.succeeded
+        );
+    }
+
+    #[tokio::test]
+    async fn a_concurrent_group_runs_its_tasks_at_once() {
+        let runner = Runner::new();
+        let started = Arc::new(AtomicUsize::new(0));
+        let all_started = Arc::new(Notify::new());
+        let mut set = BackgroundTasks::concurrent();
+        for _ in 0..3 {
+            // Each task waits until all three have started: only possible
+            // when they run at the same time.
+            set.add_task(
+                |started: Arc<AtomicUsize>, all: Arc<Notify>| async move {
+                    if started.fetch_add(1, SeqCst) + 1 == 3 {
+                        all.notify_waiters();
+                    } else {
+                        let wait = all.notified();
+                        tokio::time::timeout(Duration::from_secs(5), wait)
+                            .await
+                            .map_err(|_| "the other tasks never started")?;
+                    }
+                    Ok::<(), &str>(())
+                },
+                (started.clone(), all_started.clone()),
+            );
+        }
+        set.push(failing());
+        runner.spawn(set).unwrap();
+        drain(&runner).await;
+        let stats = runner.stats();
+        assert_eq!((stats.succeeded, stats.failed), (3, 1), "{stats:?}");
+    }
+
+    #[tokio::test]
+    async fn full_runner_refuses_and_gives_places_back() {
+        let runner = Runner::builder().max_running(1).max_pending(1).build();
+        let first = runner.reserve().unwrap();
+        let second = runner.reserve().unwrap();
+        assert_eq!(runner.reserve().unwrap_err(), Refused::Full { limit: 2 });
+        assert_eq!(runner.stats().refused, 1);
+        drop(first);
+        let third = runner
+            .reserve()
+            .expect("a dropped reservation frees its place");
+        drop((second, third));
+        runner.close();
+        assert_eq!(runner.reserve().unwrap_err(), Refused::ShuttingDown);
+    }
+
+    #[tokio::test]
+    async fn groups_past_max_running_wait_their_turn_in_order() {
+        let runner = Runner::builder().max_running(1).build();
+        let journal = Journal::default();
+        let gate = Arc::new(Notify::new());
+        let mut first = BackgroundTasks::new();
+        first.add_task(
+            |gate: Arc<Notify>| async move { gate.notified().await },
+            (gate.clone(),),
+        );
+        runner.spawn(first).unwrap();
+        for name in ["second", "third"] {
+            runner.spawn(note(&journal, name)).unwrap();
+        }
+        tokio::task::yield_now().await;
+        assert_eq!(
+            runner.stats().pending,
+            2,
+            "two groups wait for the only place"
+        );
+        assert!(journal.lock().unwrap().is_empty());
+        gate.notify_one();
+        drain(&runner).await;
+        assert_eq!(*journal.lock().unwrap(), ["second", "third"]);
+    }
+
+    #[tokio::test]
+    async fn retries_until_success_and_counts_them() {
+        let runner = Runner::new();
+        let calls = Arc::new(AtomicUsize::new(0));
+        let task = BackgroundTask::new(
+            |calls: Arc<AtomicUsize>| async move {
+                match calls.fetch_add(1, SeqCst) {
+                    0 | 1 => Err("transient"),
+                    _ => Ok(()),
+                }
+            },
+            (calls.clone(),),
+        )
+        .retry(3, Duration::from_millis(1));
+        runner.spawn(task).unwrap();
+        drain(&runner).await;
+        assert_eq!(calls.load(SeqCst), 3);
+        let stats = runner.stats();
+        assert_eq!((stats.succeeded, stats.failed, stats.retried), (1, 0, 2));
+    }
+
+    #[tokio::test]
+    async fn a_task_over_its_timeout_is_counted_and_the_group_goes_on() {
+        let runner = Runner::builder()
+            .task_timeout(Duration::from_millis(50))
+            .build();
+        let journal = Journal::default();
+        let mut tasks = BackgroundTasks::new();
+        tasks.add_task(|| tokio::time::sleep(Duration::from_secs(60)), ());
+        tasks.push(note(&journal, "next"));
+        runner.spawn(tasks).unwrap();
+        drain(&runner).await;
+        assert_eq!(runner.stats().timed_out, 1);
+        assert_eq!(*journal.lock().unwrap(), ["next"]);
+    }
+
+    #[tokio::test]
+    async fn shutdown_cuts_off_what_outlives_the_grace_and_reports_it() {
+        let runner = Runner::builder().max_running(1).build();
+        let journal = Journal::default();
+        let mut slow = BackgroundTasks::new();
+        slow.push(note(&journal, "quick"));
+        slow.add_task(|| tokio::time::sleep(Duration::from_secs(60)), ());
+        slow.push(note(&journal, "never"));
+        runner.spawn(slow).unwrap();
+        runner.spawn(note(&journal, "waiting")).unwrap();
+        let report = runner.shutdown(Duration::from_millis(200)).await;
+        assert!(!report.drained);
+        assert_eq!(*journal.lock().unwrap(), ["quick"]);
+        assert_eq!(report.cut_off.len(), 3, "{:?}", report.cut_off);
+        assert!(report.cut_off.contains(&"never".to_owned()));
+        assert!(report.cut_off.contains(&"waiting".to_owned()));
+        let stats = report.stats;
+        assert_eq!(
+            (stats.cut_off, stats.succeeded, stats.pending, stats.running),
+            (3, 1, 0, 0)
+        );
+        assert!(report.elapsed < Duration::from_secs(5));
+    }
+
+    #[tokio::test]
+    async fn shutdown_waits_for_deferred_groups_and_admits_no_new_work() {
+        let runner = Runner::new();
+        let journal = Journal::default();
+        let deferred = runner.reserve().unwrap().defer(note(&journal, "sent late"));
+        let shutdown = tokio::spawn({
+            let runner = runner.clone();
+            async move { runner.shutdown(Duration::from_secs(10)).await }
+        });
+        // Shutdown has begun once the runner is closed.
+        while !runner.is_closed() {
+            tokio::task::yield_now().await;
+        }
+        assert_eq!(
+            runner.spawn(note(&journal, "too late")),
+            Err(Refused::ShuttingDown)
+        );
+        assert!(
+            !shutdown.is_finished(),
+            "the deferred group is still to run"
+        );
+        deferred.start();
+        let report = shutdown.await.unwrap();
+        assert!(report.drained);
+        assert_eq!(report.finished_during_drain, 1);
+        assert_eq!(*journal.lock().unwrap(), ["sent late"]);
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn blocking_tasks_are_bounded_by_max_blocking() {
+        let runner = Runner::builder().max_blocking(2).build();
+        let now = Arc::new(AtomicUsize::new(0));
+        let peak = Arc::new(AtomicUsize::new(0));
+        for _ in 0..6 {
+            runner
+                .spawn(BackgroundTask::new(
+                    |now: Arc<AtomicUsize>, peak: Arc<AtomicUsize>| {
+                        let n = now.fetch_add(1, SeqCst) + 1;
+                        peak.fetch_max(n, SeqCst);
+                        std::thread::sleep(Duration::from_millis(30));
+                        now.fetch_sub(1, SeqCst);
+                    },
+                    (now.clone(), peak.clone()),
+                ))
+                .unwrap();
+        }
+        drain(&runner).await;
+        assert_eq!(runner.stats().succeeded, 6);
+        assert_eq!(peak.load(SeqCst), 2);
+    }
+
+    #[test]
+    fn a_group_deferred_outside_a_runtime_is_cut_off_not_lost_silently() {
+        let runner = Runner::new();
+        let journal = Journal::default();
+        runner
+            .reserve()
+            .unwrap()
+            .defer(note(&journal, "orphan"))
+            .start();
+        let stats = runner.stats();
+        assert_eq!((stats.accepted, stats.cut_off, stats.pending), (1, 1, 0));
+    }
+}

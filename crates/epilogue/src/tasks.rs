@@ -18,7 +18,8 @@ use crate::task::{BackgroundTask, TaskFn};
 ///
 /// Groups merge with [`merge`](BackgroundTasks::merge): a merged group keeps
 /// its own mode, so appending a concurrent group to a sequential one runs the
-/// concurrent set as one step of the sequence.
+/// concurrent set as one step of the sequence, and a `stop_on_error` group
+/// merged into another stops only its own tasks.
 ///
 /// # Example
 ///
@@ -141,19 +142,20 @@ impl BackgroundTasks {
     /// own mode.
     pub fn merge(&mut self, mut other: BackgroundTasks) -> &mut Self {
         let steps = std::mem::take(&mut other.steps);
-        // An empty plain group is a container (a response's extension, say):
-        // it becomes whatever it receives.
-        if self.steps.is_empty() && self.mode == Mode::Sequential {
-            self.mode = other.mode;
+        if steps.is_empty() {
+            return self;
         }
-        if other.mode == self.mode {
-            self.steps.extend(steps);
-        } else if !steps.is_empty() {
+        if other.mode != self.mode {
             self.steps.push(Step::Group(BackgroundTasks {
                 steps,
                 mode: other.mode,
                 sink: None,
             }));
+        } else if self.steps.is_empty() {
+            // Reuse the other group's allocation.
+            self.steps = steps;
+        } else {
+            self.steps.extend(steps);
         }
         self
     }
@@ -307,12 +309,14 @@ mod tests {
     }
 
     #[test]
-    fn an_empty_group_takes_the_mode_of_what_it_receives() {
+    fn an_empty_group_keeps_its_own_mode() {
         let mut empty = BackgroundTasks::new();
         let mut set = BackgroundTasks::concurrent();
-        set.push(named("a"));
+        set.push(named("a")).push(named("b"));
         empty.merge(set);
-        assert!(empty.is_concurrent());
+        assert!(!empty.is_concurrent());
+        assert_eq!(empty.steps.len(), 1, "the concurrent set is one step");
+        assert_eq!(empty.len(), 2);
     }
 
     #[test]

@@ -133,10 +133,12 @@ where
             .take()
             .expect("ResponseFuture polled after completion");
         let (reservation, extracted, span) = scope.finish();
-        let mut tasks = response
-            .extensions_mut()
-            .remove::<BackgroundTasks>()
-            .unwrap_or_default();
+        // A fresh sequential group: the response's own tasks (which may be a
+        // concurrent set) run before the extractor's, not beside them.
+        let mut tasks = BackgroundTasks::new();
+        if let Some(own) = response.extensions_mut().remove::<BackgroundTasks>() {
+            tasks.merge(own);
+        }
         tasks.merge(extracted);
         let deferred = if tasks.is_empty() {
             None
