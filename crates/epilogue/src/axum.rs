@@ -266,11 +266,16 @@ impl Serve {
         // Connections that outlive the grace period are not waited for.
         let mut overdue_rx = fired_rx.clone();
         let overdue = async move {
-            let fired = match overdue_rx.wait_for(Option::is_some).await {
-                Ok(fired) => fired.expect("waited for Some"),
-                Err(_) => None.expect("the sender lives as long as the server"),
-            };
-            tokio::time::sleep_until((fired + grace).into()).await;
+            let fired = overdue_rx
+                .wait_for(Option::is_some)
+                .await
+                .ok()
+                .and_then(|fired| *fired);
+            match fired {
+                Some(fired) => tokio::time::sleep_until((fired + grace).into()).await,
+                // The sender lives as long as the server: never reached.
+                None => std::future::pending().await,
+            }
         };
         tokio::select! {
             result = server => result?,

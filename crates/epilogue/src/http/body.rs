@@ -41,6 +41,14 @@ impl<B> BackgroundBody<B> {
     }
 }
 
+impl<B: Default> Default for BackgroundBody<B> {
+    /// An empty body without tasks, for middleware that answers in place of
+    /// the service (a timeout, say).
+    fn default() -> Self {
+        Self::new(B::default(), None)
+    }
+}
+
 impl<B: Body> Body for BackgroundBody<B> {
     type Data = B::Data;
     type Error = B::Error;

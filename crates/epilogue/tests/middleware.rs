@@ -1,0 +1,100 @@
+//! tower-http middleware around or inside the executing layer: in either
+//! order the response is never held back for tasks, and tasks never start
+//! before the body they belong to has been handed on.
+
+mod common;
+
+use std::io::Read;
+use std::time::Duration;
+
+use axum::extract::State;
+use axum::routing::get;
+use axum::Router;
+use common::{report_after, serve_tower, AxumServer, Connection, Event, Probe};
+use epilogue::http::BackgroundLayer;
+use epilogue::{BackgroundTask, Runner};
+use http::header::{ACCEPT_ENCODING, CONTENT_ENCODING};
+use hyper::body::Incoming;
+use tokio::sync::mpsc::UnboundedSender;
+use tower::util::MapRequestLayer;
+use tower::{Layer, ServiceBuilder};
+use tower_http::compression::CompressionLayer;
+use tower_http::timeout::TimeoutLayer;
+use tower_http::trace::TraceLayer;
+
+type Tx = UnboundedSender<Event>;
+
+fn page() -> String {
+    "background tasks run after the response. ".repeat(200)
+}
+
+fn router(probe: &Probe) -> Router {
+    Router::new()
+        .route(
+            "/page",
+            get(|State(tx): State<Tx>| async move {
+                let task =
+                    BackgroundTask::new(report_after, (tx, "after page", Duration::from_secs(1)));
+                (task, page())
+            }),
+        )
+        .with_state(probe.tx.clone())
+}
+
+async fn fetch_gzipped(addr: std::net::SocketAddr) -> (Duration, String) {
+    let mut request = common::request("GET", addr, "/page", "");
+    request
+        .headers_mut()
+        .insert(ACCEPT_ENCODING, http::HeaderValue::from_static("gzip"));
+    let answer = Connection::open(addr).await.send(request).await;
+    assert_eq!(answer.status, http::StatusCode::OK);
+    assert_eq!(answer.headers[CONTENT_ENCODING], "gzip");
+    let mut text = String::new();
+    flate2::read::GzDecoder::new(&answer.body[..])
+        .read_to_string(&mut text)
+        .unwrap();
+    (answer.took, text)
+}
+
+async fn check(addr: std::net::SocketAddr, probe: &mut Probe) {
+    let (took, text) = fetch_gzipped(addr).await;
+    assert_eq!(text, page());
+    assert!(
+        took < Duration::from_millis(700),
+        "the response waited: {took:?}"
+    );
+    assert!(probe.is_empty(), "the 1 s task cannot be done yet");
+    assert_eq!(probe.names(1).await, ["after page"]);
+}
+
+#[tokio::test]
+async fn middleware_inside_the_executing_layer() {
+    let mut probe = Probe::new();
+    let app = router(&probe)
+        .layer(CompressionLayer::new())
+        .layer(TimeoutLayer::with_status_code(
+            http::StatusCode::REQUEST_TIMEOUT,
+            Duration::from_secs(5),
+        ))
+        .layer(TraceLayer::new_for_http());
+    let server = AxumServer::start(app, Runner::new()).await;
+    check(server.addr, &mut probe).await;
+    server.shutdown().await;
+}
+
+#[tokio::test]
+async fn middleware_around_the_executing_layer() {
+    let mut probe = Probe::new();
+    let service = ServiceBuilder::new()
+        .layer(TraceLayer::new_for_http())
+        .layer(TimeoutLayer::with_status_code(
+            http::StatusCode::REQUEST_TIMEOUT,
+            Duration::from_secs(5),
+        ))
+        .layer(CompressionLayer::new())
+        .service(BackgroundLayer::new(Runner::new()).layer(router(&probe)));
+    let service = MapRequestLayer::new(|r: http::Request<Incoming>| r.map(axum::body::Body::new))
+        .layer(service);
+    let addr = serve_tower(service).await;
+    check(addr, &mut probe).await;
+}
