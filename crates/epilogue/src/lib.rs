@@ -14,7 +14,7 @@
 //! - [`http::BackgroundLayer`] wraps any tower service and starts a
 //!   response's tasks once its body has been handed to the server;
 //! - with the `axum` feature (on by default), tasks are response parts, an
-//!   extractor, and a route layer, and [`axum::serve`](crate::axum::serve)
+//!   extractor, and a route layer, and [`axum::serve`]
 //!   wires it all and drains on Ctrl-C / SIGTERM.
 //!
 //! # The five patterns
@@ -185,7 +185,7 @@
 //!
 //! # Features
 //!
-//! - `axum` (default): the [`axum`](crate::axum) module.
+//! - `axum` (default): the [`axum`] module.
 //! - `metrics`: counters, gauges and histograms through the `metrics` facade
 //!   (`epilogue_tasks_total{outcome}`, `epilogue_tasks_running`,
 //!   `epilogue_tasks_pending`, `epilogue_task_wait_seconds`,
