@@ -53,52 +53,54 @@ pub(crate) async fn run_group(accepted: Accepted) {
     run_steps(&inner, tasks, accepted_at).instrument(span).await;
 }
 
-type BoxFlow<'a> = Pin<Box<dyn Future<Output = Flow> + Send + 'a>>;
-
-/// Boxed because nested groups recurse.
-fn run_steps(inner: &Arc<Inner>, mut group: BackgroundTasks, accepted_at: Instant) -> BoxFlow<'_> {
+async fn run_steps(inner: &Arc<Inner>, mut group: BackgroundTasks, accepted_at: Instant) -> Flow {
     let mode = group.mode;
     let mut steps = std::mem::take(&mut group.steps).into_iter();
-    Box::pin(async move {
-        if mode == Mode::Concurrent {
-            let flows = futures_util::future::join_all(
-                steps.map(|step| run_step(inner, step, accepted_at)),
-            )
-            .await;
-            return flows
-                .into_iter()
-                .fold(Flow::Ok, |worst, flow| match (worst, flow) {
-                    (Flow::Cut, _) | (_, Flow::Cut) => Flow::Cut,
-                    (Flow::Failed, _) | (_, Flow::Failed) => Flow::Failed,
-                    _ => Flow::Ok,
-                });
-        }
-        let mut result = Flow::Ok;
-        while let Some(step) = steps.next() {
-            match run_step(inner, step, accepted_at).await {
-                Flow::Ok => {}
-                Flow::Failed if mode == Mode::StopOnError => {
-                    let rest = BackgroundTasks::from_steps(steps.collect());
-                    inner.counters.dropped_pending(rest.len() as u64, false);
-                    return Flow::Failed;
-                }
-                Flow::Failed => result = Flow::Failed,
-                Flow::Cut => {
-                    let rest = BackgroundTasks::from_steps(steps.collect());
-                    cut_off_pending(inner, &rest);
-                    return Flow::Cut;
-                }
+    if mode == Mode::Concurrent {
+        let flows =
+            futures_util::future::join_all(steps.map(|step| run_step(inner, step, accepted_at)))
+                .await;
+        return flows
+            .into_iter()
+            .fold(Flow::Ok, |worst, flow| match (worst, flow) {
+                (Flow::Cut, _) | (_, Flow::Cut) => Flow::Cut,
+                (Flow::Failed, _) | (_, Flow::Failed) => Flow::Failed,
+                _ => Flow::Ok,
+            });
+    }
+    let mut result = Flow::Ok;
+    while let Some(step) = steps.next() {
+        match run_step(inner, step, accepted_at).await {
+            Flow::Ok => {}
+            Flow::Failed if mode == Mode::StopOnError => {
+                let rest = BackgroundTasks::from_steps(steps.collect());
+                inner.counters.dropped_pending(rest.len() as u64, false);
+                return Flow::Failed;
+            }
+            Flow::Failed => result = Flow::Failed,
+            Flow::Cut => {
+                let rest = BackgroundTasks::from_steps(steps.collect());
+                cut_off_pending(inner, &rest);
+                return Flow::Cut;
             }
         }
-        result
-    })
+    }
+    result
 }
+
+type BoxFlow<'a> = Pin<Box<dyn Future<Output = Flow> + Send + 'a>>;
 
 async fn run_step(inner: &Arc<Inner>, step: Step, accepted_at: Instant) -> Flow {
     match step {
         Step::Task(task) => run_task(inner, task, accepted_at).await,
-        Step::Group(group) => run_steps(inner, group, accepted_at).await,
+        Step::Group(group) => run_nested(inner, group, accepted_at).await,
     }
+}
+
+/// Boxed because nested groups recurse; flat groups, the common case, never
+/// pay for it.
+fn run_nested(inner: &Arc<Inner>, group: BackgroundTasks, accepted_at: Instant) -> BoxFlow<'_> {
+    Box::pin(run_steps(inner, group, accepted_at))
 }
 
 /// Counts tasks that will never start because the deadline passed, and keeps
