@@ -457,3 +457,31 @@ async fn shutdown_finishes_accepted_tasks_and_refuses_new_work() {
         Err(epilogue::Refused::ShuttingDown)
     );
 }
+
+#[tokio::test]
+async fn an_extracted_group_kept_past_the_response_still_runs() {
+    let mut probe = Probe::new();
+    let app = Router::new()
+        .route(
+            "/keep",
+            post(
+                |State(tx): State<Tx>, mut tasks: BackgroundTasks| async move {
+                    // The handler hands its group to work that outlives it.
+                    tokio::spawn(async move {
+                        tokio::time::sleep(Duration::from_millis(100)).await;
+                        tasks.add_task(report, (tx, "late"));
+                    });
+                    "accepted"
+                },
+            ),
+        )
+        .with_state(probe.tx.clone());
+    let server = AxumServer::start(app, Runner::new()).await;
+    let answer = Connection::open(server.addr)
+        .await
+        .post_json("/keep", "")
+        .await;
+    assert_eq!(answer.status, StatusCode::OK);
+    assert_eq!(probe.names(1).await, ["late"]);
+    assert_eq!(server.shutdown().await.stats.succeeded, 1);
+}

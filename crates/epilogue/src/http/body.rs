@@ -81,3 +81,62 @@ impl<B: Body> Body for BackgroundBody<B> {
         self.inner.size_hint()
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use bytes::Bytes;
+    use http_body_util::{BodyExt, Empty, Full, StreamBody};
+
+    use super::*;
+    use crate::{BackgroundTask, Runner};
+
+    fn with_task<B>(runner: &Runner, inner: B) -> BackgroundBody<B> {
+        let tasks = runner
+            .reserve()
+            .unwrap()
+            .defer(BackgroundTask::new(|| {}, ()));
+        BackgroundBody::new(inner, Some(tasks))
+    }
+
+    #[tokio::test]
+    async fn starts_once_the_last_frame_of_a_sized_body_is_out() {
+        let runner = Runner::new();
+        let mut body = with_task(&runner, Full::new(Bytes::from_static(b"done")));
+        assert_eq!(body.size_hint().exact(), Some(4));
+        let frame = body.frame().await.unwrap().unwrap();
+        assert_eq!(frame.into_data().unwrap(), "done");
+        // hyper would drop the body here without another poll.
+        assert!(!body.has_pending_tasks());
+        assert!(body.is_end_stream());
+        runner.shutdown(Duration::from_secs(5)).await;
+        assert_eq!(runner.stats().succeeded, 1);
+    }
+
+    #[tokio::test]
+    async fn waits_for_the_end_of_a_stream() {
+        let runner = Runner::new();
+        let chunks = futures_util::stream::iter([Ok::<_, std::convert::Infallible>(Frame::data(
+            Bytes::from_static(b"chunk"),
+        ))]);
+        let mut body = with_task(&runner, StreamBody::new(chunks));
+        body.frame().await.unwrap().unwrap();
+        assert!(
+            body.has_pending_tasks(),
+            "a stream's end is only known at its None"
+        );
+        assert!(body.frame().await.is_none());
+        assert!(!body.has_pending_tasks());
+    }
+
+    #[tokio::test]
+    async fn starts_when_dropped_unpolled() {
+        let runner = Runner::new();
+        let body = with_task(&runner, Empty::<Bytes>::new());
+        assert!(body.is_end_stream());
+        drop(body);
+        runner.shutdown(Duration::from_secs(5)).await;
+        assert_eq!(runner.stats().succeeded, 1);
+    }
+}
