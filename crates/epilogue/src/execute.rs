@@ -28,12 +28,12 @@ enum Flow {
 /// The body of a group's tokio task.
 pub(crate) async fn run_group(accepted: Accepted) {
     let Accepted {
-        slot_inner: inner,
-        slot: _slot,
+        slot,
         tasks,
         accepted_at,
         span,
     } = accepted;
+    let inner = slot.runner();
     // Fast path first: a free place costs one CAS and no waker registration.
     let _permit = match inner.running.try_acquire() {
         Ok(permit) => permit,

@@ -378,6 +378,12 @@ impl Inner {
 /// A place taken in the runner: one group's worth of room.
 pub(crate) struct Slot(Arc<Inner>);
 
+impl Slot {
+    pub(crate) fn runner(&self) -> &Arc<Inner> {
+        &self.0
+    }
+}
+
 impl Drop for Slot {
     fn drop(&mut self) {
         self.0.admitted.fetch_sub(1, Ordering::AcqRel);
@@ -421,7 +427,6 @@ pub struct Deferred {
 
 /// Everything a group needs to run, gathered when it was accepted.
 pub(crate) struct Accepted {
-    pub(crate) slot_inner: Arc<Inner>,
     /// Held until the group is done: the group's place in the runner.
     pub(crate) slot: Slot,
     pub(crate) tasks: BackgroundTasks,
@@ -431,7 +436,7 @@ pub(crate) struct Accepted {
 
 impl Deferred {
     fn new(slot: Slot, mut tasks: BackgroundTasks, parent: &Span) -> Self {
-        let inner = slot.0.clone();
+        let inner = slot.runner();
         let tasks = tasks.take();
         inner.counters.accepted(tasks.len() as u64);
         let span = tracing::debug_span!(parent: None, "epilogue.group", tasks = tasks.len());
@@ -439,7 +444,6 @@ impl Deferred {
         Self {
             _token: inner.tracker.token(),
             group: Some(Accepted {
-                slot_inner: inner,
                 slot,
                 tasks,
                 accepted_at: Instant::now(),
@@ -458,19 +462,17 @@ impl Deferred {
         let Some(accepted) = self.group.take() else {
             return;
         };
-        let inner = accepted.slot_inner.clone();
         match tokio::runtime::Handle::try_current() {
             Ok(handle) => {
-                inner
-                    .tracker
-                    .spawn_on(execute::run_group(accepted), &handle);
+                let tracker = accepted.slot.runner().tracker.clone();
+                tracker.spawn_on(execute::run_group(accepted), &handle);
             }
             Err(_) => {
                 tracing::error!(
                     tasks = accepted.tasks.len(),
                     "background group accepted outside a tokio runtime; cut off"
                 );
-                execute::cut_off_pending(&inner, &accepted.tasks);
+                execute::cut_off_pending(accepted.slot.runner(), &accepted.tasks);
             }
         }
     }
