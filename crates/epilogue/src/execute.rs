@@ -8,6 +8,7 @@ use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Instant;
 
+use futures_util::future::Either;
 use futures_util::FutureExt;
 use tracing::Instrument;
 
@@ -50,7 +51,7 @@ pub(crate) async fn run_group(accepted: Accepted) {
             }
         }
     };
-    run_steps(&inner, tasks, accepted_at).instrument(span).await;
+    run_steps(inner, tasks, accepted_at).instrument(span).await;
 }
 
 async fn run_steps(inner: &Arc<Inner>, mut group: BackgroundTasks, accepted_at: Instant) -> Flow {
@@ -118,14 +119,15 @@ async fn run_task(inner: &Arc<Inner>, task: BackgroundTask, accepted_at: Instant
     }
     let started = Instant::now();
     inner.counters.started(started - accepted_at);
-    let span = tracing::debug_span!("epilogue.task", task = %task.task_name());
-    let name = task.task_name().to_owned();
-    let attempts = attempt_all(inner, task, &name).instrument(span);
+    let name = task.name_cow();
+    let span = tracing::debug_span!("epilogue.task", task = %name);
+    // Written out here rather than in a helper taking the future: an async
+    // fn keeps a second copy of a future it is given, and this one is large.
     let outcome = tokio::select! {
         // The task first: one that finishes on its first poll never
         // registers with the deadline.
         biased;
-        outcome = attempts => outcome,
+        outcome = attempt_all(inner, task, &name).instrument(span) => outcome,
         () = inner.deadline.cancelled() => {
             inner.counters.cut_running();
             inner.record_cut_off(&name);
@@ -231,10 +233,14 @@ async fn attempt_once(inner: &Arc<Inner>, run: Run) -> (Outcome, Option<String>)
 
 type Caught = Result<TaskResult, Box<dyn Any + Send>>;
 
-async fn with_timeout(inner: &Inner, attempt: impl Future<Output = Caught>) -> Option<Caught> {
+/// Not an `async fn`, which would keep a second copy of `attempt`.
+fn with_timeout<F>(inner: &Inner, attempt: F) -> impl Future<Output = Option<Caught>>
+where
+    F: Future<Output = Caught>,
+{
     match inner.config.task_timeout {
-        None => Some(attempt.await),
-        Some(limit) => tokio::time::timeout(limit, attempt).await.ok(),
+        None => Either::Left(attempt.map(Some)),
+        Some(limit) => Either::Right(tokio::time::timeout(limit, attempt).map(Result::ok)),
     }
 }
 

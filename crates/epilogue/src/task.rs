@@ -105,6 +105,11 @@ impl BackgroundTask {
         self
     }
 
+    /// The name, without a copy when it is the default or a `&'static str`.
+    pub(crate) fn name_cow(&self) -> Cow<'static, str> {
+        self.name.clone()
+    }
+
     pub(crate) fn retry_policy(&self) -> Retry {
         self.retry
     }

@@ -3,6 +3,7 @@
 
 use std::future::Future;
 use std::pin::Pin;
+use std::sync::Arc;
 use std::task::{ready, Context, Poll};
 
 use http::{Request, Response};
@@ -31,7 +32,9 @@ use crate::tasks::BackgroundTasks;
 /// requests are answered `500` with a message that says so.
 #[derive(Clone, Debug)]
 pub struct RouteTasksLayer {
-    tasks: BackgroundTasks,
+    // Shared: axum clones a route's service for every request, and the
+    // template is copied only when its tasks run.
+    tasks: Arc<BackgroundTasks>,
     always: bool,
 }
 
@@ -39,7 +42,7 @@ impl RouteTasksLayer {
     /// Runs a copy of `tasks` after every successful response of the route.
     pub fn new(tasks: impl Into<BackgroundTasks>) -> Self {
         Self {
-            tasks: tasks.into(),
+            tasks: Arc::new(tasks.into()),
             always: false,
         }
     }
@@ -158,7 +161,7 @@ where
                 let runs = layer.always || response.status().as_u16() < 400;
                 if runs && !layer.tasks.is_empty() {
                     let extensions = response.extensions_mut();
-                    let mut group = layer.tasks.clone();
+                    let mut group = BackgroundTasks::clone(&layer.tasks);
                     if let Some(own) = extensions.remove::<BackgroundTasks>() {
                         group.merge(own);
                     }
