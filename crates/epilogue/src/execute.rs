@@ -44,7 +44,7 @@ pub(crate) async fn run_group(accepted: Accepted) {
                 // not start more work after the deadline.
                 biased;
                 () = inner.deadline.cancelled() => {
-                    cut_off_pending(&inner, &tasks);
+                    cut_off_pending(inner, &tasks);
                     return;
                 }
                 permit = inner.running.acquire() => permit.expect("the running semaphore is never closed"),
