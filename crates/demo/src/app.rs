@@ -4,6 +4,7 @@
 use std::io;
 
 use axum::extract::{Query, State as Extract};
+use axum::handler::Handler;
 use axum::http::StatusCode;
 use axum::routing::{get, post};
 use axum::{Json, Router};
@@ -66,21 +67,21 @@ pub fn router(state: State) -> Router {
     Router::new()
         .route(
             "/handler/single",
-            post(create_user).layer(background(account_created)),
+            post(create_user.layer(background(account_created))),
         )
         .route(
             "/handler/list",
-            post(create_user).layer(background(account_created_and_logged)),
+            post(create_user.layer(background(account_created_and_logged))),
         )
         // Handlers that return their tasks: `admission()` refuses them with
         // 503 before they run when the runner is full.
-        .route("/response/single", post(response_single).layer(admission()))
-        .route("/response/list", post(response_list).layer(admission()))
+        .route("/response/single", post(response_single.layer(admission())))
+        .route("/response/list", post(response_list.layer(admission())))
         .route(
             "/response/add-task",
-            post(response_add_task).layer(admission()),
+            post(response_add_task.layer(admission())),
         )
-        .route("/fail", post(failing).layer(admission()))
+        .route("/fail", post(failing.layer(admission())))
         // The extractor admits the request itself.
         .route("/extractor", post(extractor))
         .route("/outbox", get(outbox_list))
