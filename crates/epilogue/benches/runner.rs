@@ -1,1 +1,213 @@
-fn main() {}
+//! What it costs to schedule and run one group of empty tasks through
+//! [`epilogue::Runner`], against raw `tokio::spawn` and
+//! `tokio_util::task::TaskTracker::spawn`, for groups of 1 and 10 tasks,
+//! async (`|| async {}`) and blocking (`|| {}`).
+//!
+//! Run with `cargo bench -p epilogue --bench runner` (about a minute).
+//!
+//! Every variant does the same work per group, measured until it has
+//! completed:
+//!
+//! - a group of `k` tasks is `k - 1` empty tasks and a last one that counts
+//!   the group as done (one atomic decrement; the last group of a batch wakes
+//!   the waiter). The tasks of a group run one after another, as the runner
+//!   runs them: with `tokio::spawn` and `TaskTracker` the group is one spawned
+//!   future that awaits each task in turn, and a blocking task is awaited
+//!   through `spawn_blocking`, which is what the runner does with a plain `fn`;
+//! - groups are spawned from inside a worker of a one-worker multi-thread
+//!   runtime (as a handler spawns them in a server pinned to one core), in
+//!   batches of [`BATCH`]: spawn the batch, then wait for every group of it;
+//! - the time reported is per group: a batch's time divided by its size.
+//!
+//! For the runner the group is built per spawn with `BackgroundTasks::add_task`
+//! (a handler builds it per request), so its cost includes boxing each task.
+
+use std::hint::black_box;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
+use epilogue::{BackgroundTasks, Runner};
+use tokio::runtime::Runtime;
+use tokio::sync::Notify;
+use tokio_util::task::TaskTracker;
+
+/// Groups spawned before waiting for them: fits a worker's local run queue
+/// (256), so no spawn spills to the global queue.
+const BATCH: u64 = 100;
+
+/// Counts groups down to zero, then wakes the waiter.
+struct Done {
+    left: AtomicUsize,
+    notify: Notify,
+}
+
+impl Done {
+    fn new(groups: u64) -> Arc<Self> {
+        Arc::new(Self {
+            left: AtomicUsize::new(groups as usize),
+            notify: Notify::new(),
+        })
+    }
+
+    fn arrive(&self) {
+        if self.left.fetch_sub(1, Ordering::AcqRel) == 1 {
+            self.notify.notify_one();
+        }
+    }
+
+    async fn wait(&self) {
+        // `notify_one` stores a permit when nobody waits yet: no lost wake-up.
+        self.notify.notified().await;
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Kind {
+    Async,
+    Blocking,
+}
+
+impl Kind {
+    fn name(self) -> &'static str {
+        match self {
+            Kind::Async => "async",
+            Kind::Blocking => "blocking",
+        }
+    }
+}
+
+#[derive(Clone, Copy, Debug)]
+enum Variant {
+    Runner,
+    TokioSpawn,
+    TaskTracker,
+}
+
+impl Variant {
+    fn name(self) -> &'static str {
+        match self {
+            Variant::Runner => "epilogue::Runner::spawn",
+            Variant::TokioSpawn => "tokio::spawn",
+            Variant::TaskTracker => "TaskTracker::spawn",
+        }
+    }
+}
+
+/// One group of `tasks` tasks through the runner: built with `add_task`,
+/// handed to `Runner::spawn`.
+fn runner_group(runner: &Runner, kind: Kind, tasks: usize, done: &Arc<Done>) {
+    let mut group = BackgroundTasks::new();
+    for _ in 1..tasks {
+        match kind {
+            Kind::Async => group.add_task(|| async {}, ()),
+            Kind::Blocking => group.add_task(|| {}, ()),
+        };
+    }
+    match kind {
+        Kind::Async => group.add_task(
+            |done: Arc<Done>| async move { done.arrive() },
+            (done.clone(),),
+        ),
+        Kind::Blocking => group.add_task(|done: Arc<Done>| done.arrive(), (done.clone(),)),
+    };
+    runner
+        .spawn(group)
+        .expect("the runner has room for a batch");
+}
+
+/// The same group as one spawned future that runs its tasks in order.
+async fn raw_group(kind: Kind, tasks: usize, done: Arc<Done>) {
+    match kind {
+        Kind::Async => {
+            for _ in 1..tasks {
+                black_box(|| async {})().await;
+            }
+            async move { done.arrive() }.await;
+        }
+        Kind::Blocking => {
+            for _ in 1..tasks {
+                let _ = tokio::task::spawn_blocking(black_box(|| {})).await;
+            }
+            let _ = tokio::task::spawn_blocking(move || done.arrive()).await;
+        }
+    }
+}
+
+/// Spawns and waits for `iters` groups in batches; returns the time taken.
+async fn run(variant: Variant, kind: Kind, tasks: usize, iters: u64) -> Duration {
+    let runner = Runner::new();
+    let tracker = TaskTracker::new();
+    let start = Instant::now();
+    let mut left = iters;
+    while left > 0 {
+        let batch = left.min(BATCH);
+        let done = Done::new(batch);
+        for _ in 0..batch {
+            match variant {
+                Variant::Runner => runner_group(&runner, kind, tasks, &done),
+                Variant::TokioSpawn => {
+                    tokio::spawn(raw_group(kind, tasks, done.clone()));
+                }
+                Variant::TaskTracker => {
+                    tracker.spawn(raw_group(kind, tasks, done.clone()));
+                }
+            }
+        }
+        done.wait().await;
+        left -= batch;
+    }
+    let elapsed = start.elapsed();
+    if let Variant::Runner = variant {
+        // Outside the timed part: every task ran, and ran well.
+        let report = runner.shutdown(Duration::from_secs(10)).await;
+        let stats = runner.stats();
+        assert!(report.drained);
+        assert_eq!(stats.succeeded, iters * tasks as u64, "{stats:?}");
+    }
+    elapsed
+}
+
+fn runtime() -> Runtime {
+    // One worker: the benchmarked servers run pinned to one core.
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .enable_all()
+        .build()
+        .expect("a tokio runtime")
+}
+
+fn bench(c: &mut Criterion) {
+    let rt = runtime();
+    for kind in [Kind::Async, Kind::Blocking] {
+        for tasks in [1usize, 10] {
+            let mut group = c.benchmark_group(format!("group of {tasks} {} task(s)", kind.name()));
+            group.throughput(Throughput::Elements(1));
+            for variant in [Variant::TokioSpawn, Variant::TaskTracker, Variant::Runner] {
+                group.bench_function(BenchmarkId::from_parameter(variant.name()), |b| {
+                    b.iter_custom(|iters| {
+                        // Spawned from inside a worker, as a handler does.
+                        rt.block_on(async {
+                            tokio::spawn(run(variant, kind, tasks, iters))
+                                .await
+                                .expect("the benchmark task does not panic")
+                        })
+                    })
+                });
+            }
+            group.finish();
+        }
+    }
+}
+
+criterion_group! {
+    name = benches;
+    // Short: 12 benchmarks in about a minute on a 2-core machine.
+    config = Criterion::default()
+        .sample_size(20)
+        .warm_up_time(Duration::from_millis(1000))
+        .measurement_time(Duration::from_secs(3));
+    targets = bench
+}
+criterion_main!(benches);

@@ -19,6 +19,7 @@ use std::convert::Infallible;
 use std::future::{Future, IntoFuture};
 use std::io;
 use std::pin::Pin;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use axum::body::Body;
@@ -29,7 +30,7 @@ use http::request::Parts;
 use tokio::net::TcpListener;
 use tower_layer::Layer;
 
-use crate::http::{attach, BackgroundLayer, RouteTasksLayer, Scope};
+use crate::http::{attach, with_current, BackgroundLayer, ExtractedSink, Origin, RouteTasksLayer};
 use crate::runner::{Refused, Runner};
 use crate::shutdown::ShutdownReport;
 use crate::task::BackgroundTask;
@@ -81,17 +82,22 @@ pub fn admission() -> RouteTasksLayer {
 impl IntoResponseParts for BackgroundTask {
     type Error = Infallible;
 
-    fn into_response_parts(self, mut res: ResponseParts) -> Result<ResponseParts, Self::Error> {
-        attach(res.extensions_mut(), self);
-        Ok(res)
+    fn into_response_parts(self, res: ResponseParts) -> Result<ResponseParts, Self::Error> {
+        BackgroundTasks::from(self).into_response_parts(res)
     }
 }
 
 impl IntoResponseParts for BackgroundTasks {
     type Error = Infallible;
 
-    fn into_response_parts(self, mut res: ResponseParts) -> Result<ResponseParts, Self::Error> {
-        attach(res.extensions_mut(), self);
+    fn into_response_parts(mut self, mut res: ResponseParts) -> Result<ResponseParts, Self::Error> {
+        let mut tasks = Some(self.take());
+        // Straight to the request's scope when the handler runs inside the
+        // executing layer; in the response's extensions otherwise.
+        let added = with_current(|scope| scope.add(Origin::Response, tasks.take().expect("once")));
+        if added.is_none() {
+            attach(res.extensions_mut(), tasks.take().expect("not added"));
+        }
         Ok(res)
     }
 }
@@ -119,19 +125,19 @@ impl IntoResponseParts for BackgroundTasks {
 impl<S: Send + Sync> FromRequestParts<S> for BackgroundTasks {
     type Rejection = BackgroundRejection;
 
-    async fn from_request_parts(parts: &mut Parts, _state: &S) -> Result<Self, Self::Rejection> {
-        let scope = parts
-            .extensions
-            .get::<Scope>()
-            .ok_or(BackgroundRejection::MissingLayer)?;
-        scope
-            .admit()
-            .map_err(|refused| BackgroundRejection::Refused {
-                refused,
-                retry_after: scope.runner().retry_after(),
-            })?;
+    async fn from_request_parts(_parts: &mut Parts, _state: &S) -> Result<Self, Self::Rejection> {
+        let runner = with_current(|scope| {
+            scope
+                .admit()
+                .map(|()| scope.runner().clone())
+                .map_err(|refused| BackgroundRejection::Refused {
+                    refused,
+                    retry_after: scope.runner().retry_after(),
+                })
+        })
+        .ok_or(BackgroundRejection::MissingLayer)??;
         let mut tasks = BackgroundTasks::new();
-        tasks.sink = Some(scope.sink());
+        tasks.sink = Some(Arc::new(ExtractedSink(runner)));
         Ok(tasks)
     }
 }

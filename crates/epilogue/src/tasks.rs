@@ -48,7 +48,7 @@ pub struct BackgroundTasks {
     pub(crate) steps: Vec<Step>,
     pub(crate) mode: Mode,
     /// Set on a group that a handler extracted: where its tasks go when the
-    /// handler is done with it. See `crate::http::Scope`.
+    /// handler is done with it (the request's scope, see `crate::http`).
     pub(crate) sink: Option<Sink>,
 }
 

@@ -98,3 +98,30 @@ async fn middleware_around_the_executing_layer() {
     let addr = serve_tower(service).await;
     check(addr, &mut probe).await;
 }
+
+#[tokio::test]
+async fn tasks_cross_a_layer_that_polls_on_another_task() {
+    // tower::buffer runs the router on a worker task of its own, away from
+    // the executing layer: the response's tasks travel in its extensions.
+    let mut probe = Probe::new();
+    let app = Router::new()
+        .route(
+            "/page",
+            get(|State(tx): State<Tx>| async move {
+                (BackgroundTask::new(common::report, (tx, "buffered")), "ok")
+            }),
+        )
+        .with_state(probe.tx.clone());
+    let buffered = ServiceBuilder::new()
+        .layer(BackgroundLayer::new(Runner::new()))
+        .layer(tower::buffer::BufferLayer::new(8))
+        .service(app);
+    let service = ServiceBuilder::new()
+        .map_request(|r: http::Request<Incoming>| r.map(axum::body::Body::new))
+        .map_err(|e: tower::BoxError| -> std::convert::Infallible { panic!("{e}") })
+        .service(buffered);
+    let addr = serve_tower(service).await;
+    let answer = Connection::open(addr).await.get("/page").await;
+    assert_eq!(answer.text(), "ok");
+    assert_eq!(probe.names(1).await, ["buffered"]);
+}

@@ -10,7 +10,7 @@ use tower_layer::Layer;
 use tower_service::Service;
 
 use super::body::BackgroundBody;
-use super::scope::Scope;
+use super::scope::{self, Origin, Scope};
 use crate::runner::Runner;
 use crate::tasks::BackgroundTasks;
 
@@ -98,13 +98,11 @@ where
         self.inner.poll_ready(cx)
     }
 
-    fn call(&mut self, mut request: Request<ReqBody>) -> Self::Future {
-        let scope = Scope::new(self.runner.clone());
-        request.extensions_mut().insert(scope.clone());
-        ResponseFuture {
-            inner: self.inner.call(request),
-            scope: Some(scope),
-        }
+    fn call(&mut self, request: Request<ReqBody>) -> Self::Future {
+        let mut scope = Some(Scope::new(self.runner.clone()));
+        // Lent for the call too: a service may run its route layers here.
+        let inner = scope::lend(&mut scope, || self.inner.call(request));
+        ResponseFuture { inner, scope }
     }
 }
 
@@ -125,31 +123,20 @@ where
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         let this = self.project();
+        let inner = this.inner;
         // On an error there is no response to follow: the scope's place and
         // tasks are dropped with it, as for a handler that panicked.
-        let mut response = ready!(this.inner.poll(cx))?;
-        let scope = this
+        let mut response = ready!(scope::lend(this.scope, || inner.poll(cx)))?;
+        let mut scope = this
             .scope
             .take()
             .expect("ResponseFuture polled after completion");
-        let (reservation, extracted, span) = scope.finish();
-        // A fresh sequential group: the response's own tasks (which may be a
-        // concurrent set) run before the extractor's, not beside them.
-        let mut tasks = BackgroundTasks::new();
-        if let Some(own) = response.extensions_mut().remove::<BackgroundTasks>() {
-            tasks.merge(own);
+        // Tasks attached where the scope was not lent (a service that polls
+        // its inner service on another task) travel in the extensions.
+        if let Some(tasks) = response.extensions_mut().remove::<BackgroundTasks>() {
+            scope.add(Origin::Response, tasks);
         }
-        tasks.merge(extracted);
-        let deferred = if tasks.is_empty() {
-            None
-        } else {
-            Some(match reservation {
-                Some(reservation) => reservation.defer_in(tasks, &span),
-                // The handler returned tasks on a route that reserved no
-                // place: they are promised by now, so take them anyway.
-                None => scope.runner().defer_over_limit(tasks, &span),
-            })
-        };
+        let deferred = scope.into_deferred();
         Poll::Ready(Ok(response.map(|body| BackgroundBody::new(body, deferred))))
     }
 }

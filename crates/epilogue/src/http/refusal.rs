@@ -38,7 +38,8 @@ pub(crate) fn missing_layer<B: From<String>>() -> Response<B> {
 }
 
 pub(crate) const MISSING_LAYER: &str = "epilogue's BackgroundLayer is missing: wrap the whole \
-    application in it (epilogue::axum::serve does), outside any route-level background layer";
+    application in it (epilogue::axum::serve does), outside any route-level background layer, \
+    with no layer between them that runs the service on another task (such as tower::buffer)";
 
 fn json<B: From<String>>(status: StatusCode, message: &str, reason: &str) -> Response<B> {
     // The messages are ours and hold no quote or backslash; escape anyway so

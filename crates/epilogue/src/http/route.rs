@@ -12,7 +12,7 @@ use tower_layer::Layer;
 use tower_service::Service;
 
 use super::refusal;
-use super::scope::Scope;
+use super::scope::{self, Origin};
 use crate::tasks::BackgroundTasks;
 
 /// Route-level background tasks: every request through this layer gets a
@@ -93,14 +93,16 @@ where
     }
 
     fn call(&mut self, request: Request<ReqBody>) -> Self::Future {
-        let Some(scope) = request.extensions().get::<Scope>() else {
-            return RouteFuture::answered(refusal::missing_layer());
-        };
-        if let Err(refused) = scope.admit() {
-            let retry_after = scope.runner().retry_after();
-            return RouteFuture::answered(refusal::refused(refused, retry_after));
+        let admitted = scope::with_current(|scope| {
+            scope
+                .admit()
+                .map_err(|refused| refusal::refused(refused, scope.runner().retry_after()))
+        });
+        match admitted {
+            None => RouteFuture::answered(refusal::missing_layer()),
+            Some(Err(refusal)) => RouteFuture::answered(refusal),
+            Some(Ok(())) => RouteFuture::inner(self.inner.call(request), self.layer.clone()),
         }
-        RouteFuture::inner(self.inner.call(request), self.layer.clone())
     }
 }
 
@@ -160,12 +162,20 @@ where
                 let layer = tasks.take().expect("RouteFuture polled after completion");
                 let runs = layer.always || response.status().as_u16() < 400;
                 if runs && !layer.tasks.is_empty() {
-                    let extensions = response.extensions_mut();
-                    let mut group = BackgroundTasks::clone(&layer.tasks);
-                    if let Some(own) = extensions.remove::<BackgroundTasks>() {
-                        group.merge(own);
+                    let mut group = Some(BackgroundTasks::clone(&layer.tasks));
+                    let added = scope::with_current(|scope| {
+                        scope.add(Origin::Route, group.take().expect("once"));
+                    });
+                    if added.is_none() {
+                        // Polled away from the executing layer: the tasks
+                        // travel in the extensions, before the response's.
+                        let extensions = response.extensions_mut();
+                        let mut group = group.take().expect("not added");
+                        if let Some(own) = extensions.remove::<BackgroundTasks>() {
+                            group.merge(own);
+                        }
+                        extensions.insert(group);
                     }
-                    extensions.insert(group);
                 }
                 Poll::Ready(Ok(response))
             }

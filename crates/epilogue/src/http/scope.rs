@@ -1,92 +1,213 @@
 //! What one request shares between the executing layer and what runs inside
-//! it (route-level layers, the extractor): its place in the runner and the
-//! tasks its handler added through the extractor.
+//! it (route-level layers, the extractor, response parts): its place in the
+//! runner and the tasks gathered for it.
+//!
+//! The scope belongs to the request's [`ResponseFuture`](super::ResponseFuture)
+//! and is lent to the thread for as long as the inner service is called or
+//! polled: everything inside finds it there without a lookup in the request's
+//! extensions, an `Arc` or a lock. Code that runs elsewhere (a task spawned
+//! by the handler, a `tower::buffer` worker) does not see it and falls back
+//! on the response's extensions or on the runner itself.
 
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::cell::RefCell;
 
 use tracing::Span;
 
-use crate::runner::{Refused, Reservation, Runner};
+use crate::runner::{Deferred, Refused, Reservation, Runner};
 use crate::tasks::{BackgroundTasks, Deliver};
 
-/// Put in the request's extensions by [`Background`](super::Background).
-#[derive(Clone)]
-pub(crate) struct Scope(Arc<Shared>);
-
-struct Shared {
-    runner: Runner,
-    state: Mutex<State>,
+thread_local! {
+    static CURRENT: RefCell<Option<Scope>> = const { RefCell::new(None) };
 }
 
-#[derive(Default)]
-struct State {
+/// One request's place in the runner and its tasks, by origin.
+pub(crate) struct Scope {
+    runner: Runner,
     reservation: Option<Reservation>,
-    tasks: BackgroundTasks,
     /// The span current where the request was admitted: inside the service's
     /// own tracing layers, so tasks can follow from the request's span.
     span: Option<Span>,
-    /// The response was produced: what comes later starts at once.
-    finished: bool,
+    route: BackgroundTasks,
+    response: BackgroundTasks,
+    extracted: BackgroundTasks,
+}
+
+/// Where a request's tasks come from, in the order they run.
+#[derive(Clone, Copy, Debug)]
+pub(crate) enum Origin {
+    /// Route-level layers; an outer layer's tasks come first.
+    Route,
+    /// Response parts.
+    Response,
+    /// Groups the handler extracted.
+    Extracted,
 }
 
 impl Scope {
     pub(crate) fn new(runner: Runner) -> Self {
-        Self(Arc::new(Shared {
+        Self {
             runner,
-            state: Mutex::new(State::default()),
-        }))
+            reservation: None,
+            span: None,
+            route: BackgroundTasks::new(),
+            response: BackgroundTasks::new(),
+            extracted: BackgroundTasks::new(),
+        }
     }
 
     pub(crate) fn runner(&self) -> &Runner {
-        &self.0.runner
-    }
-
-    fn state(&self) -> MutexGuard<'_, State> {
-        // A panic while the lock is held leaves nothing half-written.
-        self.0.state.lock().unwrap_or_else(|e| e.into_inner())
+        &self.runner
     }
 
     /// Takes this request's place in the runner, once however many route
     /// layers and extractors ask.
-    pub(crate) fn admit(&self) -> Result<(), Refused> {
-        let mut state = self.state();
-        if state.reservation.is_none() {
-            state.reservation = Some(self.0.runner.reserve()?);
+    pub(crate) fn admit(&mut self) -> Result<(), Refused> {
+        if self.reservation.is_none() {
+            self.reservation = Some(self.runner.reserve()?);
             if tracing::enabled!(tracing::Level::DEBUG) {
-                state.span = Some(Span::current());
+                self.span = Some(Span::current());
             }
         }
         Ok(())
     }
 
-    /// Where an extracted group delivers its tasks when the handler drops it.
-    pub(crate) fn sink(&self) -> Arc<dyn Deliver> {
-        self.0.clone()
+    pub(crate) fn add(&mut self, origin: Origin, tasks: BackgroundTasks) {
+        match origin {
+            Origin::Route => {
+                let mut route = tasks;
+                route.merge(self.route.take());
+                self.route = route;
+            }
+            Origin::Response => {
+                self.response.merge(tasks);
+            }
+            Origin::Extracted => {
+                self.extracted.merge(tasks);
+            }
+        }
     }
 
-    /// Called once the response is there: the place and the extractor's tasks.
-    pub(crate) fn finish(&self) -> (Option<Reservation>, BackgroundTasks, Span) {
-        let mut state = self.state();
-        state.finished = true;
-        (
-            state.reservation.take(),
-            state.tasks.take(),
-            state.span.take().unwrap_or_else(Span::none),
-        )
+    /// Every task, in the order it runs.
+    fn take_tasks(&mut self) -> BackgroundTasks {
+        let mut tasks = self.route.take();
+        tasks.merge(self.response.take());
+        tasks.merge(self.extracted.take());
+        tasks
+    }
+
+    /// Called once the response is there: accepts its tasks, in the
+    /// request's place (dropped if there are none).
+    pub(crate) fn into_deferred(mut self) -> Option<Deferred> {
+        let tasks = self.take_tasks();
+        if tasks.is_empty() {
+            return None;
+        }
+        let span = self.span.take().unwrap_or_else(Span::none);
+        Some(match self.reservation.take() {
+            Some(reservation) => reservation.defer_in(tasks, &span),
+            // The handler returned tasks on a route that reserved no place:
+            // they are promised by now, so take them anyway.
+            None => self.runner.defer_over_limit(tasks, &span),
+        })
     }
 }
 
-impl Deliver for Shared {
-    fn deliver(&self, tasks: BackgroundTasks) {
-        let mut state = self.state.lock().unwrap_or_else(|e| e.into_inner());
-        if state.finished {
-            // The handler kept its group past its response (moved it into a
-            // spawned task, say): the tasks were still promised, so run them.
-            drop(state);
-            tracing::debug!("background tasks delivered after their response; starting them now");
-            self.runner.defer_over_limit(tasks, &Span::none()).start();
-        } else {
-            state.tasks.merge(tasks);
+/// Lends `slot`'s scope to this thread while `f` runs, and takes it back
+/// after, even if `f` panics. Nested layers each lend their own.
+pub(crate) fn lend<R>(slot: &mut Option<Scope>, f: impl FnOnce() -> R) -> R {
+    struct Return<'a> {
+        slot: &'a mut Option<Scope>,
+        outer: Option<Scope>,
+    }
+    impl Drop for Return<'_> {
+        fn drop(&mut self) {
+            *self.slot = CURRENT.with(|current| current.replace(self.outer.take()));
         }
+    }
+    let outer = CURRENT.with(|current| current.replace(slot.take()));
+    let _return = Return { slot, outer };
+    f()
+}
+
+/// Runs `f` on the scope lent to this thread, if any. `f` must not reach
+/// for the scope again; if it does, it finds none.
+pub(crate) fn with_current<R>(f: impl FnOnce(&mut Scope) -> R) -> Option<R> {
+    CURRENT.with(|current| current.try_borrow_mut().ok()?.as_mut().map(f))
+}
+
+/// Where an extracted group goes when the handler drops it: the request's
+/// scope when dropped inside the request, else straight to the runner.
+pub(crate) struct ExtractedSink(pub(crate) Runner);
+
+impl Deliver for ExtractedSink {
+    fn deliver(&self, tasks: BackgroundTasks) {
+        let mut tasks = Some(tasks);
+        let delivered =
+            with_current(|scope| scope.add(Origin::Extracted, tasks.take().expect("once")));
+        if delivered.is_none() {
+            // The handler kept its group past its request (moved it into a
+            // spawned task, say): the tasks were still promised, so run them.
+            let tasks = tasks.expect("not delivered");
+            tracing::debug!("background tasks delivered outside their request; starting them now");
+            self.0.defer_over_limit(tasks, &Span::none()).start();
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::BackgroundTask;
+
+    fn named(name: &'static str) -> BackgroundTasks {
+        BackgroundTask::new(|| {}, ()).name(name).into()
+    }
+
+    #[test]
+    fn tasks_come_out_route_first_then_response_then_extracted() {
+        let mut slot = Some(Scope::new(Runner::new()));
+        lend(&mut slot, || {
+            with_current(|scope| {
+                scope.add(Origin::Extracted, named("extracted"));
+                scope.add(Origin::Response, named("response"));
+                scope.add(Origin::Route, named("inner route"));
+                scope.add(Origin::Route, named("outer route"));
+            })
+            .expect("lent");
+        });
+        let tasks = slot.take().unwrap().take_tasks();
+        assert_eq!(
+            tasks.task_names(),
+            ["outer route", "inner route", "response", "extracted"]
+        );
+    }
+
+    #[test]
+    fn a_scope_is_only_seen_while_lent_and_comes_back_after_a_panic() {
+        assert!(with_current(|_| ()).is_none());
+        let mut slot = Some(Scope::new(Runner::new()));
+        let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            lend(&mut slot, || {
+                assert!(with_current(|_| ()).is_some());
+                panic!("a handler bug");
+            })
+        }));
+        assert!(result.is_err());
+        assert!(slot.is_some(), "the scope came back");
+        assert!(with_current(|_| ()).is_none(), "and left the thread");
+    }
+
+    #[test]
+    fn nested_layers_lend_their_own_scope() {
+        let (outer, inner) = (Runner::new(), Runner::new());
+        let mut outer_slot = Some(Scope::new(outer.clone()));
+        let mut inner_slot = Some(Scope::new(inner));
+        lend(&mut outer_slot, || {
+            lend(&mut inner_slot, || {
+                with_current(|scope| scope.admit().unwrap());
+            });
+            with_current(|scope| assert!(scope.reservation.is_none()));
+        });
+        assert!(inner_slot.unwrap().reservation.is_some());
     }
 }
