@@ -465,7 +465,9 @@ impl Deferred {
         match tokio::runtime::Handle::try_current() {
             Ok(handle) => {
                 let tracker = accepted.slot.runner().tracker.clone();
-                tracker.spawn_on(execute::run_group(accepted), &handle);
+                // Boxed: the group future is large, and a boxed one is
+                // cheaper to move into the task than to copy whole.
+                tracker.spawn_on(Box::pin(execute::run_group(accepted)), &handle);
             }
             Err(_) => {
                 tracing::error!(
