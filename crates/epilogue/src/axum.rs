@@ -5,8 +5,8 @@
 //! |---|---|
 //! | `(BackgroundTask::new(..), Json(..))` returned from a handler | the response's own tasks |
 //! | `tasks: BackgroundTasks` as a handler parameter, then `tasks.add_task(..)` | tasks run after this handler's response (FastAPI style) |
-//! | `post(handler).layer(background(..))` | route-level tasks, a fresh copy per request |
-//! | `post(handler).layer(admission())` | `503` before the handler when the runner is full |
+//! | `post(handler.layer(background(..)))` | route-level tasks, a fresh copy per request |
+//! | `post(handler.layer(admission()))` | `503` before the handler when the runner is full |
 //! | `epilogue::axum::serve(listener, app, runner)` | serves `app` with the executing layer outside it, and drains on Ctrl-C / SIGTERM |
 //!
 //! The executing [`BackgroundLayer`] must wrap the whole `Router`: inside it,
@@ -14,6 +14,11 @@
 //! before they are sent. [`serve`] puts it there, so it cannot be misplaced;
 //! a service served another way wraps the router itself:
 //! `BackgroundLayer::new(runner).layer(router)`.
+//!
+//! Route-level layers go on the handler (`handler.layer(..)`, axum's
+//! `Handler::layer`) or on the method router (`post(handler).layer(..)`); both
+//! work. On the handler is cheaper: axum boxes and clones a method router's
+//! layered service for every request, a handler's layer is built in place.
 
 use std::convert::Infallible;
 use std::future::{Future, IntoFuture};
@@ -36,7 +41,7 @@ use crate::shutdown::ShutdownReport;
 use crate::task::BackgroundTask;
 use crate::tasks::BackgroundTasks;
 
-/// Route-level tasks: `post(create_user).layer(background(task))`.
+/// Route-level tasks: `post(create_user.layer(background(task)))`.
 ///
 /// Every request gets a fresh copy of `tasks`, run after a successful
 /// response (status below 400; see [`RouteTasksLayer::always`]) and before
@@ -44,7 +49,7 @@ use crate::tasks::BackgroundTasks;
 /// before its handler runs while the runner is full.
 ///
 /// ```
-/// use axum::{routing::post, Router};
+/// use axum::{handler::Handler, routing::post, Router};
 /// use epilogue::{axum::background, BackgroundTask, BackgroundTasks};
 ///
 /// async fn send_email(to: Option<String>, message: &'static str) { /* ... */ }
@@ -54,7 +59,7 @@ use crate::tasks::BackgroundTasks;
 /// let app: Router = Router::new()
 ///     .route(
 ///         "/register",
-///         post(create_user).layer(background(BackgroundTask::new(send_email, (None, "Account created")))),
+///         post(create_user.layer(background(BackgroundTask::new(send_email, (None, "Account created"))))),
 ///     )
 ///     .route(
 ///         "/register-and-log",
@@ -68,7 +73,7 @@ pub fn background(tasks: impl Into<BackgroundTasks>) -> RouteTasksLayer {
     RouteTasksLayer::new(tasks)
 }
 
-/// Admission only: `post(handler).layer(admission())` refuses requests with
+/// Admission only: `post(handler.layer(admission()))` refuses requests with
 /// `503` and `Retry-After` before the handler runs while the runner is full.
 ///
 /// Add it to routes whose handlers return tasks in their response: without

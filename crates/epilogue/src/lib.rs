@@ -39,7 +39,7 @@
 //!
 //! ```
 //! # async fn send_email_notification(to: Option<String>, message: &'static str) {}
-//! use axum::{routing::post, Json, Router};
+//! use axum::{handler::Handler, routing::post, Json, Router};
 //! use epilogue::{axum::background, BackgroundTask};
 //!
 //! async fn create_user() -> Json<&'static str> {
@@ -48,12 +48,15 @@
 //!
 //! let app: Router = Router::new().route(
 //!     "/register",
-//!     post(create_user).layer(background(BackgroundTask::new(
+//!     post(create_user.layer(background(BackgroundTask::new(
 //!         send_email_notification,
 //!         (None, "Account created"),
-//!     ))),
+//!     )))),
 //! );
 //! ```
+//!
+//! `post(create_user).layer(background(..))`, on the method router, works
+//! too; on the handler is cheaper (see the [`axum`] module).
 //!
 //! ## Route-level, a list
 //!
@@ -63,15 +66,15 @@
 //! # async fn send_email_notification(to: Option<String>, message: &'static str) {}
 //! # fn write_in_file(email: Option<String>) -> std::io::Result<()> { Ok(()) }
 //! # async fn create_user() {}
-//! use axum::{routing::post, Router};
+//! use axum::{handler::Handler, routing::post, Router};
 //! use epilogue::{axum::background, BackgroundTask, BackgroundTasks};
 //!
 //! let app: Router = Router::new().route(
 //!     "/register",
-//!     post(create_user).layer(background(BackgroundTasks::from([
+//!     post(create_user.layer(background(BackgroundTasks::from([
 //!         BackgroundTask::new(send_email_notification, (None, "Account created")),
 //!         BackgroundTask::new(write_in_file, (None,)),
-//!     ]))),
+//!     ])))),
 //! );
 //! ```
 //!
@@ -148,11 +151,11 @@
 //! ```no_run
 //! # async fn create_user() {}
 //! use std::time::Duration;
-//! use axum::{routing::post, Router};
+//! use axum::{handler::Handler, routing::post, Router};
 //! use epilogue::{axum::admission, Runner};
 //!
 //! # #[tokio::main] async fn main() -> std::io::Result<()> {
-//! let app = Router::new().route("/register", post(create_user).layer(admission()));
+//! let app = Router::new().route("/register", post(create_user.layer(admission())));
 //! let listener = tokio::net::TcpListener::bind("127.0.0.1:3000").await?;
 //! // Serves until Ctrl-C or SIGTERM, then finishes the responses in flight and
 //! // runs every accepted task, within 30 s in all.
