@@ -2,11 +2,6 @@
 //! documentation as one small service. Its behaviour is fixed by
 //! DEMO-CONTRACT.md; run it with `cargo run --release -p epilogue-demo`.
 
-mod app;
-mod config;
-mod input;
-mod tasks;
-
 use std::io::{IsTerminal, Write};
 use std::process::ExitCode;
 
@@ -14,7 +9,8 @@ use clap::Parser;
 use tokio::net::TcpListener;
 use tracing_subscriber::EnvFilter;
 
-use crate::config::Config;
+use epilogue_demo::app;
+use epilogue_demo::config::Config;
 
 #[tokio::main]
 async fn main() -> ExitCode {
