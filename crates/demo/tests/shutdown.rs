@@ -1,0 +1,152 @@
+//! SIGTERM: the demo stops accepting connections, finishes the responses in
+//! flight, runs every accepted task within the grace period, logs what ran
+//! and what was cut off, and exits 0.
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use common::{raw_post, signup, Demo, RawHttp, PATIENCE};
+use serde_json::json;
+
+/// Waits for a line of stderr with all of `words`.
+async fn logged(demo: &Demo, words: &[&str]) -> String {
+    common::eventually(&format!("a log line with {words:?}"), async || {
+        let stderr = demo.stderr();
+        let line = stderr
+            .lines()
+            .find(|line| words.iter().all(|word| line.contains(word)));
+        line.map(str::to_owned)
+    })
+    .await
+}
+
+#[tokio::test]
+async fn sigterm_runs_every_accepted_task_then_exits_0() {
+    let mut demo = Demo::start(&["--email-delay-ms", "2000"]).await;
+    let requests = [
+        ("/response/list", "list@example.com", "Email sent"),
+        ("/response/single", "single@example.com", "Email sent"),
+        ("/extractor", "extractor@example.com", "Email sent"),
+        ("/handler/list", "handler@example.com", "Created"),
+        ("/fail?mode=panic", "fail@example.com", "Created"),
+    ];
+    for (path, user, message) in requests {
+        demo.post(path, &signup(user))
+            .await
+            .assert_created(json!({ "message": message }));
+    }
+    assert!(
+        demo.outbox().is_empty(),
+        "an email was out before SIGTERM: the test proves nothing"
+    );
+
+    demo.terminate();
+    let status = demo.exit_status(PATIENCE).await;
+    assert_eq!(status.code(), Some(0), "stderr:\n{}", demo.stderr());
+
+    let mut sent: Vec<_> = demo
+        .outbox()
+        .into_iter()
+        .map(|email| (email.message, email.to))
+        .collect();
+    sent.sort();
+    let to = |user: &str| Some(user.to_owned());
+    assert_eq!(
+        sent,
+        [
+            ("Account created".to_owned(), None),
+            ("After failure".to_owned(), None),
+            (
+                "Thank you for registering.".to_owned(),
+                to("list@example.com")
+            ),
+            (
+                "Thank you for registering.".to_owned(),
+                to("single@example.com")
+            ),
+            ("Welcome.".to_owned(), to("extractor@example.com")),
+        ]
+    );
+    let mut logged_to: Vec<_> = demo.log().into_iter().map(|line| line.to).collect();
+    logged_to.sort();
+    assert_eq!(logged_to, [None, to("list@example.com")]);
+
+    // What ran: 5 emails and 2 log lines succeeded, the `fail` task panicked.
+    logged(&demo, &["drained=true", "succeeded=7", "panicked=1"]).await;
+    assert_eq!(
+        demo.stdout().lines().count(),
+        1,
+        "stdout holds the `listening on` line only:\n{}",
+        demo.stdout()
+    );
+}
+
+#[tokio::test]
+async fn sigterm_cuts_off_what_the_grace_period_cannot_wait_for() {
+    let mut demo = Demo::start(&["--shutdown-grace-s", "1", "--email-delay-ms", "10000"]).await;
+    for user in ["a@example.com", "b@example.com"] {
+        demo.post("/response/single", &signup(user))
+            .await
+            .assert_created(json!({ "message": "Email sent" }));
+    }
+
+    let signalled = Instant::now();
+    demo.terminate();
+    let status = demo.exit_status(Duration::from_secs(8)).await;
+    let took = signalled.elapsed();
+    assert_eq!(status.code(), Some(0), "stderr:\n{}", demo.stderr());
+    assert!(
+        took >= Duration::from_millis(900),
+        "exited after {took:?}, before the grace period was over"
+    );
+
+    logged(&demo, &["cut off", "send_email_notification"]).await;
+    assert!(demo.outbox().is_empty(), "{:?}", demo.outbox());
+}
+
+/// A request whose body has not arrived when SIGTERM comes is finished, and
+/// its tasks run; meanwhile new connections are refused.
+///
+/// `Expect: 100-continue` tells when the request is in: the server answers
+/// `100 Continue` once the handler reads the body.
+#[tokio::test]
+async fn sigterm_finishes_the_request_in_flight_and_refuses_new_connections() {
+    let mut demo = Demo::start(&[]).await;
+    let mut connection = RawHttp::connect(demo.addr()).await;
+    let body = signup("late@example.com").to_string();
+    let request = raw_post(
+        demo.addr(),
+        "/response/list",
+        &["Expect: 100-continue"],
+        &body,
+    );
+    let head = &request[..request.len() - body.len()];
+    connection.send(head).await;
+    assert_eq!(connection.response().await.status, 100);
+
+    demo.terminate();
+    common::eventually("new connections to be refused", async || {
+        tokio::net::TcpStream::connect(demo.addr()).await.err()
+    })
+    .await;
+    assert!(
+        demo.is_running(),
+        "the demo exited with a request in flight"
+    );
+
+    connection.send(&body).await;
+    let response = connection.response().await;
+    assert_eq!(response.status, 201, "{response:?}");
+    let json: serde_json::Value = serde_json::from_slice(&response.body).expect("a JSON body");
+    assert_eq!(json, json!({ "message": "Email sent" }));
+
+    let status = demo.exit_status(PATIENCE).await;
+    assert_eq!(status.code(), Some(0), "stderr:\n{}", demo.stderr());
+    let emails = demo.emails_saying("Thank you for registering.");
+    assert_eq!(emails.len(), 1, "{emails:?}");
+    assert_eq!(emails[0].to.as_deref(), Some("late@example.com"));
+    let lines = demo.log();
+    assert_eq!(lines.len(), 1, "{lines:?}");
+    assert_eq!(lines[0].to.as_deref(), Some("late@example.com"));
+}
