@@ -26,8 +26,9 @@ enum Flow {
     Cut,
 }
 
-/// The body of a group's tokio task.
-pub(crate) async fn run_group(accepted: Accepted) {
+/// The body of a group's tokio task. `placed` says whether the group
+/// already took its running place when it was started.
+pub(crate) async fn run_group(accepted: Accepted, placed: bool) {
     let Accepted {
         slot,
         tasks,
@@ -35,23 +36,42 @@ pub(crate) async fn run_group(accepted: Accepted) {
         span,
     } = accepted;
     let inner = slot.runner();
-    // Fast path first: a free place costs one CAS and no waker registration.
-    let _permit = match inner.running.try_acquire() {
-        Ok(permit) => permit,
-        Err(_) => {
-            tokio::select! {
-                // The deadline first: a place freed by a cut-off group must
-                // not start more work after the deadline.
-                biased;
-                () = inner.deadline.cancelled() => {
-                    cut_off_pending(inner, &tasks);
-                    return;
-                }
-                permit = inner.running.acquire() => permit.expect("the running semaphore is never closed"),
+    if !placed {
+        tokio::select! {
+            // The deadline first: a place freed by a cut-off group must not
+            // start more work after the deadline.
+            biased;
+            () = inner.deadline.cancelled() => {
+                cut_off_pending(inner, &tasks);
+                return;
+            }
+            permit = inner.running.acquire() => {
+                permit.expect("the running semaphore is never closed").forget();
             }
         }
-    };
+    }
+    let _place = RunningPlace(inner);
     run_steps(inner, tasks, accepted_at).instrument(span).await;
+}
+
+/// Takes a free running place for a group about to start, without waiting:
+/// taken where the group is accepted, so that free places go in acceptance
+/// order, whatever order tokio first polls the groups' tasks in.
+pub(crate) fn try_take_place(inner: &Inner) -> bool {
+    inner
+        .running
+        .try_acquire()
+        .map(|permit| permit.forget())
+        .is_ok()
+}
+
+/// Gives a group's running place back when the group is done or dropped.
+struct RunningPlace<'a>(&'a Inner);
+
+impl Drop for RunningPlace<'_> {
+    fn drop(&mut self) {
+        self.0.running.add_permits(1);
+    }
 }
 
 async fn run_steps(inner: &Arc<Inner>, mut group: BackgroundTasks, accepted_at: Instant) -> Flow {

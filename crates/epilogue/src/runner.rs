@@ -144,8 +144,11 @@ impl Builder {
     /// Default of [`max_blocking`](Builder::max_blocking).
     pub const DEFAULT_MAX_BLOCKING: usize = 64;
 
-    /// How many groups may run at once (default 4096). Groups past it wait,
-    /// in the order they were accepted. Async groups are cheap; this bound is
+    /// How many groups may run at once (default 4096). A group takes a free
+    /// place when its response has been sent, so free places go in that
+    /// order; groups past the limit wait for a place to free up, in the
+    /// order tokio first runs their tasks (roughly, not strictly, the order
+    /// they were accepted). Async groups are cheap; this bound is
     /// for what the tasks talk to (a mail server, a database pool).
     ///
     /// # Panics
@@ -464,10 +467,12 @@ impl Deferred {
         };
         match tokio::runtime::Handle::try_current() {
             Ok(handle) => {
-                let tracker = accepted.slot.runner().tracker.clone();
+                let inner = accepted.slot.runner().clone();
+                let placed = execute::try_take_place(&inner);
                 // Boxed: the group future is large, and a boxed one is
                 // cheaper to move into the task than to copy whole.
-                tracker.spawn_on(Box::pin(execute::run_group(accepted)), &handle);
+                let group = Box::pin(execute::run_group(accepted, placed));
+                inner.tracker.spawn_on(group, &handle);
             }
             Err(_) => {
                 tracing::error!(
