@@ -1,0 +1,74 @@
+#!/usr/bin/env bash
+# Where epilogue-demo spends its instructions per request, against the
+# bare axum + tokio::spawn comparator (bench/baseline), under callgrind.
+#
+#   bench/profile.sh [N]     N defaults to 1000; takes about a minute
+#
+# Each server serves N, then (in a second run) 6N sequential keep-alive
+# requests of POST /response/single under `valgrind --tool=callgrind`, and is
+# stopped by SIGTERM. Per function, (Ir(6N) - Ir(N)) / 5N is its cost per
+# request. Prints each server's top functions and the largest differences,
+# exclusive and inclusive; keeps the callgrind files and listings in
+# target/bench/profile-<time>/ for callgrind_annotate or kcachegrind.
+set -euo pipefail
+here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
+root=$(cd "$here/.." && pwd)
+n=${1:-1000}
+python=${PYTHON:-python3}
+command -v valgrind >/dev/null || { echo "profile.sh: valgrind is required" >&2; exit 1; }
+cpus=$(nproc)
+server_cpu=0 client_cpu=$((cpus >= 2 ? 1 : 0))
+
+(cd "$root" && cargo build --release -p epilogue-demo -p bench-baseline) >&2
+target_dir=$(cd "$root" && cargo metadata --format-version 1 --no-deps |
+  "$python" -c 'import json, sys; print(json.load(sys.stdin)["target_directory"])')
+out=$target_dir/bench/profile-$(date +%Y%m%d-%H%M%S)
+mkdir -p "$out"
+work=$(mktemp -d -t epilogue-profile.XXXXXX)
+pid=
+cleanup() {
+  if [[ -n $pid ]]; then kill -KILL "$pid" 2>/dev/null || true; wait "$pid" 2>/dev/null || true; fi
+  rm -rf "$work"
+}
+trap cleanup EXIT
+trap 'exit 130' INT
+trap 'exit 143' TERM
+
+profile() { # profile SERVER LABEL REQUESTS
+  local server=$1 label=$2 requests=$3 cmd
+  case "$server" in
+    demo) cmd=("$target_dir/release/epilogue-demo") ;;
+    spawn) cmd=("$target_dir/release/bench-baseline" --task spawn) ;;
+  esac
+  rm -rf "$work/data" && mkdir -p "$work/data"
+  taskset -c "$server_cpu" valgrind --tool=callgrind --callgrind-out-file="$out/$server.$label.callgrind" \
+    "${cmd[@]}" --addr 127.0.0.1:0 --data-dir "$work/data" >"$work/stdout" 2>"$out/$server.$label.stderr" &
+  pid=$!
+  local line=
+  for _ in $(seq 600); do
+    line=$(grep -m1 '^listening on http://' "$work/stdout" 2>/dev/null || true)
+    [[ -n $line ]] && break
+    kill -0 "$pid" 2>/dev/null || break
+    sleep 0.05
+  done
+  [[ -n $line ]] || { echo "profile.sh: $server did not start under callgrind" >&2; exit 1; }
+  taskset -c "$client_cpu" "$python" "$here/lib/seqclient.py" "127.0.0.1:${line##*:}" /response/single "$requests"
+  kill -TERM "$pid"
+  local rc=0
+  wait "$pid" || rc=$?
+  pid=
+  ((rc == 0)) || { echo "profile.sh: $server exited with status $rc" >&2; exit 1; }
+  for kind in self incl; do
+    callgrind_annotate --auto=no --threshold=100 --inclusive=$([[ $kind == incl ]] && echo yes || echo no) \
+      "$out/$server.$label.callgrind" >"$out/$server.$label.$kind.txt" 2>/dev/null
+  done
+  echo "  $server, $requests requests: $(grep -E 'Collected' "$out/$server.$label.stderr" | awk '{print $NF}') instructions" >&2
+}
+
+echo "callgrind: epilogue-demo and axum + tokio::spawn, $n and $((6 * n)) requests" >&2
+for server in demo spawn; do
+  profile "$server" N "$n"
+  profile "$server" 6N $((6 * n))
+done
+"$python" "$here/lib/callgrind_diff.py" "$n" "$out" 30 | tee "$out/diff.txt"
+echo "callgrind files and listings: $out" >&2
