@@ -19,7 +19,7 @@
 //! dropping whatever spawned task is still running: that is what
 //! `tokio::spawn` gives.
 
-use std::io::{IsTerminal, Write};
+use std::io::Write;
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
@@ -33,7 +33,6 @@ use serde::Serialize;
 use tokio::net::TcpListener;
 use tower_http::compression::CompressionLayer;
 use tower_http::trace::TraceLayer;
-use tracing_subscriber::EnvFilter;
 
 use epilogue_demo::input::Credentials;
 use epilogue_demo::tasks::{send_email_notification, Outbox};
@@ -90,14 +89,8 @@ fn created(message: &'static str) -> Created {
 
 #[tokio::main]
 async fn main() -> ExitCode {
-    // Logs go to stderr: stdout carries only the "listening on" line.
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info")),
-        )
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::stderr().is_terminal())
-        .init();
+    // The demo's own logging setup, so that both log the same way.
+    epilogue_demo::init_logging();
     let config = Config::parse();
     match run(config).await {
         Ok(()) => ExitCode::SUCCESS,

@@ -2,26 +2,18 @@
 //! documentation as one small service. Its behaviour is fixed by
 //! DEMO-CONTRACT.md; run it with `cargo run --release -p epilogue-demo`.
 
-use std::io::{IsTerminal, Write};
+use std::io::Write;
 use std::process::ExitCode;
 
 use clap::Parser;
 use tokio::net::TcpListener;
-use tracing_subscriber::EnvFilter;
 
 use epilogue_demo::app;
 use epilogue_demo::config::Config;
 
 #[tokio::main]
 async fn main() -> ExitCode {
-    // Logs go to stderr: stdout carries only the "listening on" line.
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info")),
-        )
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::stderr().is_terminal())
-        .init();
+    epilogue_demo::init_logging();
     let config = Config::parse();
     match run(config).await {
         Ok(()) => ExitCode::SUCCESS,
