@@ -19,21 +19,18 @@
 //! dropping whatever spawned task is still running: that is what
 //! `tokio::spawn` gives.
 
-use std::io::Write;
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
 
 use axum::extract::State as Extract;
-use axum::http::StatusCode;
 use axum::routing::{get, post};
 use axum::{Json, Router};
 use clap::Parser;
-use serde::Serialize;
-use tokio::net::TcpListener;
 use tower_http::compression::CompressionLayer;
 use tower_http::trace::TraceLayer;
 
+use epilogue_demo::app::{created, Created};
 use epilogue_demo::input::Credentials;
 use epilogue_demo::tasks::{send_email_notification, Outbox};
 
@@ -76,17 +73,6 @@ struct State {
     task: TaskMode,
 }
 
-#[derive(Serialize)]
-struct Message {
-    message: &'static str,
-}
-
-type Created = (StatusCode, Json<Message>);
-
-fn created(message: &'static str) -> Created {
-    (StatusCode::CREATED, Json(Message { message }))
-}
-
 #[tokio::main]
 async fn main() -> ExitCode {
     // The demo's own logging setup, so that both log the same way.
@@ -115,15 +101,7 @@ async fn run(config: Config) -> Result<(), String> {
         outbox,
         task: config.task,
     };
-    let listener = TcpListener::bind(&config.addr)
-        .await
-        .map_err(|e| format!("cannot listen on {}: {e}", config.addr))?;
-    let addr = listener.local_addr().map_err(|e| e.to_string())?;
-    let mut stdout = std::io::stdout().lock();
-    writeln!(stdout, "listening on http://{addr}")
-        .and_then(|()| stdout.flush())
-        .map_err(|e| format!("cannot write to stdout: {e}"))?;
-    drop(stdout);
+    let listener = epilogue_demo::listen(&config.addr).await?;
 
     axum::serve(listener, router(state))
         .with_graceful_shutdown(shutdown_signal())

@@ -39,14 +39,17 @@ impl State {
     }
 }
 
+/// The body of every 201 of the demo.
 #[derive(Serialize)]
-struct Message {
+pub struct Message {
     message: &'static str,
 }
 
-type Created = (StatusCode, Json<Message>);
+/// A 201 with `{"message": ...}`.
+pub type Created = (StatusCode, Json<Message>);
 
-fn created(message: &'static str) -> Created {
+/// A 201 with `{"message": message}`.
+pub fn created(message: &'static str) -> Created {
     (StatusCode::CREATED, Json(Message { message }))
 }
 

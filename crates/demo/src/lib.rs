@@ -22,3 +22,24 @@ pub fn init_logging() {
         .with_ansi(std::io::stderr().is_terminal())
         .init();
 }
+
+/// Binds `addr` and prints the one stdout line of the contract,
+/// `listening on http://HOST:PORT`, with the real port.
+///
+/// # Errors
+///
+/// A message that names the address, when it cannot be bound, or when
+/// stdout cannot be written.
+pub async fn listen(addr: &str) -> Result<tokio::net::TcpListener, String> {
+    use std::io::Write;
+
+    let listener = tokio::net::TcpListener::bind(addr)
+        .await
+        .map_err(|e| format!("cannot listen on {addr}: {e}"))?;
+    let local = listener.local_addr().map_err(|e| e.to_string())?;
+    let mut stdout = std::io::stdout().lock();
+    writeln!(stdout, "listening on http://{local}")
+        .and_then(|()| stdout.flush())
+        .map_err(|e| format!("cannot write to stdout: {e}"))?;
+    Ok(listener)
+}

@@ -2,11 +2,9 @@
 //! documentation as one small service. Its behaviour is fixed by
 //! DEMO-CONTRACT.md; run it with `cargo run --release -p epilogue-demo`.
 
-use std::io::Write;
 use std::process::ExitCode;
 
 use clap::Parser;
-use tokio::net::TcpListener;
 
 use epilogue_demo::app;
 use epilogue_demo::config::Config;
@@ -33,15 +31,7 @@ async fn run(config: Config) -> Result<(), String> {
             config.data_dir.display()
         )
     })?;
-    let listener = TcpListener::bind(&config.addr)
-        .await
-        .map_err(|e| format!("cannot listen on {}: {e}", config.addr))?;
-    let addr = listener.local_addr().map_err(|e| e.to_string())?;
-    let mut stdout = std::io::stdout().lock();
-    writeln!(stdout, "listening on http://{addr}")
-        .and_then(|()| stdout.flush())
-        .map_err(|e| format!("cannot write to stdout: {e}"))?;
-    drop(stdout);
+    let listener = epilogue_demo::listen(&config.addr).await?;
 
     let app = app::router(state);
     let report = epilogue::axum::serve(listener, app, runner)
