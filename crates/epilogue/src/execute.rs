@@ -26,9 +26,9 @@ enum Flow {
     Cut,
 }
 
-/// The body of a group's tokio task. `placed` says whether the group
-/// already took its running place when it was started.
-pub(crate) async fn run_group(accepted: Accepted, placed: bool) {
+/// The body of a group's tokio task. `place` is the running place the group
+/// took when it was started, if one was free.
+pub(crate) async fn run_group(accepted: Accepted, place: Option<RunningPlace>) {
     let Accepted {
         slot,
         tasks,
@@ -36,8 +36,9 @@ pub(crate) async fn run_group(accepted: Accepted, placed: bool) {
         span,
     } = accepted;
     let inner = slot.runner();
-    if !placed {
-        tokio::select! {
+    let _place = match place {
+        Some(place) => place,
+        None => tokio::select! {
             // The deadline first: a place freed by a cut-off group must not
             // start more work after the deadline.
             biased;
@@ -47,28 +48,27 @@ pub(crate) async fn run_group(accepted: Accepted, placed: bool) {
             }
             permit = inner.running.acquire() => {
                 permit.expect("the running semaphore is never closed").forget();
+                RunningPlace(inner.clone())
             }
-        }
-    }
-    let _place = RunningPlace(inner);
+        },
+    };
     run_steps(inner, tasks, accepted_at).instrument(span).await;
 }
 
 /// Takes a free running place for a group about to start, without waiting:
 /// taken where the group is accepted, so that free places go in acceptance
 /// order, whatever order tokio first polls the groups' tasks in.
-pub(crate) fn try_take_place(inner: &Inner) -> bool {
-    inner
-        .running
-        .try_acquire()
-        .map(|permit| permit.forget())
-        .is_ok()
+pub(crate) fn try_take_place(inner: &Arc<Inner>) -> Option<RunningPlace> {
+    let permit = inner.running.try_acquire().ok()?;
+    permit.forget();
+    Some(RunningPlace(inner.clone()))
 }
 
-/// Gives a group's running place back when the group is done or dropped.
-struct RunningPlace<'a>(&'a Inner);
+/// Gives a group's running place back when the group is done, or dropped
+/// (even before its first poll, by a runtime shutting down).
+pub(crate) struct RunningPlace(Arc<Inner>);
 
-impl Drop for RunningPlace<'_> {
+impl Drop for RunningPlace {
     fn drop(&mut self) {
         self.0.running.add_permits(1);
     }

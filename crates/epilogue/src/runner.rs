@@ -468,10 +468,10 @@ impl Deferred {
         match tokio::runtime::Handle::try_current() {
             Ok(handle) => {
                 let inner = accepted.slot.runner().clone();
-                let placed = execute::try_take_place(&inner);
+                let place = execute::try_take_place(&inner);
                 // Boxed: the group future is large, and a boxed one is
                 // cheaper to move into the task than to copy whole.
-                let group = Box::pin(execute::run_group(accepted, placed));
+                let group = Box::pin(execute::run_group(accepted, place));
                 inner.tracker.spawn_on(group, &handle);
             }
             Err(_) => {
@@ -819,5 +819,24 @@ mod tests {
             .start();
         let stats = runner.stats();
         assert_eq!((stats.accepted, stats.cut_off, stats.pending), (1, 1, 0));
+    }
+
+    #[test]
+    fn a_group_dropped_with_its_runtime_gives_its_running_place_back() {
+        let runner = Runner::builder().max_running(1).build();
+        let journal = Journal::default();
+        let runtime = || {
+            tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .unwrap()
+        };
+        // Started (so it holds the only running place) but never polled.
+        runtime().block_on(async { runner.spawn(note(&journal, "dropped")).unwrap() });
+        runtime().block_on(async {
+            runner.spawn(note(&journal, "runs")).unwrap();
+            assert!(drain(&runner).await.drained);
+        });
+        assert_eq!(*journal.lock().unwrap(), ["runs"]);
     }
 }
