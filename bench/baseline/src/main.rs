@@ -25,12 +25,10 @@ use std::time::Duration;
 
 use axum::extract::State as Extract;
 use axum::routing::{get, post};
-use axum::{Json, Router};
+use axum::Router;
 use clap::Parser;
-use tower_http::compression::CompressionLayer;
-use tower_http::trace::TraceLayer;
 
-use epilogue_demo::app::{created, Created};
+use epilogue_demo::app::{created, healthz, with_middleware, Created};
 use epilogue_demo::input::Credentials;
 use epilogue_demo::tasks::{send_email_notification, Outbox};
 
@@ -78,14 +76,7 @@ async fn main() -> ExitCode {
     // The demo's own logging setup, so that both log the same way.
     epilogue_demo::init_logging();
     let config = Config::parse();
-    match run(config).await {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(error) => {
-            tracing::error!("{error}");
-            eprintln!("bench-baseline: {error}");
-            ExitCode::FAILURE
-        }
-    }
+    epilogue_demo::exit("bench-baseline", run(config).await)
 }
 
 async fn run(config: Config) -> Result<(), String> {
@@ -112,15 +103,13 @@ async fn run(config: Config) -> Result<(), String> {
 }
 
 fn router(state: State) -> Router {
-    Router::new()
+    // The demo's own middleware and health check: the comparison is only
+    // fair if everything but the task handling is the same.
+    let routes = Router::new()
         .route("/response/single", post(response_single))
-        .route(
-            "/healthz",
-            get(|| async { Json(serde_json::json!({ "status": "ok" })) }),
-        )
-        .with_state(state)
-        .layer(CompressionLayer::new())
-        .layer(TraceLayer::new_for_http())
+        .route("/healthz", get(healthz))
+        .with_state(state);
+    with_middleware(routes)
 }
 
 /// `POST /response/single`: 201 `{"message":"Email sent"}`, and the email

@@ -67,7 +67,7 @@ pub fn router(state: State) -> Router {
         BackgroundTask::new(write_in_file, (log, None)),
     ]);
 
-    Router::new()
+    let routes = Router::new()
         .route(
             "/handler/single",
             post(create_user.layer(background(account_created))),
@@ -89,13 +89,22 @@ pub fn router(state: State) -> Router {
         .route("/extractor", post(extractor))
         .route("/outbox", get(outbox_list))
         .route("/stats", get(stats))
-        .route(
-            "/healthz",
-            get(|| async { Json(serde_json::json!({ "status": "ok" })) }),
-        )
-        .with_state(state)
+        .route("/healthz", get(healthz))
+        .with_state(state);
+    with_middleware(routes)
+}
+
+/// The middleware every route is served behind, as a production service
+/// would be: tracing outside, compression inside.
+pub fn with_middleware(router: Router) -> Router {
+    router
         .layer(CompressionLayer::new())
         .layer(TraceLayer::new_for_http())
+}
+
+/// `GET /healthz`.
+pub async fn healthz() -> Json<serde_json::Value> {
+    Json(serde_json::json!({ "status": "ok" }))
 }
 
 /// `POST /handler/*`: the tasks are on the route.

@@ -43,3 +43,16 @@ pub async fn listen(addr: &str) -> Result<tokio::net::TcpListener, String> {
         .map_err(|e| format!("cannot write to stdout: {e}"))?;
     Ok(listener)
 }
+
+/// The exit of a binary of this crate: success, or the error logged and
+/// printed to stderr under the program's name, and exit code 1.
+pub fn exit(program: &str, result: Result<(), String>) -> std::process::ExitCode {
+    match result {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(error) => {
+            tracing::error!("{error}");
+            eprintln!("{program}: {error}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}

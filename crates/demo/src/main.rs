@@ -13,14 +13,7 @@ use epilogue_demo::config::Config;
 async fn main() -> ExitCode {
     epilogue_demo::init_logging();
     let config = Config::parse();
-    match run(config).await {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(error) => {
-            tracing::error!("{error}");
-            eprintln!("epilogue-demo: {error}");
-            ExitCode::FAILURE
-        }
-    }
+    epilogue_demo::exit("epilogue-demo", run(config).await)
 }
 
 async fn run(config: Config) -> Result<(), String> {

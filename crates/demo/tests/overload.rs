@@ -7,7 +7,7 @@ mod common;
 
 use std::collections::BTreeSet;
 
-use common::{signup, Demo, Reply};
+use common::{signup, Demo, Reply, TASK_ROUTES};
 use reqwest::StatusCode;
 use serde_json::json;
 use tokio::task::JoinSet;
@@ -45,15 +45,7 @@ async fn a_full_demo_refuses_task_routes_and_still_answers_the_rest() {
     }
 
     // Full now, for 2.5 s at least: every kind of task-bearing route is refused.
-    for path in [
-        "/handler/single",
-        "/handler/list",
-        "/response/single",
-        "/response/list",
-        "/response/add-task",
-        "/extractor",
-        "/fail?mode=error",
-    ] {
+    for path in TASK_ROUTES {
         assert_refused(&demo.post(path, &signup("refused@example.com")).await);
     }
     // What carries no task is still served.
@@ -147,12 +139,7 @@ async fn under_bursts_every_accepted_request_gets_its_tasks() {
     .await;
     // Nothing runs or waits any more: no refused request's email can come.
     let stats = demo.idle().await;
-    let mut sent: Vec<_> = demo
-        .outbox()
-        .into_iter()
-        .map(|email| (email.message, email.to))
-        .collect();
-    sent.sort();
+    let sent = demo.sent_sorted();
     promised.sort();
     assert_eq!(
         sent, promised,

@@ -4,7 +4,7 @@
 
 mod common;
 
-use common::{signup, Demo, Reply, Scratch, PASSWORD};
+use common::{signup, Demo, Reply, Scratch, PASSWORD, TASK_ROUTES};
 use reqwest::header::CONTENT_TYPE;
 use reqwest::StatusCode;
 use serde_json::json;
@@ -39,16 +39,7 @@ async fn the_password_never_comes_out() {
     let mut demo = Demo::spawn(command, scratch, data_dir).await;
     let mut replies = Vec::new();
 
-    for path in [
-        "/handler/single",
-        "/handler/list",
-        "/response/single",
-        "/response/list",
-        "/response/add-task",
-        "/extractor",
-        "/fail?mode=error",
-        "/fail?mode=panic",
-    ] {
+    for path in TASK_ROUTES.into_iter().chain(["/fail?mode=panic"]) {
         let reply = demo.post(path, &signup("ada@example.com")).await;
         assert_eq!(reply.status, StatusCode::CREATED, "{path}: {reply:?}");
         replies.push(reply);

@@ -45,12 +45,7 @@ async fn sigterm_runs_every_accepted_task_then_exits_0() {
     let status = demo.exit_status(PATIENCE).await;
     assert_eq!(status.code(), Some(0), "stderr:\n{}", demo.stderr());
 
-    let mut sent: Vec<_> = demo
-        .outbox()
-        .into_iter()
-        .map(|email| (email.message, email.to))
-        .collect();
-    sent.sort();
+    let sent = demo.sent_sorted();
     let to = |user: &str| Some(user.to_owned());
     assert_eq!(
         sent,

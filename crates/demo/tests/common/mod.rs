@@ -41,6 +41,17 @@ const POLL_EVERY: Duration = Duration::from_millis(25);
 /// anywhere it should not be is a real leak.
 pub const PASSWORD: &str = "hunter2-SECRET-pw";
 
+/// Every POST route that carries tasks (`/fail` with a valid mode).
+pub const TASK_ROUTES: [&str; 7] = [
+    "/handler/single",
+    "/handler/list",
+    "/response/single",
+    "/response/list",
+    "/response/add-task",
+    "/extractor",
+    "/fail?mode=error",
+];
+
 /// What every POST route takes.
 pub fn signup(email: &str) -> Value {
     json!({ "email": email, "password": PASSWORD })
@@ -294,6 +305,18 @@ impl Demo {
             .iter()
             .map(|line| Email::parse(line))
             .collect()
+    }
+
+    /// Every email sent, as `(message, to)`, sorted: for comparing what was
+    /// sent with what was promised, whatever order the tasks ran in.
+    pub fn sent_sorted(&self) -> Vec<(String, Option<String>)> {
+        let mut sent: Vec<_> = self
+            .outbox()
+            .into_iter()
+            .map(|email| (email.message, email.to))
+            .collect();
+        sent.sort();
+        sent
     }
 
     /// The emails in `outbox.jsonl` with this message.
