@@ -35,7 +35,9 @@ use http::request::Parts;
 use tokio::net::TcpListener;
 use tower_layer::Layer;
 
-use crate::http::{attach, with_current, BackgroundLayer, ExtractedSink, Origin, RouteTasksLayer};
+use crate::http::{
+    add_or_attach, with_current, BackgroundLayer, ExtractedSink, Origin, RouteTasksLayer,
+};
 use crate::runner::{Refused, Runner};
 use crate::shutdown::ShutdownReport;
 use crate::task::BackgroundTask;
@@ -96,13 +98,7 @@ impl IntoResponseParts for BackgroundTasks {
     type Error = Infallible;
 
     fn into_response_parts(mut self, mut res: ResponseParts) -> Result<ResponseParts, Self::Error> {
-        let mut tasks = Some(self.take());
-        // Straight to the request's scope when the handler runs inside the
-        // executing layer; in the response's extensions otherwise.
-        let added = with_current(|scope| scope.add(Origin::Response, tasks.take().expect("once")));
-        if added.is_none() {
-            attach(res.extensions_mut(), tasks.take().expect("not added"));
-        }
+        add_or_attach(Origin::Response, self.take(), res.extensions_mut());
         Ok(res)
     }
 }

@@ -21,7 +21,7 @@ pub use layer::{Background, BackgroundLayer, ResponseFuture};
 pub use route::{RouteFuture, RouteTasks, RouteTasksLayer};
 
 pub(crate) use refusal::{missing_layer, refused, MISSING_LAYER};
-pub(crate) use scope::{with_current, ExtractedSink, Origin};
+pub(crate) use scope::{add_or_attach, with_current, ExtractedSink, Origin};
 
 /// Adds `tasks` after the tasks already attached to a response's extensions.
 ///

@@ -162,20 +162,8 @@ where
                 let layer = tasks.take().expect("RouteFuture polled after completion");
                 let runs = layer.always || response.status().as_u16() < 400;
                 if runs && !layer.tasks.is_empty() {
-                    let mut group = Some(BackgroundTasks::clone(&layer.tasks));
-                    let added = scope::with_current(|scope| {
-                        scope.add(Origin::Route, group.take().expect("once"));
-                    });
-                    if added.is_none() {
-                        // Polled away from the executing layer: the tasks
-                        // travel in the extensions, before the response's.
-                        let extensions = response.extensions_mut();
-                        let mut group = group.take().expect("not added");
-                        if let Some(own) = extensions.remove::<BackgroundTasks>() {
-                            group.merge(own);
-                        }
-                        extensions.insert(group);
-                    }
+                    let group = BackgroundTasks::clone(&layer.tasks);
+                    scope::add_or_attach(Origin::Route, group, response.extensions_mut());
                 }
                 Poll::Ready(Ok(response))
             }

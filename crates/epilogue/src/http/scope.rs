@@ -11,6 +11,8 @@
 
 use std::cell::RefCell;
 
+use http::Extensions;
+
 use tracing::Span;
 
 use crate::runner::{Deferred, Refused, Reservation, Runner};
@@ -135,19 +137,46 @@ pub(crate) fn with_current<R>(f: impl FnOnce(&mut Scope) -> R) -> Option<R> {
     CURRENT.with(|current| current.try_borrow_mut().ok()?.as_mut().map(f))
 }
 
+/// Adds `tasks` to the scope lent to this thread; gives them back where
+/// there is none.
+fn add_to_current(origin: Origin, tasks: BackgroundTasks) -> Result<(), BackgroundTasks> {
+    CURRENT.with(|current| match current.try_borrow_mut() {
+        Ok(mut current) => match current.as_mut() {
+            Some(scope) => {
+                scope.add(origin, tasks);
+                Ok(())
+            }
+            None => Err(tasks),
+        },
+        Err(_) => Err(tasks),
+    })
+}
+
+/// Adds a response's tasks to the request's scope, or, where the scope is
+/// not lent (the service is polled on another task), to the response's
+/// extensions, where the executing layer finds them too: route tasks before
+/// what is there, response tasks after.
+pub(crate) fn add_or_attach(origin: Origin, tasks: BackgroundTasks, extensions: &mut Extensions) {
+    let Err(mut tasks) = add_to_current(origin, tasks) else {
+        return;
+    };
+    if let Origin::Route = origin {
+        if let Some(own) = extensions.remove::<BackgroundTasks>() {
+            tasks.merge(own);
+        }
+    }
+    super::attach(extensions, tasks);
+}
+
 /// Where an extracted group goes when the handler drops it: the request's
 /// scope when dropped inside the request, else straight to the runner.
 pub(crate) struct ExtractedSink(pub(crate) Runner);
 
 impl Deliver for ExtractedSink {
     fn deliver(&self, tasks: BackgroundTasks) {
-        let mut tasks = Some(tasks);
-        let delivered =
-            with_current(|scope| scope.add(Origin::Extracted, tasks.take().expect("once")));
-        if delivered.is_none() {
+        if let Err(tasks) = add_to_current(Origin::Extracted, tasks) {
             // The handler kept its group past its request (moved it into a
             // spawned task, say): the tasks were still promised, so run them.
-            let tasks = tasks.expect("not delivered");
             tracing::debug!("background tasks delivered outside their request; starting them now");
             self.0.defer_over_limit(tasks, &Span::none()).start();
         }
