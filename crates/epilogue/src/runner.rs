@@ -469,9 +469,7 @@ impl Deferred {
             Ok(handle) => {
                 let inner = accepted.slot.runner().clone();
                 let place = execute::try_take_place(&inner);
-                // Boxed: the group future is large, and a boxed one is
-                // cheaper to move into the task than to copy whole.
-                let group = Box::pin(execute::run_group(accepted, place));
+                let group = execute::run_group(accepted, place);
                 inner.tracker.spawn_on(group, &handle);
             }
             Err(_) => {

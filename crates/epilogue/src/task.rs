@@ -156,6 +156,9 @@ pub(crate) type TaskResult = Result<(), String>;
 
 pub(crate) use private::Run;
 
+/// A plain function with its arguments, ready for the blocking pool.
+pub(crate) type BlockingCall = Box<dyn FnOnce() -> TaskResult + Send>;
+
 mod private {
     use super::*;
 
@@ -164,7 +167,7 @@ mod private {
     /// users cannot.
     pub enum Run {
         Async(Pin<Box<dyn Future<Output = TaskResult> + Send>>),
-        Blocking(Box<dyn FnOnce() -> TaskResult + Send>),
+        Blocking(BlockingCall),
     }
 }
 

@@ -1,5 +1,6 @@
 //! The executing layer: hands each response's tasks to the runner.
 
+use std::cell::RefCell;
 use std::future::Future;
 use std::pin::Pin;
 use std::task::{ready, Context, Poll};
@@ -99,9 +100,9 @@ where
     }
 
     fn call(&mut self, request: Request<ReqBody>) -> Self::Future {
-        let mut scope = Some(Scope::new(self.runner.clone()));
+        let scope = RefCell::new(Scope::new(self.runner.clone()));
         // Lent for the call too: a service may run its route layers here.
-        let inner = scope::lend(&mut scope, || self.inner.call(request));
+        let inner = scope::lend(&scope, || self.inner.call(request));
         ResponseFuture { inner, scope }
     }
 }
@@ -111,7 +112,7 @@ pin_project! {
     pub struct ResponseFuture<F> {
         #[pin]
         inner: F,
-        scope: Option<Scope>,
+        scope: RefCell<Scope>,
     }
 }
 
@@ -127,16 +128,13 @@ where
         // On an error there is no response to follow: the scope's place and
         // tasks are dropped with it, as for a handler that panicked.
         let mut response = ready!(scope::lend(this.scope, || inner.poll(cx)))?;
-        let mut scope = this
-            .scope
-            .take()
-            .expect("ResponseFuture polled after completion");
+        let scope = this.scope.get_mut();
         // Tasks attached where the scope was not lent (a service that polls
         // its inner service on another task) travel in the extensions.
         if let Some(tasks) = response.extensions_mut().remove::<BackgroundTasks>() {
             scope.add(Origin::Response, tasks);
         }
-        let deferred = scope.into_deferred();
+        let deferred = scope.take_deferred();
         Poll::Ready(Ok(response.map(|body| BackgroundBody::new(body, deferred))))
     }
 }

@@ -12,15 +12,15 @@
 use std::cell::RefCell;
 
 use http::Extensions;
-
+use scoped_tls::scoped_thread_local;
 use tracing::Span;
 
 use crate::runner::{Deferred, Refused, Reservation, Runner};
 use crate::tasks::{BackgroundTasks, Deliver};
 
-thread_local! {
-    static CURRENT: RefCell<Option<Scope>> = const { RefCell::new(None) };
-}
+// A pointer to the lent scope, not the scope itself: lending costs no copy
+// of it, however often the service is polled.
+scoped_thread_local!(static CURRENT: RefCell<Scope>);
 
 /// One request's place in the runner and its tasks, by origin.
 pub(crate) struct Scope {
@@ -98,14 +98,15 @@ impl Scope {
     }
 
     /// Called once the response is there: accepts its tasks, in the
-    /// request's place (dropped if there are none).
-    pub(crate) fn into_deferred(mut self) -> Option<Deferred> {
+    /// request's place (given back if there are none).
+    pub(crate) fn take_deferred(&mut self) -> Option<Deferred> {
         let tasks = self.take_tasks();
+        let reservation = self.reservation.take();
         if tasks.is_empty() {
             return None;
         }
         let span = self.span.take().unwrap_or_else(Span::none);
-        Some(match self.reservation.take() {
+        Some(match reservation {
             Some(reservation) => reservation.defer_in(tasks, &span),
             // The handler returned tasks on a route that reserved no place:
             // they are promised by now, so take them anyway.
@@ -114,42 +115,27 @@ impl Scope {
     }
 }
 
-/// Lends `slot`'s scope to this thread while `f` runs, and takes it back
-/// after, even if `f` panics. Nested layers each lend their own.
-pub(crate) fn lend<R>(slot: &mut Option<Scope>, f: impl FnOnce() -> R) -> R {
-    struct Return<'a> {
-        slot: &'a mut Option<Scope>,
-        outer: Option<Scope>,
-    }
-    impl Drop for Return<'_> {
-        fn drop(&mut self) {
-            *self.slot = CURRENT.with(|current| current.replace(self.outer.take()));
-        }
-    }
-    let outer = CURRENT.with(|current| current.replace(slot.take()));
-    let _return = Return { slot, outer };
-    f()
+/// Lends `scope` to this thread while `f` runs; it is taken back after,
+/// even if `f` panics. Nested layers each lend their own.
+pub(crate) fn lend<R>(scope: &RefCell<Scope>, f: impl FnOnce() -> R) -> R {
+    CURRENT.set(scope, f)
 }
 
 /// Runs `f` on the scope lent to this thread, if any. `f` must not reach
 /// for the scope again; if it does, it finds none.
 pub(crate) fn with_current<R>(f: impl FnOnce(&mut Scope) -> R) -> Option<R> {
-    CURRENT.with(|current| current.try_borrow_mut().ok()?.as_mut().map(f))
+    if !CURRENT.is_set() {
+        return None;
+    }
+    CURRENT.with(|current| Some(f(&mut *current.try_borrow_mut().ok()?)))
 }
 
 /// Adds `tasks` to the scope lent to this thread; gives them back where
 /// there is none.
 fn add_to_current(origin: Origin, tasks: BackgroundTasks) -> Result<(), BackgroundTasks> {
-    CURRENT.with(|current| match current.try_borrow_mut() {
-        Ok(mut current) => match current.as_mut() {
-            Some(scope) => {
-                scope.add(origin, tasks);
-                Ok(())
-            }
-            None => Err(tasks),
-        },
-        Err(_) => Err(tasks),
-    })
+    let mut tasks = Some(tasks);
+    with_current(|scope| scope.add(origin, tasks.take().expect("taken once")));
+    tasks.map_or(Ok(()), Err)
 }
 
 /// Adds a response's tasks to the request's scope, or, where the scope is
@@ -194,8 +180,8 @@ mod tests {
 
     #[test]
     fn tasks_come_out_route_first_then_response_then_extracted() {
-        let mut slot = Some(Scope::new(Runner::new()));
-        lend(&mut slot, || {
+        let scope = RefCell::new(Scope::new(Runner::new()));
+        lend(&scope, || {
             with_current(|scope| {
                 scope.add(Origin::Extracted, named("extracted"));
                 scope.add(Origin::Response, named("response"));
@@ -204,7 +190,7 @@ mod tests {
             })
             .expect("lent");
         });
-        let tasks = slot.take().unwrap().take_tasks();
+        let tasks = scope.borrow_mut().take_tasks();
         assert_eq!(
             tasks.task_names(),
             ["outer route", "inner route", "response", "extracted"]
@@ -214,29 +200,32 @@ mod tests {
     #[test]
     fn a_scope_is_only_seen_while_lent_and_comes_back_after_a_panic() {
         assert!(with_current(|_| ()).is_none());
-        let mut slot = Some(Scope::new(Runner::new()));
+        let scope = RefCell::new(Scope::new(Runner::new()));
         let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-            lend(&mut slot, || {
+            lend(&scope, || {
                 assert!(with_current(|_| ()).is_some());
                 panic!("a handler bug");
             })
         }));
         assert!(result.is_err());
-        assert!(slot.is_some(), "the scope came back");
-        assert!(with_current(|_| ()).is_none(), "and left the thread");
+        assert!(with_current(|_| ()).is_none(), "the scope left the thread");
+        assert!(
+            scope.try_borrow_mut().is_ok(),
+            "and is not borrowed any more"
+        );
     }
 
     #[test]
     fn nested_layers_lend_their_own_scope() {
         let (outer, inner) = (Runner::new(), Runner::new());
-        let mut outer_slot = Some(Scope::new(outer.clone()));
-        let mut inner_slot = Some(Scope::new(inner));
-        lend(&mut outer_slot, || {
-            lend(&mut inner_slot, || {
+        let outer_scope = RefCell::new(Scope::new(outer.clone()));
+        let inner_scope = RefCell::new(Scope::new(inner));
+        lend(&outer_scope, || {
+            lend(&inner_scope, || {
                 with_current(|scope| scope.admit().unwrap());
             });
             with_current(|scope| assert!(scope.reservation.is_none()));
         });
-        assert!(inner_slot.unwrap().reservation.is_some());
+        assert!(inner_scope.borrow().reservation.is_some());
     }
 }
