@@ -1,22 +1,24 @@
 //! Running one accepted group: its steps in order (or at once), each task
 //! isolated, timed, retried and counted.
 
+use futures_util::future::Either;
+use futures_util::FutureExt;
 use std::any::Any;
+use std::borrow::Cow;
 use std::future::Future;
 use std::panic::AssertUnwindSafe;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
-use futures_util::future::Either;
-use futures_util::FutureExt;
+use tokio::time::Sleep;
 use tokio_util::sync::WaitForCancellationFutureOwned;
-use tracing::Instrument;
+use tracing::{Instrument, Span};
 
 use crate::runner::{Accepted, Inner};
 use crate::stats::Outcome;
-use crate::task::{BackgroundTask, BlockingCall, Run, TaskResult};
+use crate::task::{BackgroundTask, BlockingCall, Retry, Run, TaskResult};
 use crate::tasks::{BackgroundTasks, Mode, Step};
 
 /// How a step ended, as far as the steps after it care.
@@ -30,24 +32,29 @@ enum Flow {
 
 /// The body of a group's tokio task. `place` is the running place the group
 /// took when it was started, if one was free.
-pub(crate) async fn run_group(accepted: Accepted, place: Option<RunningPlace>) {
+pub(crate) fn run_group(
+    accepted: Accepted,
+    place: Option<RunningPlace>,
+) -> impl Future<Output = ()> + Send {
     let Accepted {
         slot,
         tasks,
         accepted_at,
         span,
     } = accepted;
-    let inner = slot.runner();
-    let _place = match place {
-        Some(place) => place,
-        // Boxed, as every path most groups never take: the group's future
-        // is as large as its largest path, and it is moved into its task.
-        None => match Box::pin(wait_for_place(inner, &tasks)).await {
+    async move {
+        let inner = slot.runner();
+        let _place = match place {
             Some(place) => place,
-            None => return,
-        },
-    };
-    run_steps(inner, tasks, accepted_at).instrument(span).await;
+            // Boxed, as every path most groups never take: the group's
+            // future is as large as its largest path.
+            None => match Box::pin(wait_for_place(inner, &tasks)).await {
+                Some(place) => place,
+                None => return,
+            },
+        };
+        run_steps(inner, tasks, accepted_at).instrument(span).await;
+    }
 }
 
 /// Waits for a running place, or for the shutdown deadline, which cuts the
@@ -65,6 +72,17 @@ async fn wait_for_place(inner: &Arc<Inner>, tasks: &BackgroundTasks) -> Option<R
             permit.expect("the running semaphore is never closed").forget();
             Some(RunningPlace(inner.clone()))
         }
+    }
+}
+
+/// `make()` where DEBUG is on; else no span. `debug_span!` alone, with
+/// `tracing`'s `log` feature on (axum turns it on) and no subscriber set,
+/// would hand every disabled span to `log`.
+pub(crate) fn debug_span(make: impl FnOnce() -> Span) -> Span {
+    if tracing::enabled!(tracing::Level::DEBUG) {
+        make()
+    } else {
+        Span::none()
     }
 }
 
@@ -87,29 +105,45 @@ impl Drop for RunningPlace {
     }
 }
 
-async fn run_steps(inner: &Arc<Inner>, mut group: BackgroundTasks, accepted_at: Instant) -> Flow {
+/// Not an `async fn`, for the same reason as [`run_task`]: the group is
+/// taken apart before its steps start.
+fn run_steps(
+    inner: &Arc<Inner>,
+    mut group: BackgroundTasks,
+    accepted_at: Instant,
+) -> impl Future<Output = Flow> + Send + '_ {
     let mode = group.mode;
-    let mut steps = std::mem::take(&mut group.steps).into_iter();
+    let steps = std::mem::take(&mut group.steps);
     if mode == Mode::Concurrent {
-        let flows =
-            futures_util::future::join_all(steps.map(|step| run_step(inner, step, accepted_at)))
-                .await;
-        return flows
-            .into_iter()
-            .fold(Flow::Ok, |worst, flow| match (worst, flow) {
-                (Flow::Cut, _) | (_, Flow::Cut) => Flow::Cut,
-                (Flow::Failed, _) | (_, Flow::Failed) => Flow::Failed,
-                _ => Flow::Ok,
-            });
+        Either::Left(run_concurrent(inner, steps, accepted_at))
+    } else {
+        Either::Right(run_in_order(inner, steps.into_iter(), mode, accepted_at))
     }
+}
+
+async fn run_concurrent(inner: &Arc<Inner>, steps: Vec<Step>, accepted_at: Instant) -> Flow {
+    let steps = steps
+        .into_iter()
+        .map(|step| run_step(inner, step, accepted_at));
+    let flows = futures_util::future::join_all(steps).await;
+    flows
+        .into_iter()
+        .fold(Flow::Ok, |worst, flow| match (worst, flow) {
+            (Flow::Cut, _) | (_, Flow::Cut) => Flow::Cut,
+            (Flow::Failed, _) | (_, Flow::Failed) => Flow::Failed,
+            _ => Flow::Ok,
+        })
+}
+
+async fn run_in_order(
+    inner: &Arc<Inner>,
+    mut steps: std::vec::IntoIter<Step>,
+    mode: Mode,
+    accepted_at: Instant,
+) -> Flow {
     let mut result = Flow::Ok;
     while let Some(step) = steps.next() {
-        // Not `run_step`: one async fn less between the group and its tasks.
-        let flow = match step {
-            Step::Task(task) => run_task(inner, task, accepted_at).await,
-            Step::Group(group) => run_nested(inner, group, accepted_at).await,
-        };
-        match flow {
+        match run_step(inner, step, accepted_at).await {
             Flow::Ok => {}
             Flow::Failed if mode == Mode::StopOnError => {
                 let rest = BackgroundTasks::from_steps(steps.collect());
@@ -129,10 +163,14 @@ async fn run_steps(inner: &Arc<Inner>, mut group: BackgroundTasks, accepted_at: 
 
 type BoxFlow<'a> = Pin<Box<dyn Future<Output = Flow> + Send + 'a>>;
 
-async fn run_step(inner: &Arc<Inner>, step: Step, accepted_at: Instant) -> Flow {
+fn run_step(
+    inner: &Arc<Inner>,
+    step: Step,
+    accepted_at: Instant,
+) -> impl Future<Output = Flow> + Send + '_ {
     match step {
-        Step::Task(task) => run_task(inner, task, accepted_at).await,
-        Step::Group(group) => run_nested(inner, group, accepted_at).await,
+        Step::Task(task) => Either::Left(run_task(inner, task, accepted_at)),
+        Step::Group(group) => Either::Right(run_nested(inner, group, accepted_at)),
     }
 }
 
@@ -149,101 +187,195 @@ pub(crate) fn cut_off_pending(inner: &Inner, tasks: &BackgroundTasks) {
     tasks.visit_names(&mut |name| inner.record_cut_off(name));
 }
 
-async fn run_task(inner: &Arc<Inner>, task: BackgroundTask, accepted_at: Instant) -> Flow {
+/// Not an `async fn`, which would keep the task both as its argument and
+/// inside its attempts: this future is part of every group's, and the
+/// group's is boxed.
+fn run_task(
+    inner: &Arc<Inner>,
+    task: BackgroundTask,
+    accepted_at: Instant,
+) -> impl Future<Output = Flow> + Send + '_ {
     if inner.deadline.is_cancelled() {
         inner.counters.dropped_pending(1, true);
         inner.record_cut_off(task.task_name());
-        return Flow::Cut;
+        return Either::Left(std::future::ready(Flow::Cut));
     }
     let started = Instant::now();
     inner.counters.started(started - accepted_at);
-    let name = task.name_cow();
-    let span = tracing::debug_span!("epilogue.task", task = %name);
-    let attempts = UntilDeadline {
-        inner,
-        attempts: attempt_all(inner, task, &name),
-        deadline: None,
-    };
-    let Some(outcome) = attempts.instrument(span).await else {
-        inner.counters.cut_running();
-        inner.record_cut_off(&name);
-        tracing::warn!(task = %name, "background task cut off by the shutdown deadline");
-        return Flow::Cut;
-    };
-    inner.counters.finished(outcome, started.elapsed());
-    if outcome.is_success() {
-        Flow::Ok
-    } else {
-        Flow::Failed
-    }
-}
-
-pin_project_lite::pin_project! {
-    /// A task's attempts, until the shutdown deadline: `None` if it passed
-    /// first.
-    struct UntilDeadline<'a, F> {
-        inner: &'a Inner,
-        #[pin]
-        attempts: F,
-        // Only a task that does not finish on its first poll waits on the
-        // deadline: most never register with it.
-        deadline: Option<Pin<Box<WaitForCancellationFutureOwned>>>,
-    }
-}
-
-impl<F: Future> Future for UntilDeadline<'_, F> {
-    type Output = Option<F::Output>;
-
-    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
-        let this = self.project();
-        // The task first: a task that is done when the deadline passes is
-        // done, not cut off.
-        if let Poll::Ready(output) = this.attempts.poll(cx) {
-            return Poll::Ready(Some(output));
+    let span = debug_span(|| tracing::debug_span!("epilogue.task", task = task.task_name()));
+    let attempts = Attempts::new(inner, task).instrument(span);
+    Either::Right(attempts.map(move |(outcome, name)| {
+        let Some(outcome) = outcome else {
+            inner.counters.cut_running();
+            inner.record_cut_off(&name);
+            tracing::warn!(task = %name, "background task cut off by the shutdown deadline");
+            return Flow::Cut;
+        };
+        inner.counters.finished(outcome, started.elapsed());
+        if outcome.is_success() {
+            Flow::Ok
+        } else {
+            Flow::Failed
         }
-        let inner = *this.inner;
-        this.deadline
-            .get_or_insert_with(|| Box::pin(inner.deadline.clone().cancelled_owned()))
-            .as_mut()
-            .poll(cx)
-            .map(|()| None)
-    }
+    }))
 }
 
-/// Runs the task, then its retries while it fails, and reports the last failure.
-async fn attempt_all(inner: &Arc<Inner>, task: BackgroundTask, name: &str) -> Outcome {
-    let retry = task.retry_policy();
+/// One task's attempts: the first, then its retries while it fails, each
+/// with its panic caught and its timeout applied, all of them until the
+/// shutdown deadline. Written out by hand: as `async fn`s, these steps made
+/// every group's future four times larger.
+///
+/// Its output is the last attempt's outcome, `None` if the deadline passed
+/// first, and the task's name.
+struct Attempts<'a> {
+    inner: &'a Arc<Inner>,
+    name: Cow<'static, str>,
+    retry: Retry,
     // Each attempt but the last runs a copy: the last one takes the task.
-    let mut task = Some(task);
-    let mut backoff = retry.backoff;
-    let mut attempt = 0;
-    loop {
-        let run = match task.take_if(|_| attempt == retry.retries) {
+    task: Option<BackgroundTask>,
+    attempt: u32,
+    backoff: Duration,
+    state: Attempt<'a>,
+    // Only a task still pending after its first poll waits on the deadline:
+    // most never register with it.
+    deadline: Option<Pin<Box<WaitForCancellationFutureOwned>>>,
+}
+
+enum Attempt<'a> {
+    /// The next attempt starts at the next poll.
+    Next,
+    Async {
+        future: Pin<Box<dyn Future<Output = TaskResult> + Send>>,
+        timer: Option<Pin<Box<Sleep>>>,
+    },
+    Blocking(Pin<Box<dyn Future<Output = Option<Caught>> + Send + 'a>>),
+    Backoff(Pin<Box<Sleep>>),
+    Done,
+}
+
+impl<'a> Attempts<'a> {
+    fn new(inner: &'a Arc<Inner>, task: BackgroundTask) -> Self {
+        let retry = task.retry_policy();
+        Self {
+            inner,
+            name: task.name_cow(),
+            retry,
+            task: Some(task),
+            attempt: 0,
+            backoff: retry.backoff,
+            state: Attempt::Next,
+            deadline: None,
+        }
+    }
+
+    fn start(&mut self) {
+        let run = match self.task.take_if(|_| self.attempt == self.retry.retries) {
             Some(last) => last.into_run(),
-            None => task
+            None => self
+                .task
                 .as_ref()
                 .expect("kept until the last attempt")
                 .attempt(),
         };
-        let (outcome, detail) = attempt_once(inner, run).await;
+        self.state = match run {
+            Run::Async(future) => Attempt::Async {
+                future,
+                timer: self
+                    .inner
+                    .config
+                    .task_timeout
+                    .map(|limit| Box::pin(tokio::time::sleep(limit))),
+            },
+            Run::Blocking(call) => Attempt::Blocking(Box::pin(run_blocking(self.inner, call))),
+        };
+    }
+
+    /// What comes after an attempt: the outcome, or a retry after a backoff.
+    fn finish(&mut self, caught: Option<Caught>) -> Option<Outcome> {
+        let (outcome, detail) = match caught {
+            None => (Outcome::TimedOut, None),
+            Some(Ok(Ok(()))) => (Outcome::Succeeded, None),
+            Some(Ok(Err(error))) => (Outcome::Failed, Some(error)),
+            Some(Err(payload)) => (Outcome::Panicked, Some(panic_message(&*payload))),
+        };
+        let name = &self.name;
         if outcome.is_success() {
-            return outcome;
+            return Some(outcome);
         }
-        if attempt == retry.retries {
-            report_failure(name, outcome, detail.as_deref(), attempt);
-            return outcome;
+        if self.attempt == self.retry.retries {
+            report_failure(name, outcome, detail.as_deref(), self.attempt);
+            return Some(outcome);
         }
-        attempt += 1;
-        inner.counters.retried();
+        self.attempt += 1;
+        self.inner.counters.retried();
+        let backoff = self.backoff;
         tracing::info!(
             task = %name,
-            attempt,
+            attempt = self.attempt,
             error = detail.as_deref().unwrap_or(""),
             "background task failed; retrying in {backoff:?}"
         );
-        // Boxed: a timer is large, and only failing tasks wait on one.
-        Box::pin(tokio::time::sleep(backoff)).await;
-        backoff = backoff.saturating_mul(2);
+        self.state = Attempt::Backoff(Box::pin(tokio::time::sleep(backoff)));
+        self.backoff = backoff.saturating_mul(2);
+        None
+    }
+}
+
+impl Future for Attempts<'_> {
+    type Output = (Option<Outcome>, Cow<'static, str>);
+
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let this = &mut *self;
+        loop {
+            let caught = match &mut this.state {
+                Attempt::Next => {
+                    this.start();
+                    continue;
+                }
+                Attempt::Async { future, timer } => {
+                    match std::panic::catch_unwind(AssertUnwindSafe(|| future.as_mut().poll(cx))) {
+                        Ok(Poll::Ready(result)) => Some(Ok(result)),
+                        Err(payload) => Some(Err(payload)),
+                        Ok(Poll::Pending) => {
+                            let timed_out = timer
+                                .as_mut()
+                                .is_some_and(|timer| timer.as_mut().poll(cx).is_ready());
+                            if !timed_out {
+                                break;
+                            }
+                            None
+                        }
+                    }
+                }
+                Attempt::Blocking(attempt) => match attempt.as_mut().poll(cx) {
+                    Poll::Ready(caught) => caught,
+                    Poll::Pending => break,
+                },
+                Attempt::Backoff(sleep) => {
+                    if sleep.as_mut().poll(cx).is_pending() {
+                        break;
+                    }
+                    this.state = Attempt::Next;
+                    continue;
+                }
+                Attempt::Done => panic!("Attempts polled after completion"),
+            };
+            if let Some(outcome) = this.finish(caught) {
+                this.state = Attempt::Done;
+                return Poll::Ready((Some(outcome), std::mem::take(&mut this.name)));
+            }
+        }
+        // Pending: the task first, then the deadline, so that a task that is
+        // done when the deadline passes counts as done, not cut off.
+        let inner = this.inner;
+        let deadline = this
+            .deadline
+            .get_or_insert_with(|| Box::pin(inner.deadline.clone().cancelled_owned()));
+        if deadline.as_mut().poll(cx).is_ready() {
+            this.state = Attempt::Done;
+            return Poll::Ready((None, std::mem::take(&mut this.name)));
+        }
+        Poll::Pending
     }
 }
 
@@ -260,20 +392,6 @@ fn report_failure(name: &str, outcome: Outcome, detail: Option<&str>, retries: u
             tracing::warn!(task = %name, retries, "background task timed out")
         }
         Outcome::Succeeded => {}
-    }
-}
-
-/// One call of the task function, with the panic caught and the timeout applied.
-async fn attempt_once(inner: &Arc<Inner>, run: Run) -> (Outcome, Option<String>) {
-    let caught = match run {
-        Run::Async(future) => with_timeout(inner, AssertUnwindSafe(future).catch_unwind()).await,
-        Run::Blocking(call) => Box::pin(run_blocking(inner, call)).await,
-    };
-    match caught {
-        None => (Outcome::TimedOut, None),
-        Some(Ok(Ok(()))) => (Outcome::Succeeded, None),
-        Some(Ok(Err(error))) => (Outcome::Failed, Some(error)),
-        Some(Err(payload)) => (Outcome::Panicked, Some(panic_message(&*payload))),
     }
 }
 
@@ -306,40 +424,14 @@ async fn run_blocking(inner: &Arc<Inner>, call: BlockingCall) -> Option<Caught> 
 
 type Caught = Result<TaskResult, Box<dyn Any + Send>>;
 
-/// Not an `async fn`, which would keep a second copy of `attempt`. The
-/// timer is boxed: it is large, and only services that set a timeout pay
-/// for it.
-fn with_timeout<F>(inner: &Inner, attempt: F) -> impl Future<Output = Option<Caught>>
+/// `attempt`, cut short by the task timeout if there is one.
+async fn with_timeout<F>(inner: &Inner, attempt: F) -> Option<Caught>
 where
     F: Future<Output = Caught>,
 {
     match inner.config.task_timeout {
-        None => Either::Left(attempt.map(Some)),
-        Some(limit) => Either::Right(Timeout {
-            attempt,
-            timer: Box::pin(tokio::time::sleep(limit)),
-        }),
-    }
-}
-
-pin_project_lite::pin_project! {
-    /// `tokio::time::Timeout` with its timer on the heap.
-    struct Timeout<F> {
-        #[pin]
-        attempt: F,
-        timer: Pin<Box<tokio::time::Sleep>>,
-    }
-}
-
-impl<F: Future> Future for Timeout<F> {
-    type Output = Option<F::Output>;
-
-    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
-        let this = self.project();
-        if let Poll::Ready(output) = this.attempt.poll(cx) {
-            return Poll::Ready(Some(output));
-        }
-        this.timer.as_mut().poll(cx).map(|()| None)
+        None => Some(attempt.await),
+        Some(limit) => tokio::time::timeout(limit, attempt).await.ok(),
     }
 }
 
