@@ -21,25 +21,15 @@
 //! layered service for every request, a handler's layer is built in place.
 
 use std::convert::Infallible;
-use std::future::{Future, IntoFuture};
-use std::io;
-use std::pin::Pin;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use axum::body::Body;
-use axum::extract::{FromRequestParts, Request};
+use axum::extract::FromRequestParts;
 use axum::response::{IntoResponse, IntoResponseParts, Response, ResponseParts};
-use axum::Router;
 use http::request::Parts;
-use tokio::net::TcpListener;
-use tower_layer::Layer;
 
-use crate::http::{
-    add_or_attach, with_current, BackgroundLayer, ExtractedSink, Origin, RouteTasksLayer,
-};
-use crate::runner::{Refused, Runner};
-use crate::shutdown::ShutdownReport;
+use crate::http::{add_or_attach, with_current, ExtractedSink, Origin, RouteTasksLayer};
+use crate::runner::Refused;
 use crate::task::BackgroundTask;
 use crate::tasks::BackgroundTasks;
 
@@ -173,147 +163,6 @@ impl IntoResponse for BackgroundRejection {
     }
 }
 
-/// Serves `app` with `runner` running its background tasks, and shuts down
-/// gracefully: see [`Serve`].
-///
-/// ```no_run
-/// use axum::{routing::get, Router};
-/// use epilogue::Runner;
-///
-/// # #[tokio::main] async fn main() -> std::io::Result<()> {
-/// let app = Router::new().route("/", get(|| async { "hello" }));
-/// let listener = tokio::net::TcpListener::bind("127.0.0.1:3000").await?;
-/// let report = epilogue::axum::serve(listener, app, Runner::new()).await?;
-/// assert!(report.drained);
-/// # Ok(()) }
-/// ```
-pub fn serve(listener: TcpListener, app: Router, runner: Runner) -> Serve {
-    Serve {
-        listener,
-        app,
-        runner,
-        signal: None,
-        grace: Serve::DEFAULT_GRACE,
-    }
-}
+mod serve;
 
-type Signal = Pin<Box<dyn Future<Output = ()> + Send>>;
-
-/// A server from [`serve`]; `.await` it to run it.
-///
-/// It wraps the app in [`BackgroundLayer`] (outside the router, where it must
-/// be) and serves it with `axum::serve`. When the shutdown signal comes
-/// (Ctrl-C or SIGTERM unless [`with_graceful_shutdown`](Serve::with_graceful_shutdown)
-/// says otherwise) it:
-///
-/// 1. stops accepting connections and stops admitting background work
-///    (requests to task-bearing routes get `503`);
-/// 2. finishes the responses in flight: their tasks are accepted;
-/// 3. waits for every accepted task, all of this within the grace period
-///    (30 s by default), then cuts off what is left;
-/// 4. returns the [`ShutdownReport`].
-///
-/// With the default signal, a second Ctrl-C or SIGTERM during the drain cuts
-/// the remaining tasks off at once.
-#[must_use = "a Serve does nothing until it is awaited"]
-pub struct Serve {
-    listener: TcpListener,
-    app: Router,
-    runner: Runner,
-    signal: Option<Signal>,
-    grace: Duration,
-}
-
-impl Serve {
-    /// The default grace period.
-    pub const DEFAULT_GRACE: Duration = Duration::from_secs(30);
-
-    /// Shuts down when `signal` completes, instead of on Ctrl-C or SIGTERM.
-    pub fn with_graceful_shutdown<F>(mut self, signal: F) -> Self
-    where
-        F: Future<Output = ()> + Send + 'static,
-    {
-        self.signal = Some(Box::pin(signal));
-        self
-    }
-
-    /// How long the shutdown may take in all, from the signal to the last
-    /// task: in-flight responses first, then background tasks.
-    pub fn grace(mut self, grace: Duration) -> Self {
-        self.grace = grace;
-        self
-    }
-
-    async fn run(self) -> io::Result<ShutdownReport> {
-        let Serve {
-            listener,
-            app,
-            runner,
-            signal,
-            grace,
-        } = self;
-        let second_signal = signal.is_none();
-        let signal = signal.unwrap_or_else(|| Box::pin(crate::shutdown_signal()));
-        let (fired_tx, fired_rx) = tokio::sync::watch::channel(None::<Instant>);
-        let closing = runner.clone();
-        let signal = async move {
-            signal.await;
-            closing.close();
-            fired_tx.send_replace(Some(Instant::now()));
-        };
-
-        // axum::serve wants axum's own body type: box ours into it.
-        let service = tower::ServiceExt::<Request>::map_response(
-            BackgroundLayer::new(runner.clone()).layer(app),
-            |response: http::Response<_>| response.map(Body::new),
-        );
-        let make_service = axum::ServiceExt::<Request>::into_make_service(service);
-        let server = axum::serve(listener, make_service).with_graceful_shutdown(signal);
-
-        // Connections that outlive the grace period are not waited for.
-        let mut overdue_rx = fired_rx.clone();
-        let overdue = async move {
-            let fired = overdue_rx
-                .wait_for(Option::is_some)
-                .await
-                .ok()
-                .and_then(|fired| *fired);
-            match fired {
-                Some(fired) => tokio::time::sleep_until((fired + grace).into()).await,
-                // The sender lives as long as the server: never reached.
-                None => std::future::pending().await,
-            }
-        };
-        tokio::select! {
-            result = server => result?,
-            () = overdue => {
-                tracing::warn!("connections still open after the grace period; closing them");
-            }
-        }
-        let fired = fired_rx.borrow().unwrap_or_else(Instant::now);
-        let deadline = fired + grace;
-        let remaining = deadline.saturating_duration_since(Instant::now());
-        if !second_signal {
-            return Ok(runner.shutdown(remaining).await);
-        }
-        let drain = runner.shutdown(remaining);
-        tokio::pin!(drain);
-        tokio::select! {
-            report = &mut drain => Ok(report),
-            () = crate::shutdown_signal() => {
-                tracing::warn!("second signal: cutting background tasks off now");
-                runner.cut_off_now();
-                Ok(drain.await)
-            }
-        }
-    }
-}
-
-impl IntoFuture for Serve {
-    type Output = io::Result<ShutdownReport>;
-    type IntoFuture = Pin<Box<dyn Future<Output = Self::Output> + Send>>;
-
-    fn into_future(self) -> Self::IntoFuture {
-        Box::pin(self.run())
-    }
-}
+pub use serve::{serve, Serve};
