@@ -3,7 +3,7 @@
 
 use std::io;
 
-use axum::extract::{Query, State as Extract};
+use axum::extract::{FromRef, Query, State as Extract};
 use axum::handler::Handler;
 use axum::http::StatusCode;
 use axum::routing::{get, post};
@@ -36,6 +36,13 @@ impl State {
             log: AuditLog::open(&config.data_dir, config.log_delay())?,
             runner,
         })
+    }
+}
+
+// A handler that needs one part of the state takes only that part.
+impl FromRef<State> for Outbox {
+    fn from_ref(state: &State) -> Self {
+        state.outbox.clone()
     }
 }
 
@@ -114,12 +121,12 @@ async fn create_user(_: Credentials) -> Created {
 
 /// `POST /response/single`: one task returned with the response.
 async fn response_single(
-    Extract(state): Extract<State>,
+    Extract(outbox): Extract<Outbox>,
     user: Credentials,
 ) -> (StatusCode, BackgroundTask, Json<Message>) {
     let task = BackgroundTask::new(
         send_email_notification,
-        (state.outbox, Some(user.email), "Thank you for registering."),
+        (outbox, Some(user.email), "Thank you for registering."),
     );
     let (status, body) = created("Email sent");
     (status, task, body)

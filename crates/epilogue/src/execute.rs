@@ -195,7 +195,7 @@ fn run_task(
     task: BackgroundTask,
     accepted_at: Instant,
 ) -> impl Future<Output = Flow> + Send + '_ {
-    if inner.deadline.is_cancelled() {
+    if inner.deadline_passed() {
         inner.counters.dropped_pending(1, true);
         inner.record_cut_off(task.task_name());
         return Either::Left(std::future::ready(Flow::Cut));

@@ -102,8 +102,13 @@ pub(crate) struct Inner {
     /// Groups holding a place: reserved, waiting or running.
     admitted: AtomicUsize,
     closed: AtomicBool,
-    /// Cancelled when a shutdown's deadline passes.
+    /// Cancelled when a shutdown's deadline passes: what waiting groups and
+    /// pending tasks wait on.
     pub(crate) deadline: CancellationToken,
+    /// Set just before `deadline` is cancelled: what a task about to start
+    /// checks. `CancellationToken::is_cancelled` takes a lock, and every
+    /// task would take it.
+    deadline_passed: AtomicBool,
     pub(crate) counters: Counters,
     pub(crate) cut_off: Mutex<Vec<String>>,
 }
@@ -220,6 +225,7 @@ impl Builder {
                 admitted: AtomicUsize::new(0),
                 closed: AtomicBool::new(false),
                 deadline: CancellationToken::new(),
+                deadline_passed: AtomicBool::new(false),
                 counters: Counters::default(),
                 cut_off: Mutex::new(Vec::new()),
             }),
@@ -340,7 +346,7 @@ impl Runner {
     /// Cuts every running and waiting task off now, as a passed shutdown
     /// deadline does.
     pub(crate) fn cut_off_now(&self) {
-        self.inner.deadline.cancel();
+        self.inner.cut_off_now();
     }
 
     pub(crate) fn tracker(&self) -> &TaskTracker {
@@ -370,6 +376,17 @@ impl Inner {
         self.config
             .max_running
             .saturating_add(self.config.max_pending)
+    }
+
+    /// Cuts every running and waiting task off now.
+    pub(crate) fn cut_off_now(&self) {
+        self.deadline_passed.store(true, Ordering::Release);
+        self.deadline.cancel();
+    }
+
+    /// Whether the shutdown deadline has passed: no task starts any more.
+    pub(crate) fn deadline_passed(&self) -> bool {
+        self.deadline_passed.load(Ordering::Acquire)
     }
 
     pub(crate) fn record_cut_off(&self, name: &str) {

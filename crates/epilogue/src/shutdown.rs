@@ -42,9 +42,9 @@ pub(crate) async fn shutdown(runner: &Runner, grace: Duration) -> ShutdownReport
     let waited = tokio::time::timeout(grace, runner.tracker().wait()).await;
     // Everything may also have ended because the tasks were cut off early
     // (a second signal): that is not a drain.
-    let drained = waited.is_ok() && !runner.inner.deadline.is_cancelled();
+    let drained = waited.is_ok() && !runner.inner.deadline_passed();
     if !drained {
-        runner.inner.deadline.cancel();
+        runner.inner.cut_off_now();
         let _ = tokio::time::timeout(CUT_OFF_BOOKKEEPING, runner.tracker().wait()).await;
     }
     let stats = runner.stats();

@@ -4,7 +4,11 @@ use std::borrow::Cow;
 use std::fmt;
 use std::future::Future;
 use std::pin::Pin;
+use std::task::{ready, Context, Poll};
 use std::time::Duration;
+
+use pin_project_lite::pin_project;
+use sync_wrapper::SyncWrapper;
 
 /// One unit of background work: a task function plus the arguments it will be
 /// called with, the Rust form of Esmerald's `BackgroundTask(func, *args)`.
@@ -75,11 +79,7 @@ impl BackgroundTask {
     {
         Self {
             name: Cow::Borrowed(std::any::type_name::<F>()),
-            job: Box::new(Bound {
-                function,
-                args,
-                kind: std::marker::PhantomData,
-            }),
+            job: function.bind(args),
             retry: Retry::default(),
         }
     }
@@ -155,6 +155,7 @@ impl fmt::Debug for BackgroundTask {
 pub(crate) type TaskResult = Result<(), String>;
 
 pub(crate) use private::Run;
+use private::{Invoke, Job};
 
 /// A plain function with its arguments, ready for the blocking pool.
 pub(crate) type BlockingCall = Box<dyn FnOnce() -> TaskResult + Send>;
@@ -163,11 +164,24 @@ mod private {
     use super::*;
 
     /// How a task runs: polled on the async workers, or called on the
-    /// blocking pool. Public in a private module: `TaskFn::call` names it,
-    /// users cannot.
+    /// blocking pool.
     pub enum Run {
         Async(Pin<Box<dyn Future<Output = TaskResult> + Send>>),
         Blocking(BlockingCall),
+    }
+
+    /// A function bound to its arguments, its concrete types erased so that
+    /// tasks of different functions share one group. Public in a private
+    /// module: `TaskFn::bind` names it, users cannot.
+    pub trait Job: Send + Sync {
+        fn run(self: Box<Self>) -> Run;
+        fn clone_box(&self) -> Box<dyn Job>;
+    }
+
+    /// Calls a function with its arguments as a tuple.
+    pub trait Invoke<Args> {
+        type Output;
+        fn invoke(self, args: Args) -> Self::Output;
     }
 }
 
@@ -205,22 +219,35 @@ pub enum Blocking {}
 /// function, `Kind` = [`Async`]). You never implement it yourself.
 pub trait TaskFn<Args, Kind>: Clone + Send + Sync + 'static {
     #[doc(hidden)]
-    fn call(self, args: Args) -> Run;
+    fn bind(self, args: Args) -> Box<dyn Job>;
 }
 
 macro_rules! impl_task_fn {
     ($($arg:ident),*) => {
+        impl<F, R, $($arg,)*> Invoke<($($arg,)*)> for F
+        where
+            F: FnOnce($($arg),*) -> R,
+        {
+            type Output = R;
+
+            #[allow(non_snake_case)]
+            fn invoke(self, ($($arg,)*): ($($arg,)*)) -> R {
+                self($($arg),*)
+            }
+        }
+
         impl<F, Fut, $($arg,)*> TaskFn<($($arg,)*), Async> for F
         where
             F: FnOnce($($arg),*) -> Fut + Clone + Send + Sync + 'static,
             Fut: Future + Send + 'static,
             Fut::Output: TaskOutput,
-            $($arg: Send + 'static,)*
+            $($arg: Clone + Send + Sync + 'static,)*
         {
-            #[allow(non_snake_case)]
-            fn call(self, ($($arg,)*): ($($arg,)*)) -> Run {
-                let future = self($($arg),*);
-                Run::Async(Box::pin(async move { future.await.into_task_result() }))
+            fn bind(self, args: ($($arg,)*)) -> Box<dyn Job> {
+                Box::new(AsyncJob::<F, ($($arg,)*), Fut> {
+                    call: Some((self, args)),
+                    running: None,
+                })
             }
         }
 
@@ -228,11 +255,10 @@ macro_rules! impl_task_fn {
         where
             F: FnOnce($($arg),*) -> R + Clone + Send + Sync + 'static,
             R: TaskOutput,
-            $($arg: Send + 'static,)*
+            $($arg: Clone + Send + Sync + 'static,)*
         {
-            #[allow(non_snake_case)]
-            fn call(self, ($($arg,)*): ($($arg,)*)) -> Run {
-                Run::Blocking(Box::new(move || self($($arg),*).into_task_result()))
+            fn bind(self, args: ($($arg,)*)) -> Box<dyn Job> {
+                Box::new(BlockingJob { function: self, args })
             }
         }
     };
@@ -252,36 +278,86 @@ impl_task_fn!(A1, A2, A3, A4, A5, A6, A7, A8, A9, A10);
 impl_task_fn!(A1, A2, A3, A4, A5, A6, A7, A8, A9, A10, A11);
 impl_task_fn!(A1, A2, A3, A4, A5, A6, A7, A8, A9, A10, A11, A12);
 
-/// A function bound to its arguments, with its concrete types erased behind
-/// [`Job`] so that tasks of different functions share one group.
-struct Bound<F, Args, Kind> {
-    function: F,
-    args: Args,
-    // `fn() -> Kind` keeps `Bound` Send + Sync whatever `Kind` is.
-    kind: std::marker::PhantomData<fn() -> Kind>,
+pin_project! {
+    /// An async function with its arguments and, once polled, its future:
+    /// one allocation from `BackgroundTask::new` to the task's end, as the
+    /// job becomes the future it runs.
+    struct AsyncJob<F, Args, Fut> {
+        call: Option<(F, Args)>,
+        // The future is never shared, only polled: the wrapper makes the
+        // job `Sync`, as a task must be, whatever the future is.
+        #[pin]
+        running: Option<SyncWrapper<Fut>>,
+    }
 }
 
-trait Job: Send + Sync {
-    fn run(self: Box<Self>) -> Run;
-    fn clone_box(&self) -> Box<dyn Job>;
-}
-
-impl<F, Args, Kind> Job for Bound<F, Args, Kind>
+impl<F, Args, Fut> Job for AsyncJob<F, Args, Fut>
 where
-    F: TaskFn<Args, Kind>,
+    F: Invoke<Args, Output = Fut> + Clone + Send + Sync + 'static,
     Args: Clone + Send + Sync + 'static,
-    Kind: 'static,
+    Fut: Future + Send + 'static,
+    Fut::Output: TaskOutput,
 {
     fn run(self: Box<Self>) -> Run {
-        let Bound { function, args, .. } = *self;
-        function.call(args)
+        Run::Async(Box::into_pin(self))
     }
 
     fn clone_box(&self) -> Box<dyn Job> {
-        Box::new(Bound {
+        // Only a task not yet run is cloned: running consumes it.
+        let (function, args) = self.call.as_ref().expect("a task is cloned before it runs");
+        Box::new(AsyncJob::<F, Args, Fut> {
+            call: Some((function.clone(), args.clone())),
+            running: None,
+        })
+    }
+}
+
+impl<F, Args, Fut> Future for AsyncJob<F, Args, Fut>
+where
+    F: Invoke<Args, Output = Fut>,
+    Fut: Future,
+    Fut::Output: TaskOutput,
+{
+    type Output = TaskResult;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<TaskResult> {
+        let mut this = self.project();
+        if let Some((function, args)) = this.call.take() {
+            this.running
+                .set(Some(SyncWrapper::new(function.invoke(args))));
+        }
+        let running = this
+            .running
+            .as_mut()
+            .as_pin_mut()
+            .expect("a task polled after it completed");
+        let output = ready!(running.get_pin_mut().poll(cx));
+        this.running.set(None);
+        Poll::Ready(output.into_task_result())
+    }
+}
+
+/// A plain function with its arguments.
+struct BlockingJob<F, Args> {
+    function: F,
+    args: Args,
+}
+
+impl<F, Args, R> Job for BlockingJob<F, Args>
+where
+    F: Invoke<Args, Output = R> + Clone + Send + Sync + 'static,
+    Args: Clone + Send + Sync + 'static,
+    R: TaskOutput,
+{
+    fn run(self: Box<Self>) -> Run {
+        let BlockingJob { function, args } = *self;
+        Run::Blocking(Box::new(move || function.invoke(args).into_task_result()))
+    }
+
+    fn clone_box(&self) -> Box<dyn Job> {
+        Box::new(BlockingJob {
             function: self.function.clone(),
             args: self.args.clone(),
-            kind: std::marker::PhantomData,
         })
     }
 }

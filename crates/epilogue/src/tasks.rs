@@ -244,9 +244,8 @@ impl fmt::Debug for BackgroundTasks {
 
 impl From<BackgroundTask> for BackgroundTasks {
     fn from(task: BackgroundTask) -> Self {
-        let mut tasks = Self::new();
-        tasks.push(task);
-        tasks
+        // Exactly one: a first `push` would make room for four.
+        Self::from_steps(vec![Step::Task(task)])
     }
 }
 
