@@ -13,9 +13,9 @@ use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
 use tokio::time::Sleep;
-use tokio_util::sync::WaitForCancellationFutureOwned;
 use tracing::{Instrument, Span};
 
+use crate::latch;
 use crate::runner::{Accepted, Inner};
 use crate::stats::Outcome;
 use crate::task::{BackgroundTask, BlockingCall, Retry, Run, TaskResult};
@@ -64,7 +64,7 @@ async fn wait_for_place(inner: &Arc<Inner>, tasks: &BackgroundTasks) -> Option<R
         // The deadline first: a place freed by a cut-off group must not
         // start more work after the deadline.
         biased;
-        () = inner.deadline.cancelled() => {
+        () = inner.deadline.wait() => {
             cut_off_pending(inner, tasks);
             None
         }
@@ -195,7 +195,7 @@ fn run_task(
     task: BackgroundTask,
     accepted_at: Instant,
 ) -> impl Future<Output = Flow> + Send + '_ {
-    if inner.deadline_passed() {
+    if inner.deadline.is_set() {
         inner.counters.dropped_pending(1, true);
         inner.record_cut_off(task.task_name());
         return Either::Left(std::future::ready(Flow::Cut));
@@ -220,14 +220,25 @@ fn run_task(
     }))
 }
 
-/// One task's attempts: the first, then its retries while it fails, each
-/// with its panic caught and its timeout applied, all of them until the
-/// shutdown deadline. Written out by hand: as `async fn`s, these steps made
-/// every group's future four times larger.
-///
-/// Its output is the last attempt's outcome, `None` if the deadline passed
-/// first, and the task's name.
-struct Attempts<'a> {
+pin_project_lite::pin_project! {
+    /// One task's attempts: the first, then its retries while it fails, each
+    /// with its panic caught and its timeout applied, all of them until the
+    /// shutdown deadline. Written out by hand: as `async fn`s, these steps made
+    /// every group's future four times larger.
+    ///
+    /// Its output is the last attempt's outcome, `None` if the deadline passed
+    /// first, and the task's name.
+    struct Attempts<'a> {
+        tries: Tries<'a>,
+        // Only a task still pending after its first poll waits on the
+        // deadline: most never register with it.
+        #[pin]
+        deadline: Option<latch::Wait<'a>>,
+    }
+}
+
+/// The attempts themselves, without the deadline.
+struct Tries<'a> {
     inner: &'a Arc<Inner>,
     name: Cow<'static, str>,
     retry: Retry,
@@ -236,9 +247,6 @@ struct Attempts<'a> {
     attempt: u32,
     backoff: Duration,
     state: Attempt<'a>,
-    // Only a task still pending after its first poll waits on the deadline:
-    // most never register with it.
-    deadline: Option<Pin<Box<WaitForCancellationFutureOwned>>>,
 }
 
 enum Attempt<'a> {
@@ -256,7 +264,7 @@ enum Attempt<'a> {
 impl<'a> Attempts<'a> {
     fn new(inner: &'a Arc<Inner>, task: BackgroundTask) -> Self {
         let retry = task.retry_policy();
-        Self {
+        let tries = Tries {
             inner,
             name: task.name_cow(),
             retry,
@@ -264,10 +272,15 @@ impl<'a> Attempts<'a> {
             attempt: 0,
             backoff: retry.backoff,
             state: Attempt::Next,
+        };
+        Self {
+            tries,
             deadline: None,
         }
     }
+}
 
+impl Tries<'_> {
     fn start(&mut self) {
         let run = match self.task.take_if(|_| self.attempt == self.retry.retries) {
             Some(last) => last.into_run(),
@@ -324,12 +337,13 @@ impl<'a> Attempts<'a> {
 impl Future for Attempts<'_> {
     type Output = (Option<Outcome>, Cow<'static, str>);
 
-    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
-        let this = &mut *self;
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let mut this = self.project();
+        let tries = this.tries;
         loop {
-            let caught = match &mut this.state {
+            let caught = match &mut tries.state {
                 Attempt::Next => {
-                    this.start();
+                    tries.start();
                     continue;
                 }
                 Attempt::Async { future, timer } => {
@@ -355,25 +369,25 @@ impl Future for Attempts<'_> {
                     if sleep.as_mut().poll(cx).is_pending() {
                         break;
                     }
-                    this.state = Attempt::Next;
+                    tries.state = Attempt::Next;
                     continue;
                 }
                 Attempt::Done => panic!("Attempts polled after completion"),
             };
-            if let Some(outcome) = this.finish(caught) {
-                this.state = Attempt::Done;
-                return Poll::Ready((Some(outcome), std::mem::take(&mut this.name)));
+            if let Some(outcome) = tries.finish(caught) {
+                tries.state = Attempt::Done;
+                return Poll::Ready((Some(outcome), std::mem::take(&mut tries.name)));
             }
         }
         // Pending: the task first, then the deadline, so that a task that is
         // done when the deadline passes counts as done, not cut off.
-        let inner = this.inner;
-        let deadline = this
-            .deadline
-            .get_or_insert_with(|| Box::pin(inner.deadline.clone().cancelled_owned()));
-        if deadline.as_mut().poll(cx).is_ready() {
-            this.state = Attempt::Done;
-            return Poll::Ready((None, std::mem::take(&mut this.name)));
+        if this.deadline.is_none() {
+            this.deadline.set(Some(tries.inner.deadline.wait()));
+        }
+        let deadline = this.deadline.as_pin_mut().expect("set above");
+        if deadline.poll(cx).is_ready() {
+            tries.state = Attempt::Done;
+            return Poll::Ready((None, std::mem::take(&mut tries.name)));
         }
         Poll::Pending
     }

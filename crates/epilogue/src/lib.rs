@@ -200,6 +200,7 @@
 #![cfg_attr(docsrs, feature(doc_cfg))]
 
 mod execute;
+mod latch;
 mod shutdown;
 mod signal;
 mod stats;

@@ -52,12 +52,12 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use tokio::sync::Semaphore;
-use tokio_util::sync::CancellationToken;
 use tokio_util::task::task_tracker::TaskTrackerToken;
 use tokio_util::task::TaskTracker;
 use tracing::Span;
 
 use crate::execute;
+use crate::latch::Latch;
 use crate::stats::{Counters, Stats};
 use crate::tasks::BackgroundTasks;
 
@@ -102,13 +102,8 @@ pub(crate) struct Inner {
     /// Groups holding a place: reserved, waiting or running.
     admitted: AtomicUsize,
     closed: AtomicBool,
-    /// Cancelled when a shutdown's deadline passes: what waiting groups and
-    /// pending tasks wait on.
-    pub(crate) deadline: CancellationToken,
-    /// Set just before `deadline` is cancelled: what a task about to start
-    /// checks. `CancellationToken::is_cancelled` takes a lock, and every
-    /// task would take it.
-    deadline_passed: AtomicBool,
+    /// Passes when a shutdown's grace period ends, or at a second signal.
+    pub(crate) deadline: Latch,
     pub(crate) counters: Counters,
     pub(crate) cut_off: Mutex<Vec<String>>,
 }
@@ -224,8 +219,7 @@ impl Builder {
                 tracker: TaskTracker::new(),
                 admitted: AtomicUsize::new(0),
                 closed: AtomicBool::new(false),
-                deadline: CancellationToken::new(),
-                deadline_passed: AtomicBool::new(false),
+                deadline: Latch::default(),
                 counters: Counters::default(),
                 cut_off: Mutex::new(Vec::new()),
             }),
@@ -346,7 +340,7 @@ impl Runner {
     /// Cuts every running and waiting task off now, as a passed shutdown
     /// deadline does.
     pub(crate) fn cut_off_now(&self) {
-        self.inner.cut_off_now();
+        self.inner.deadline.set();
     }
 
     pub(crate) fn tracker(&self) -> &TaskTracker {
@@ -376,17 +370,6 @@ impl Inner {
         self.config
             .max_running
             .saturating_add(self.config.max_pending)
-    }
-
-    /// Cuts every running and waiting task off now.
-    pub(crate) fn cut_off_now(&self) {
-        self.deadline_passed.store(true, Ordering::Release);
-        self.deadline.cancel();
-    }
-
-    /// Whether the shutdown deadline has passed: no task starts any more.
-    pub(crate) fn deadline_passed(&self) -> bool {
-        self.deadline_passed.load(Ordering::Acquire)
     }
 
     pub(crate) fn record_cut_off(&self, name: &str) {

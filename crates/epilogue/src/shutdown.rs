@@ -42,9 +42,9 @@ pub(crate) async fn shutdown(runner: &Runner, grace: Duration) -> ShutdownReport
     let waited = tokio::time::timeout(grace, runner.tracker().wait()).await;
     // Everything may also have ended because the tasks were cut off early
     // (a second signal): that is not a drain.
-    let drained = waited.is_ok() && !runner.inner.deadline_passed();
+    let drained = waited.is_ok() && !runner.inner.deadline.is_set();
     if !drained {
-        runner.inner.cut_off_now();
+        runner.inner.deadline.set();
         let _ = tokio::time::timeout(CUT_OFF_BOOKKEEPING, runner.tracker().wait()).await;
     }
     let stats = runner.stats();

@@ -9,18 +9,19 @@
 use std::future::{Future, IntoFuture};
 use std::io;
 use std::pin::{pin, Pin};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use axum::Router;
 use hyper::body::Incoming;
 use hyper_util::rt::TokioIo;
 use tokio::net::{TcpListener, TcpStream};
-use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tower_layer::Layer;
 use tower_service::Service;
 
 use crate::http::{Background, BackgroundLayer};
+use crate::latch::Latch;
 use crate::runner::Runner;
 use crate::shutdown::ShutdownReport;
 
@@ -169,7 +170,7 @@ impl IntoFuture for Serve {
 #[derive(Default)]
 struct Connections {
     tracker: TaskTracker,
-    closing: CancellationToken,
+    closing: Arc<Latch>,
 }
 
 impl Connections {
@@ -181,8 +182,9 @@ impl Connections {
                 .with_upgrades();
             let mut connection = pin!(connection);
             let served = tokio::select! {
+                biased;
                 served = connection.as_mut() => served,
-                () = closing.cancelled() => {
+                () = closing.wait() => {
                     connection.as_mut().graceful_shutdown();
                     connection.await
                 }
@@ -197,7 +199,7 @@ impl Connections {
     /// answered; waits until `deadline` for them. Returns whether they all
     /// closed.
     async fn close(self, deadline: Instant) -> bool {
-        self.closing.cancel();
+        self.closing.set();
         self.tracker.close();
         tokio::time::timeout_at(deadline.into(), self.tracker.wait())
             .await
