@@ -91,6 +91,17 @@ impl Scope {
 
     /// Every task, in the order it runs.
     fn take_tasks(&mut self) -> BackgroundTasks {
+        // Most requests have tasks of one origin: no merging then.
+        match (
+            self.route.is_empty(),
+            self.response.is_empty(),
+            self.extracted.is_empty(),
+        ) {
+            (_, true, true) => return self.route.take(),
+            (true, _, true) => return self.response.take(),
+            (true, true, _) => return self.extracted.take(),
+            _ => {}
+        }
         let mut tasks = self.route.take();
         tasks.merge(self.response.take());
         tasks.merge(self.extracted.take());
