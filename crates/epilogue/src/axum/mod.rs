@@ -9,7 +9,7 @@
 //! | `post(handler.layer(admission()))` | `503` before the handler when the runner is full |
 //! | `epilogue::axum::serve(listener, app, runner)` | serves `app` with the executing layer outside it, and drains on Ctrl-C / SIGTERM |
 //!
-//! The executing [`BackgroundLayer`] must wrap the whole `Router`: inside it,
+//! The executing [`BackgroundLayer`](crate::http::BackgroundLayer) must wrap the whole `Router`: inside it,
 //! axum's HEAD handling and route-level layers would see bodies dropped
 //! before they are sent. [`serve`] puts it there, so it cannot be misplaced;
 //! a service served another way wraps the router itself:
@@ -145,7 +145,7 @@ pub enum BackgroundRejection {
         /// When to try again.
         retry_after: Duration,
     },
-    /// No [`BackgroundLayer`] around the router: `500`. Serve the app with
+    /// No [`BackgroundLayer`](crate::http::BackgroundLayer) around the router: `500`. Serve the app with
     /// [`serve`], or wrap it in `BackgroundLayer::new(runner)`.
     #[error("{}", crate::http::MISSING_LAYER)]
     MissingLayer,
