@@ -12,6 +12,7 @@ use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
+use tokio::task::Unconstrained;
 use tokio::time::Sleep;
 use tracing::{Instrument, Span};
 
@@ -72,17 +73,6 @@ async fn wait_for_place(inner: &Arc<Inner>, tasks: &BackgroundTasks) -> Option<R
             permit.expect("the running semaphore is never closed").forget();
             Some(RunningPlace(inner.clone()))
         }
-    }
-}
-
-/// `make()` where DEBUG is on; else no span. `debug_span!` alone, with
-/// `tracing`'s `log` feature on (axum turns it on) and no subscriber set,
-/// would hand every disabled span to `log`.
-pub(crate) fn debug_span(make: impl FnOnce() -> Span) -> Span {
-    if tracing::enabled!(tracing::Level::DEBUG) {
-        make()
-    } else {
-        Span::none()
     }
 }
 
@@ -202,7 +192,12 @@ fn run_task(
     }
     let started = Instant::now();
     inner.counters.started(started - accepted_at);
-    let span = debug_span(|| tracing::debug_span!("epilogue.task", task = task.task_name()));
+    // Only when DEBUG is on: see `Deferred::new`.
+    let span = if tracing::enabled!(tracing::Level::DEBUG) {
+        tracing::debug_span!("epilogue.task", task = task.task_name())
+    } else {
+        Span::none()
+    };
     let attempts = Attempts::new(inner, task).instrument(span);
     Either::Right(attempts.map(move |(outcome, name)| {
         let Some(outcome) = outcome else {
@@ -254,7 +249,10 @@ enum Attempt<'a> {
     Next,
     Async {
         future: Pin<Box<dyn Future<Output = TaskResult> + Send>>,
-        timer: Option<Pin<Box<Sleep>>>,
+        // Unconstrained: a task that spends its whole cooperative budget
+        // every poll would otherwise leave none for its timer, which would
+        // never fire (`tokio::time::timeout` makes the same exception).
+        timer: Option<Pin<Box<Unconstrained<Sleep>>>>,
     },
     Blocking(Pin<Box<dyn Future<Output = Option<Caught>> + Send + 'a>>),
     Backoff(Pin<Box<Sleep>>),
@@ -290,17 +288,16 @@ impl Tries<'_> {
                 .expect("kept until the last attempt")
                 .attempt(),
         };
-        self.state = match run {
-            Run::Async(future) => Attempt::Async {
-                future,
-                timer: self
-                    .inner
-                    .config
-                    .task_timeout
-                    .map(|limit| Box::pin(tokio::time::sleep(limit))),
-            },
-            Run::Blocking(call) => Attempt::Blocking(Box::pin(run_blocking(self.inner, call))),
-        };
+        self.state =
+            match run {
+                Run::Async(future) => Attempt::Async {
+                    future,
+                    timer: self.inner.config.task_timeout.map(|limit| {
+                        Box::pin(tokio::task::unconstrained(tokio::time::sleep(limit)))
+                    }),
+                },
+                Run::Blocking(call) => Attempt::Blocking(Box::pin(run_blocking(self.inner, call))),
+            };
     }
 
     /// What comes after an attempt: the outcome, or a retry after a backoff.

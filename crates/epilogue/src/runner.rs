@@ -442,11 +442,16 @@ impl Deferred {
         let inner = slot.runner();
         let tasks = tasks.take();
         inner.counters.accepted(tasks.len() as u64);
-        let span = execute::debug_span(|| {
+        // Asked first: `debug_span!` alone, with `tracing`'s `log` feature
+        // on (axum turns it on) and no subscriber set, would hand every
+        // disabled span to `log`.
+        let span = if tracing::enabled!(tracing::Level::DEBUG) {
             let span = tracing::debug_span!(parent: None, "epilogue.group", tasks = tasks.len());
             span.follows_from(parent);
             span
-        });
+        } else {
+            Span::none()
+        };
         Self {
             _token: inner.tracker.token(),
             group: Some(Accepted {
@@ -760,6 +765,24 @@ mod tests {
             (2, 2, 0, 0),
             "the last attempt's outcome counts, and the blocking task timed out too: {stats:?}"
         );
+    }
+
+    #[tokio::test]
+    async fn a_task_that_spends_its_whole_budget_still_times_out() {
+        let runner = Runner::builder()
+            .task_timeout(Duration::from_millis(50))
+            .build();
+        // Never done, and out of tokio's cooperative budget at every poll,
+        // as a task draining a busy channel is.
+        async fn spin() {
+            loop {
+                tokio::task::consume_budget().await;
+            }
+        }
+        runner.spawn(BackgroundTask::new(spin, ())).unwrap();
+        let report = runner.shutdown(Duration::from_secs(10)).await;
+        assert!(report.drained, "cut off instead of timed out: {report:?}");
+        assert_eq!(runner.stats().timed_out, 1);
     }
 
     #[tokio::test]

@@ -121,24 +121,21 @@ impl Serve {
         let service = BackgroundLayer::new(runner.clone()).layer(app);
         let connections = Connections::default();
         loop {
-            let stream = tokio::select! {
+            tokio::select! {
                 () = &mut signal => break,
-                accepted = listener.accept() => match accepted {
-                    Ok((stream, _)) => stream,
-                    Err(error) => {
-                        accept_failed(error).await;
-                        continue;
+                stream = accept(&listener) => {
+                    if let Some(stream) = stream {
+                        connections.serve(stream, service.clone());
                     }
-                },
-            };
-            connections.serve(stream, service.clone());
+                }
+            }
         }
         let fired = Instant::now();
         runner.close();
         drop(listener);
         let deadline = fired + grace;
         if !connections.close(deadline).await {
-            tracing::warn!("connections still open after the grace period; closing them");
+            tracing::warn!("connections still open after the grace period; not waiting for them");
         }
         let remaining = deadline.saturating_duration_since(Instant::now());
         if !second_signal {
@@ -223,17 +220,24 @@ impl hyper::service::Service<http::Request<Incoming>> for Hyper {
     }
 }
 
-/// What `axum::serve` does when `accept` fails: connection errors concern
-/// one client and are skipped; others (out of file descriptors, say) are
-/// logged, and accepting waits a second, so as not to spin.
-async fn accept_failed(error: io::Error) {
+/// The next connection, or `None` after an error, as `axum::serve` treats
+/// them: connection errors concern one client and are skipped; others (out
+/// of file descriptors, say) are logged, and accepting waits a second, so
+/// as not to spin. The wait is part of this future, so a shutdown signal
+/// interrupts it.
+async fn accept(listener: &TcpListener) -> Option<TcpStream> {
     use io::ErrorKind::{ConnectionAborted, ConnectionRefused, ConnectionReset};
-    if matches!(
-        error.kind(),
-        ConnectionRefused | ConnectionAborted | ConnectionReset
-    ) {
-        return;
+    match listener.accept().await {
+        Ok((stream, _)) => Some(stream),
+        Err(error) => {
+            if !matches!(
+                error.kind(),
+                ConnectionRefused | ConnectionAborted | ConnectionReset
+            ) {
+                tracing::error!("accept error: {error}");
+                tokio::time::sleep(Duration::from_secs(1)).await;
+            }
+            None
+        }
     }
-    tracing::error!("accept error: {error}");
-    tokio::time::sleep(Duration::from_secs(1)).await;
 }
