@@ -12,6 +12,8 @@
 # target/bench/profile-<time>/ for callgrind_annotate or kcachegrind.
 set -euo pipefail
 here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
+# shellcheck source=lib/listening.sh
+source "$here/lib/listening.sh"
 root=$(cd "$here/.." && pwd)
 n=${1:-1000}
 python=${PYTHON:-python3}
@@ -44,15 +46,10 @@ profile() { # profile SERVER LABEL REQUESTS
   taskset -c "$server_cpu" valgrind --tool=callgrind --callgrind-out-file="$out/$server.$label.callgrind" \
     "${cmd[@]}" --addr 127.0.0.1:0 --data-dir "$work/data" >"$work/stdout" 2>"$out/$server.$label.stderr" &
   pid=$!
-  local line=
-  for _ in $(seq 600); do
-    line=$(grep -m1 '^listening on http://' "$work/stdout" 2>/dev/null || true)
-    [[ -n $line ]] && break
-    kill -0 "$pid" 2>/dev/null || break
-    sleep 0.05
-  done
-  [[ -n $line ]] || { echo "profile.sh: $server did not start under callgrind" >&2; exit 1; }
-  taskset -c "$client_cpu" "$python" "$here/lib/seqclient.py" "127.0.0.1:${line##*:}" /response/single "$requests"
+  local port
+  port=$(listening_port "$work/stdout" "$pid") ||
+    { echo "profile.sh: $server did not start under callgrind" >&2; exit 1; }
+  taskset -c "$client_cpu" "$python" "$here/lib/seqclient.py" "127.0.0.1:$port" /response/single "$requests"
   kill -TERM "$pid"
   local rc=0
   wait "$pid" || rc=$?

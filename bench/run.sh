@@ -29,6 +29,8 @@
 set -euo pipefail
 
 here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
+# shellcheck source=lib/listening.sh
+source "$here/lib/listening.sh"
 root=$(cd "$here/.." && pwd)
 
 quick=0
@@ -186,19 +188,13 @@ start_rust() {
   local pid=$!
   started+=("$pid")
   PID[$key]=$pid DIR[$key]=$dir PORT[$key]=
-  local line=
-  for _ in $(seq 600); do
-    line=$(grep -m1 '^listening on http://' "$dir/stdout" 2>/dev/null || true)
-    [[ -n $line ]] && break
-    kill -0 "$pid" 2>/dev/null || break
-    sleep 0.05
-  done
-  if [[ -z $line ]]; then
+  local port
+  if ! port=$(listening_port "$dir/stdout" "$pid"); then
     log "run.sh: ${LABEL[$key]} (${cmd[*]}) did not start; its stderr:"
     tail -n 20 "$dir/stderr" >&2 || true
     exit 1
   fi
-  PORT[$key]=${line##*:}
+  PORT[$key]=$port
 }
 
 # start_peer NAME: sets PID/PORT/DIR[NAME], or returns 1 (reported) when it does not start.
