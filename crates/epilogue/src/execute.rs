@@ -1,8 +1,6 @@
 //! Running one accepted group: its steps in order (or at once), each task
 //! isolated, timed, retried and counted.
 
-use futures_util::future::Either;
-use futures_util::FutureExt;
 use std::any::Any;
 use std::borrow::Cow;
 use std::future::Future;
@@ -12,6 +10,8 @@ use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
+use futures_util::future::Either;
+use futures_util::FutureExt;
 use tokio::task::Unconstrained;
 use tokio::time::Sleep;
 use tracing::{Instrument, Span};
@@ -22,8 +22,9 @@ use crate::stats::Outcome;
 use crate::task::{BackgroundTask, BlockingCall, Retry, Run, TaskResult};
 use crate::tasks::{BackgroundTasks, Mode, Step};
 
-/// How a step ended, as far as the steps after it care.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+/// How a step ended, as far as the steps after it care; ordered from best
+/// to worst.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
 enum Flow {
     Ok,
     Failed,
@@ -116,13 +117,7 @@ async fn run_concurrent(inner: &Arc<Inner>, steps: Vec<Step>, accepted_at: Insta
         .into_iter()
         .map(|step| run_step(inner, step, accepted_at));
     let flows = futures_util::future::join_all(steps).await;
-    flows
-        .into_iter()
-        .fold(Flow::Ok, |worst, flow| match (worst, flow) {
-            (Flow::Cut, _) | (_, Flow::Cut) => Flow::Cut,
-            (Flow::Failed, _) | (_, Flow::Failed) => Flow::Failed,
-            _ => Flow::Ok,
-        })
+    flows.into_iter().max().unwrap_or(Flow::Ok)
 }
 
 async fn run_in_order(

@@ -44,7 +44,7 @@ pub(crate) async fn shutdown(runner: &Runner, grace: Duration) -> ShutdownReport
     // (a second signal): that is not a drain.
     let drained = waited.is_ok() && !runner.inner.deadline.is_set();
     if !drained {
-        runner.inner.deadline.set();
+        runner.cut_off_now();
         let _ = tokio::time::timeout(CUT_OFF_BOOKKEEPING, runner.tracker().wait()).await;
     }
     let stats = runner.stats();

@@ -338,6 +338,7 @@ where
 }
 
 /// A plain function with its arguments.
+#[derive(Clone)]
 struct BlockingJob<F, Args> {
     function: F,
     args: Args,
@@ -355,10 +356,7 @@ where
     }
 
     fn clone_box(&self) -> Box<dyn Job> {
-        Box::new(BlockingJob {
-            function: self.function.clone(),
-            args: self.args.clone(),
-        })
+        Box::new(self.clone())
     }
 }
 
