@@ -134,12 +134,16 @@
 //!
 //! ## And the extractor, FastAPI style
 //!
+//! FastAPI's `background_tasks: BackgroundTasks` parameter is
+//! [`RequestTasks`](http::RequestTasks): a handle to this request's tasks,
+//! which run once the handler has answered with a success.
+//!
 //! ```
 //! # async fn send_email_notification(to: Option<String>, message: &'static str) {}
 //! use axum::Json;
-//! use epilogue::BackgroundTasks;
+//! use epilogue::http::RequestTasks;
 //!
-//! async fn register(mut tasks: BackgroundTasks, Json(email): Json<String>) -> Json<&'static str> {
+//! async fn register(tasks: RequestTasks, Json(email): Json<String>) -> Json<&'static str> {
 //!     tasks.add_task(send_email_notification, (Some(email), "Welcome."));
 //!     Json("Email sent")
 //! }
@@ -199,9 +203,7 @@
 #![forbid(unsafe_code)]
 #![cfg_attr(docsrs, feature(doc_cfg))]
 
-mod execute;
 mod latch;
-mod shutdown;
 mod signal;
 mod stats;
 
@@ -214,8 +216,7 @@ pub mod tasks;
 #[cfg_attr(docsrs, doc(cfg(feature = "axum")))]
 pub mod axum;
 
-pub use runner::{Refused, Runner};
-pub use shutdown::ShutdownReport;
+pub use runner::{Refused, Runner, ShutdownReport};
 pub use signal::shutdown_signal;
 pub use stats::Stats;
 pub use task::BackgroundTask;

@@ -6,8 +6,9 @@ use std::time::Duration;
 /// A snapshot of a [`Runner`](crate::Runner)'s counters, from
 /// [`Runner::stats`](crate::Runner::stats).
 ///
-/// Every field but `refused` counts **tasks**. Once a runner is idle,
-/// `accepted = succeeded + failed + panicked + timed_out + skipped + cut_off`;
+/// Every field but `refused` and `unadmitted` counts **tasks**. Once a
+/// runner is idle,
+/// `accepted = succeeded + failed + panicked + timed_out + skipped + cut_off + abandoned`;
 /// while it works, `running` and `pending` hold the difference.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 #[cfg_attr(feature = "serde", derive(serde::Serialize))]
@@ -32,11 +33,23 @@ pub struct Stats {
     pub skipped: u64,
     /// Tasks stopped, or never started, because the shutdown deadline passed.
     pub cut_off: u64,
+    /// Tasks a handler added (through the request's
+    /// [`RequestTasks`](crate::http::RequestTasks)) that never ran because the
+    /// handler did not answer with a success: its future was dropped (a
+    /// timeout, a client gone before the answer), it failed, or it answered
+    /// with a status of 400 or more. Counted as accepted too.
+    pub abandoned: u64,
     /// Extra attempts made by tasks with a [`retry`](crate::BackgroundTask::retry) policy.
     pub retried: u64,
     /// Requests (or [`Runner::spawn`](crate::Runner::spawn) calls) refused
     /// because the runner was full or shutting down. Counts groups, not tasks.
     pub refused: u64,
+    /// Groups accepted from requests that were never admitted: a handler
+    /// returned tasks on a route without
+    /// [`admission()`](crate::axum::admission) (or another admitting layer).
+    /// They run, but nothing refused their request when the runner was full,
+    /// so they may exceed `max_pending`. A warning is logged the first time.
+    pub unadmitted: u64,
     /// Time tasks spent between acceptance and their start, summed, in microseconds.
     pub wait_us_total: u64,
     /// Time tasks spent running, summed, in microseconds.
@@ -82,8 +95,10 @@ pub(crate) struct Counters {
     timed_out: AtomicU64,
     skipped: AtomicU64,
     cut_off: AtomicU64,
+    abandoned: AtomicU64,
     retried: AtomicU64,
     refused: AtomicU64,
+    unadmitted: AtomicU64,
     wait_us_total: AtomicU64,
     run_us_total: AtomicU64,
 }
@@ -100,8 +115,10 @@ impl Counters {
             timed_out: self.timed_out.load(Relaxed),
             skipped: self.skipped.load(Relaxed),
             cut_off: self.cut_off.load(Relaxed),
+            abandoned: self.abandoned.load(Relaxed),
             retried: self.retried.load(Relaxed),
             refused: self.refused.load(Relaxed),
+            unadmitted: self.unadmitted.load(Relaxed),
             wait_us_total: self.wait_us_total.load(Relaxed),
             run_us_total: self.run_us_total.load(Relaxed),
         }
@@ -148,22 +165,54 @@ impl Counters {
         }
     }
 
-    /// Tasks that will never start, because an earlier one failed in a
-    /// `stop_on_error` group (`skipped`) or the shutdown deadline passed.
-    pub(crate) fn dropped_pending(&self, tasks: u64, cut_off: bool) {
+    /// Tasks that will never start because an earlier one failed in a
+    /// `stop_on_error` group.
+    pub(crate) fn skipped(&self, tasks: u64) {
         self.pending.fetch_sub(tasks, Relaxed);
-        let counter = if cut_off {
-            &self.cut_off
-        } else {
-            &self.skipped
-        };
-        counter.fetch_add(tasks, Relaxed);
+        self.skipped.fetch_add(tasks, Relaxed);
         #[cfg(feature = "metrics")]
         {
             metrics::gauge!("epilogue_tasks_pending").decrement(tasks as f64);
-            let outcome = if cut_off { "cut_off" } else { "skipped" };
-            metrics::counter!("epilogue_tasks_total", "outcome" => outcome).increment(tasks);
+            metrics::counter!("epilogue_tasks_total", "outcome" => "skipped").increment(tasks);
         }
+    }
+
+    /// Tasks that will never start because the shutdown deadline passed.
+    pub(crate) fn cut_off_pending(&self, tasks: u64) {
+        self.pending.fetch_sub(tasks, Relaxed);
+        self.cut_off.fetch_add(tasks, Relaxed);
+        #[cfg(feature = "metrics")]
+        {
+            metrics::gauge!("epilogue_tasks_pending").decrement(tasks as f64);
+            metrics::counter!("epilogue_tasks_total", "outcome" => "cut_off").increment(tasks);
+        }
+    }
+
+    /// Tasks a handler added that will never run: accepted and abandoned at
+    /// once, so the sum of the outcomes still equals `accepted`.
+    pub(crate) fn abandoned(&self, tasks: u64) {
+        self.accepted.fetch_add(tasks, Relaxed);
+        self.abandoned.fetch_add(tasks, Relaxed);
+        #[cfg(feature = "metrics")]
+        {
+            metrics::counter!("epilogue_tasks_accepted_total").increment(tasks);
+            metrics::counter!("epilogue_tasks_total", "outcome" => "abandoned").increment(tasks);
+        }
+    }
+
+    /// A group accepted from a request that was never admitted.
+    pub(crate) fn unadmitted(&self) {
+        if self.unadmitted.fetch_add(1, Relaxed) == 0 {
+            tracing::warn!(
+                "background tasks returned on a route that was not admitted: they run, but \
+                 past the runner's limits, since nothing refused the request when the runner \
+                 was full; add `.layer(epilogue::axum::admission())` to every route whose \
+                 handler returns tasks (or a `RouteTasksLayer` around them). Counted in \
+                 Stats::unadmitted; logged once"
+            );
+        }
+        #[cfg(feature = "metrics")]
+        metrics::counter!("epilogue_unadmitted_total").increment(1);
     }
 
     /// A running task stopped by the shutdown deadline.

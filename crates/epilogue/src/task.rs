@@ -56,6 +56,7 @@ pub struct BackgroundTask {
     name: Cow<'static, str>,
     job: Box<dyn Job>,
     retry: Retry,
+    timeout: Option<Duration>,
 }
 
 /// How often a failed task is tried again, and how long to wait in between.
@@ -81,6 +82,7 @@ impl BackgroundTask {
             name: Cow::Borrowed(std::any::type_name::<F>()),
             job: function.bind(args),
             retry: Retry::default(),
+            timeout: None,
         }
     }
 
@@ -105,6 +107,16 @@ impl BackgroundTask {
         self
     }
 
+    /// Stops each attempt of this task after `timeout` and counts it as
+    /// `timed_out`, whatever the runner's
+    /// [`task_timeout`](crate::runner::Builder::task_timeout). An async task is
+    /// dropped; a blocking one cannot be interrupted, so its thread runs on
+    /// while the group moves on.
+    pub fn timeout(mut self, timeout: Duration) -> Self {
+        self.timeout = Some(timeout);
+        self
+    }
+
     /// The name, without a copy when it is the default or a `&'static str`.
     pub(crate) fn name_cow(&self) -> Cow<'static, str> {
         self.name.clone()
@@ -112,6 +124,10 @@ impl BackgroundTask {
 
     pub(crate) fn retry_policy(&self) -> Retry {
         self.retry
+    }
+
+    pub(crate) fn timeout_policy(&self) -> Option<Duration> {
+        self.timeout
     }
 
     /// One attempt that leaves the task in place for another one.
@@ -136,6 +152,7 @@ impl Clone for BackgroundTask {
             name: self.name.clone(),
             job: self.job.clone_box(),
             retry: self.retry,
+            timeout: self.timeout,
         }
     }
 }
@@ -186,6 +203,11 @@ mod private {
 }
 
 /// The values a task function may return: `()` or `Result<(), E: Display>`.
+#[diagnostic::on_unimplemented(
+    message = "a background task must return `()` or `Result<(), E>` with `E: Display`, not `{Self}`",
+    label = "returned here",
+    note = "map the value away: `.map(|_| ())`, or return `Ok(())`"
+)]
 pub trait TaskOutput: sealed::Sealed {
     #[doc(hidden)]
     fn into_task_result(self) -> Result<(), String>;
@@ -217,6 +239,13 @@ pub enum Blocking {}
 /// `Clone + Send + Sync + 'static` and returns either a [`TaskOutput`]
 /// (a plain function, `Kind` = [`Blocking`]) or a future of one (an async
 /// function, `Kind` = [`Async`]). You never implement it yourself.
+#[diagnostic::on_unimplemented(
+    message = "`{Self}` cannot be a background task taking `{Args}`",
+    label = "not a task function for these arguments",
+    note = "a task function is an `async fn` or a plain `fn` (or a closure) that is `Clone + Send + Sync + 'static`",
+    note = "its arguments are given as a tuple, `(a, b)`, `(a,)` or `()`, in order, each `Clone + Send + Sync + 'static` (wrap others in an `Arc`)",
+    note = "it returns `()` or `Result<(), E>` with `E: Display` (an `async fn`: its future does, and is `Send`)"
+)]
 pub trait TaskFn<Args, Kind>: Clone + Send + Sync + 'static {
     #[doc(hidden)]
     fn bind(self, args: Args) -> Box<dyn Job>;

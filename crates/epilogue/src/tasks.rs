@@ -1,7 +1,6 @@
 //! An ordered group of background tasks.
 
 use std::fmt;
-use std::sync::Arc;
 
 use crate::task::{BackgroundTask, TaskFn};
 
@@ -42,23 +41,20 @@ use crate::task::{BackgroundTask, TaskFn};
 ///
 /// assert_eq!(list.len(), tasks.len());
 /// ```
+///
+/// # A value, nothing more
+///
+/// A group is plain data: it runs when it is handed to something that runs
+/// it (returned from a handler as a response part, given to a route layer or
+/// to [`Runner::spawn`](crate::Runner::spawn)), and never by itself. A group
+/// that still holds tasks when it is dropped logs a warning, since that is
+/// almost always a group built and then forgotten; call
+/// [`clear`](BackgroundTasks::clear) first to drop tasks on purpose.
 #[must_use = "a BackgroundTasks group does nothing until it is handed to a response or a Runner"]
 #[derive(Default)]
 pub struct BackgroundTasks {
     pub(crate) steps: Vec<Step>,
     pub(crate) mode: Mode,
-    /// Set on a group that a handler extracted: where its tasks go when the
-    /// handler is done with it (the request's scope, see `crate::http`).
-    pub(crate) sink: Option<Sink>,
-}
-
-/// What a group hands its tasks to when it is dropped: the request it was
-/// extracted from. A trait object so that the core stays free of HTTP types.
-pub(crate) type Sink = Arc<dyn Deliver>;
-
-/// Takes the tasks of an extracted group once the handler is done with it.
-pub(crate) trait Deliver: Send + Sync {
-    fn deliver(&self, tasks: BackgroundTasks);
 }
 
 /// How the steps of a group run.
@@ -104,7 +100,6 @@ impl BackgroundTasks {
         Self {
             steps: Vec::new(),
             mode,
-            sink: None,
         }
     }
 
@@ -113,7 +108,6 @@ impl BackgroundTasks {
         Self {
             steps,
             mode: Mode::Sequential,
-            sink: None,
         }
     }
 
@@ -149,7 +143,6 @@ impl BackgroundTasks {
             self.steps.push(Step::Group(BackgroundTasks {
                 steps,
                 mode: other.mode,
-                sink: None,
             }));
         } else if self.steps.is_empty() {
             // Reuse the other group's allocation.
@@ -197,39 +190,51 @@ impl BackgroundTasks {
         self.mode == Mode::Concurrent
     }
 
+    /// Removes every task, so that dropping the group afterwards is silent.
+    pub fn clear(&mut self) {
+        self.steps.clear();
+    }
+
     /// Takes the steps out, leaving an empty group of the same mode behind.
     pub(crate) fn take(&mut self) -> BackgroundTasks {
         BackgroundTasks {
             steps: std::mem::take(&mut self.steps),
             mode: self.mode,
-            sink: None,
         }
+    }
+
+    /// Drops the group on purpose: its tasks are accounted for elsewhere.
+    pub(crate) fn discard(mut self) {
+        self.clear();
     }
 }
 
 impl Clone for BackgroundTasks {
-    /// A detached copy: the copy of an extracted group is not delivered to the
-    /// request, so the handler's tasks never run twice.
     fn clone(&self) -> Self {
         Self {
             steps: self.steps.clone(),
             mode: self.mode,
-            sink: None,
         }
     }
 }
 
 impl Drop for BackgroundTasks {
+    // Only a warning: a group runs when it is handed on, never from here.
     fn drop(&mut self) {
-        let Some(sink) = self.sink.take() else {
-            return;
-        };
-        // A handler that panics schedules nothing: its extracted group is
-        // dropped while unwinding and its tasks go with it.
         if self.steps.is_empty() || std::thread::panicking() {
             return;
         }
-        sink.deliver(self.take());
+        tracing::warn!(
+            tasks = ?self.task_names(),
+            "a BackgroundTasks group was dropped without being returned or spawned; \
+             its tasks never run (return it from the handler, or call clear() first)"
+        );
+        // Nested groups are part of this one: they need not warn again.
+        for step in &mut self.steps {
+            if let Step::Group(group) = step {
+                group.clear();
+            }
+        }
     }
 }
 
@@ -316,23 +321,5 @@ mod tests {
         assert!(!empty.is_concurrent());
         assert_eq!(empty.steps.len(), 1, "the concurrent set is one step");
         assert_eq!(empty.len(), 2);
-    }
-
-    #[test]
-    fn a_dropped_extracted_group_delivers_its_tasks_once() {
-        struct Names(std::sync::Mutex<Vec<String>>);
-        impl Deliver for Names {
-            fn deliver(&self, tasks: BackgroundTasks) {
-                self.0.lock().unwrap().extend(tasks.task_names())
-            }
-        }
-        let got = Arc::new(Names(Default::default()));
-        let mut tasks = BackgroundTasks::new();
-        tasks.sink = Some(got.clone());
-        tasks.push(named("a"));
-        let copy = tasks.clone();
-        drop(tasks);
-        drop(copy);
-        assert_eq!(*got.0.lock().unwrap(), ["a"], "a clone is detached");
     }
 }

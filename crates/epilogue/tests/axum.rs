@@ -11,6 +11,7 @@ use axum::routing::{get, post};
 use axum::{Json, Router};
 use common::{report, report_after, report_blocking, AxumServer, Connection, Event, Probe};
 use epilogue::axum::{admission, background};
+use epilogue::http::RequestTasks;
 use epilogue::{BackgroundTask, BackgroundTasks, Runner};
 use tokio::sync::mpsc::UnboundedSender;
 
@@ -67,7 +68,7 @@ fn patterns(tx: &Tx) -> Router {
         .route(
             "/extractor",
             post(
-                |State(tx): State<Tx>, mut tasks: BackgroundTasks| async move {
+                |State(tx): State<Tx>, tasks: RequestTasks| async move {
                     tasks.add_task(report, (tx, "extracted"));
                     "sent"
                 },
@@ -77,7 +78,7 @@ fn patterns(tx: &Tx) -> Router {
         .route(
             "/all",
             post(
-                |State(tx): State<Tx>, mut tasks: BackgroundTasks| async move {
+                |State(tx): State<Tx>, tasks: RequestTasks| async move {
                     tasks.add_task(report, (tx.clone(), "extracted"));
                     (task(&tx, "response"), "sent")
                 },
@@ -369,9 +370,10 @@ async fn a_handler_that_panics_schedules_nothing() {
         .route(
             "/panic",
             post(
-                |State(tx): State<Tx>, mut tasks: BackgroundTasks| async move {
+                |State(tx): State<Tx>, tasks: RequestTasks| async move {
                     tasks.add_task(report, (tx, "never"));
-                    if tasks.len() == 1 {
+                    let bug = true;
+                    if bug {
                         panic!("handler bug");
                     }
                     "unreachable"
@@ -381,7 +383,7 @@ async fn a_handler_that_panics_schedules_nothing() {
         .route(
             "/fine",
             post(
-                |State(tx): State<Tx>, mut tasks: BackgroundTasks| async move {
+                |State(tx): State<Tx>, tasks: RequestTasks| async move {
                     tasks.add_task(report, (tx, "fine"));
                 },
             ),
@@ -396,7 +398,11 @@ async fn a_handler_that_panics_schedules_nothing() {
     // Tasks run in request order: "fine" first means "never" never ran.
     assert_eq!(probe.names(1).await, ["fine"]);
     let report = server.shutdown().await;
-    assert_eq!(report.stats.accepted, 1);
+    assert_eq!(
+        (report.stats.succeeded, report.stats.abandoned),
+        (1, 1),
+        "{report:?}"
+    );
 }
 
 #[tokio::test]
@@ -459,17 +465,19 @@ async fn shutdown_finishes_accepted_tasks_and_refuses_new_work() {
 }
 
 #[tokio::test]
-async fn an_extracted_group_kept_past_the_response_still_runs() {
+async fn a_task_added_after_the_response_never_runs_and_is_counted() {
     let mut probe = Probe::new();
+    let (added, mut was_added) = tokio::sync::mpsc::unbounded_channel::<()>();
     let app = Router::new()
         .route(
             "/keep",
             post(
-                |State(tx): State<Tx>, mut tasks: BackgroundTasks| async move {
-                    // The handler hands its group to work that outlives it.
+                move |State(tx): State<Tx>, tasks: RequestTasks| async move {
+                    // The handler hands its tasks to work that outlives it.
                     tokio::spawn(async move {
                         tokio::time::sleep(Duration::from_millis(100)).await;
                         tasks.add_task(report, (tx, "late"));
+                        let _ = added.send(());
                     });
                     "accepted"
                 },
@@ -482,6 +490,10 @@ async fn an_extracted_group_kept_past_the_response_still_runs() {
         .post_json("/keep", "")
         .await;
     assert_eq!(answer.status, StatusCode::OK);
-    assert_eq!(probe.names(1).await, ["late"]);
-    assert_eq!(server.shutdown().await.stats.succeeded, 1);
+    tokio::time::timeout(common::PATIENCE, was_added.recv())
+        .await
+        .expect("the late task was added");
+    let stats = server.shutdown().await.stats;
+    assert_eq!((stats.succeeded, stats.abandoned), (0, 1), "{stats:?}");
+    assert!(probe.is_empty(), "a task added after the response ran");
 }

@@ -23,7 +23,7 @@ use tower_service::Service;
 use crate::http::{Background, BackgroundLayer};
 use crate::latch::Latch;
 use crate::runner::Runner;
-use crate::shutdown::ShutdownReport;
+use crate::ShutdownReport;
 
 /// Serves `app` with `runner` running its background tasks, and shuts down
 /// gracefully: see [`Serve`].

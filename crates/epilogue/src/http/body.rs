@@ -94,7 +94,7 @@ mod tests {
 
     fn with_task<B>(runner: &Runner, inner: B) -> BackgroundBody<B> {
         let tasks = runner
-            .reserve()
+            .admit()
             .unwrap()
             .defer(BackgroundTask::new(|| {}, ()));
         BackgroundBody::new(inner, Some(tasks))

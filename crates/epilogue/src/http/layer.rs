@@ -1,6 +1,5 @@
 //! The executing layer: hands each response's tasks to the runner.
 
-use std::cell::RefCell;
 use std::future::Future;
 use std::pin::Pin;
 use std::task::{ready, Context, Poll};
@@ -11,24 +10,39 @@ use tower_layer::Layer;
 use tower_service::Service;
 
 use super::body::BackgroundBody;
-use super::scope::{self, Origin, Scope};
+use super::scope::{Attached, Scope};
 use crate::runner::Runner;
-use crate::tasks::BackgroundTasks;
 
 /// Wraps a service so that the background tasks of its responses run once
 /// each response body has been handed to the server.
 ///
-/// It collects, in this order, the tasks of route-level layers
-/// ([`RouteTasksLayer`](super::RouteTasksLayer)), the tasks the response
-/// carries in its extensions (a handler returning
-/// `(BackgroundTask, Json(..))`), and the tasks added through the extractor;
-/// it gives them to its [`Runner`] as one group, started by the
-/// [`BackgroundBody`] when the body is complete or dropped.
+/// It puts the request's scope in the request's extensions, where
+/// route-level layers ([`RouteTasksLayer`](super::RouteTasksLayer)) and the
+/// [`RequestTasks`](super::RequestTasks) extractor find it. Once the
+/// response is there, it collects, in this order, the route-level tasks,
+/// the tasks the response carries in its extensions (a handler returning
+/// `(BackgroundTask, Json(..))`, or [`attach`](super::attach)), and the
+/// extracted tasks; it gives them to its [`Runner`] as one group, started by
+/// the [`BackgroundBody`] when the body is complete or dropped. If the
+/// response never comes (its future is dropped, or the service fails), the
+/// request's tasks never run and are counted as
+/// [`abandoned`](crate::Stats::abandoned).
 ///
-/// Put it **outside** everything else: around the whole application, outside
-/// `axum::Router` (whose HEAD handling drops bodies inside it) and outside
-/// route-level layers, which need it to admit requests.
-/// [`epilogue::axum::serve`](crate::axum::serve) places it for you.
+/// # Where it goes
+///
+/// Around the application: outside every route-level layer and extractor
+/// that needs its scope, and outside any layer that may drop a response
+/// whose tasks should still run. Layers between it and the routes may run
+/// the service on another task (`tower::buffer`): the scope travels with the
+/// request. [`epilogue::axum::serve`](crate::axum::serve) places it around
+/// the whole app for you; with `axum::serve` or another server,
+/// `Router::layer(BackgroundLayer::new(runner))` is right too.
+///
+/// A timeout layer *outside* it that fires drops this layer's future: the
+/// handler never answered, so its tasks are abandoned. A timeout layer
+/// *inside* it answers `408` itself: route-level and extracted tasks then do
+/// not run (the status is not a success), and a handler's own response, with
+/// its tasks, was never returned.
 ///
 /// # Example
 ///
@@ -87,6 +101,23 @@ pub struct Background<S> {
     runner: Runner,
 }
 
+impl<S> Background<S> {
+    /// The wrapped service.
+    pub fn get_ref(&self) -> &S {
+        &self.inner
+    }
+
+    /// The wrapped service, mutably.
+    pub fn get_mut(&mut self) -> &mut S {
+        &mut self.inner
+    }
+
+    /// The wrapped service, unwrapped.
+    pub fn into_inner(self) -> S {
+        self.inner
+    }
+}
+
 impl<S, ReqBody, ResBody> Service<Request<ReqBody>> for Background<S>
 where
     S: Service<Request<ReqBody>, Response = Response<ResBody>>,
@@ -99,20 +130,38 @@ where
         self.inner.poll_ready(cx)
     }
 
-    fn call(&mut self, request: Request<ReqBody>) -> Self::Future {
-        let scope = RefCell::new(Scope::new(self.runner.clone()));
-        // Lent for the call too: a service may run its route layers here.
-        let inner = scope::lend(&scope, || self.inner.call(request));
-        ResponseFuture { inner, scope }
+    fn call(&mut self, mut request: Request<ReqBody>) -> Self::Future {
+        let scope = Scope::new(self.runner.clone());
+        request.extensions_mut().insert(scope.clone());
+        ResponseFuture {
+            inner: self.inner.call(request),
+            scope: Pending(Some(scope)),
+        }
     }
 }
 
 pin_project! {
     /// The response future of [`Background`].
+    ///
+    /// Dropped before the response is there (a timeout layer around it fired,
+    /// the client went away before the answer), it abandons the request's
+    /// tasks: a handler that never answered runs none of them.
     pub struct ResponseFuture<F> {
         #[pin]
         inner: F,
-        scope: RefCell<Scope>,
+        scope: Pending,
+    }
+}
+
+/// The request's scope until its response is there; abandoned if dropped
+/// before.
+struct Pending(Option<Scope>);
+
+impl Drop for Pending {
+    fn drop(&mut self) {
+        if let Some(scope) = self.0.take() {
+            scope.abandon();
+        }
     }
 }
 
@@ -124,17 +173,16 @@ where
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         let this = self.project();
-        let inner = this.inner;
-        // On an error there is no response to follow: the scope's place and
-        // tasks are dropped with it, as for a handler that panicked.
-        let mut response = ready!(scope::lend(this.scope, || inner.poll(cx)))?;
-        let scope = this.scope.get_mut();
-        // Tasks attached where the scope was not lent (a service that polls
-        // its inner service on another task) travel in the extensions.
-        if let Some(tasks) = response.extensions_mut().remove::<BackgroundTasks>() {
-            scope.add(Origin::Response, tasks);
-        }
-        let deferred = scope.take_deferred();
+        // On an error there is no response to follow: `Pending` abandons the
+        // scope, as for a handler that never answered.
+        let mut response = ready!(this.inner.poll(cx))?;
+        let scope = this.scope.0.take().expect("ResponseFuture polled after completion");
+        let returned = response
+            .extensions_mut()
+            .remove::<Attached>()
+            .map(|mut attached| attached.0.take())
+            .unwrap_or_default();
+        let deferred = scope.finish(response.status(), returned);
         Poll::Ready(Ok(response.map(|body| BackgroundBody::new(body, deferred))))
     }
 }

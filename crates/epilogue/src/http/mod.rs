@@ -1,14 +1,30 @@
 //! Background tasks for any tower service over `http` 1 types: hyper,
 //! tonic, axum, or your own.
 //!
-//! - [`BackgroundLayer`] is the executing layer. It goes around the whole
-//!   application and hands each response's tasks to the [`Runner`](crate::Runner)
-//!   once the response body has been handed on ([`BackgroundBody`]).
+//! - [`BackgroundLayer`] is the executing layer. It goes around the
+//!   application, puts each request's scope in the request's extensions, and
+//!   hands each response's tasks to the [`Runner`](crate::Runner) once the
+//!   response body has been handed on ([`BackgroundBody`]).
 //! - [`RouteTasksLayer`] sits on a route: route-level tasks, and admission
-//!   (`503` before the handler when the runner is full).
-//! - A handler attaches its own tasks by putting a
-//!   [`BackgroundTasks`](crate::BackgroundTasks) in its response's
-//!   extensions; with axum, by returning it as a response part.
+//!   (`503` before the handler when the runner is full; JSON by default,
+//!   [`GrpcRefusal`] for gRPC).
+//! - [`RequestTasks`] is the request's own list, for a handler to add to;
+//!   its tasks run once the handler has answered with a success.
+//! - A handler returns tasks by [`attach`]ing them to its response's
+//!   extensions; with axum, by returning them as a response part.
+//!
+//! # How a task travels
+//!
+//! 1. `BackgroundLayer` inserts the request's scope into its extensions.
+//! 2. Inside, a route layer or the extractor admits the request (takes a
+//!    [`Permit`](crate::runner::Permit), or answers `503`) and adds tasks to
+//!    the scope; a handler may attach tasks to its response.
+//! 3. When the response reaches `BackgroundLayer`, the scope closes: route
+//!    tasks, the response's tasks and the extracted tasks become one
+//!    [`Deferred`](crate::runner::Deferred) group, carried by the body.
+//! 4. When the body has been sent (or dropped), the group starts on the
+//!    runner. If the response never reached the layer, nothing starts, and
+//!    the tasks are counted.
 
 mod body;
 mod layer;
@@ -16,17 +32,25 @@ mod refusal;
 mod route;
 mod scope;
 
+use std::sync::atomic::Ordering;
+
 pub use body::BackgroundBody;
 pub use layer::{Background, BackgroundLayer, ResponseFuture};
+pub use refusal::{GrpcRefusal, JsonRefusal, Refusal};
 pub use route::{RouteFuture, RouteTasks, RouteTasksLayer};
+pub use scope::{RequestTasks, ScopeError};
 
-pub(crate) use refusal::{missing_layer, refused, MISSING_LAYER};
-pub(crate) use scope::{add_or_attach, with_current, ExtractedSink, Origin};
+use scope::Attached;
 
-/// Adds `tasks` after the tasks already attached to a response's extensions.
+/// Adds `tasks` after the tasks already attached to a response's extensions,
+/// to run once the response has been sent by [`BackgroundLayer`], whatever
+/// the response's status.
 ///
-/// This is how a handler that is not an axum handler attaches its own tasks;
-/// [`BackgroundLayer`] runs them once the response has been sent.
+/// This is how a service that is not an axum handler returns tasks; an axum
+/// handler returns them as a response part. Cloning the extensions does not
+/// copy the tasks: they run once, with this response. If the response
+/// reaches no `BackgroundLayer`, the tasks never run: an error is logged
+/// once and they are counted in [`tasks_without_layer`].
 ///
 /// ```
 /// use epilogue::{http::attach, BackgroundTask};
@@ -34,17 +58,42 @@ pub(crate) use scope::{add_or_attach, with_current, ExtractedSink, Origin};
 /// let mut response = http::Response::new("created");
 /// attach(response.extensions_mut(), BackgroundTask::new(|| {}, ()).name("first"));
 /// attach(response.extensions_mut(), BackgroundTask::new(|| {}, ()).name("second"));
-/// let tasks = response.extensions().get::<epilogue::BackgroundTasks>().unwrap();
-/// assert_eq!(tasks.task_names(), ["first", "second"]);
+/// assert_eq!(epilogue::http::attached(response.extensions()), ["first", "second"]);
+/// # epilogue::http::detach(response.extensions_mut());
 /// ```
 pub fn attach(extensions: &mut http::Extensions, tasks: impl Into<crate::BackgroundTasks>) {
-    let mut tasks = tasks.into();
-    match extensions.get_mut::<crate::BackgroundTasks>() {
+    let tasks = tasks.into();
+    match extensions.get_mut::<Attached>() {
         Some(attached) => {
-            attached.merge(tasks.take());
+            attached.0.merge(tasks);
         }
         None => {
-            extensions.insert(tasks.take());
+            extensions.insert(Attached(tasks));
         }
     }
+}
+
+/// The names of the tasks [`attach`]ed to a response, in the order they run.
+pub fn attached(extensions: &http::Extensions) -> Vec<String> {
+    extensions
+        .get::<Attached>()
+        .map(|attached| attached.0.task_names())
+        .unwrap_or_default()
+}
+
+/// Takes back the tasks [`attach`]ed to a response, so that they do not run
+/// with it (a middleware that replaces the response, say).
+pub fn detach(extensions: &mut http::Extensions) -> crate::BackgroundTasks {
+    extensions
+        .remove::<Attached>()
+        .map(|mut attached| attached.0.take())
+        .unwrap_or_default()
+}
+
+/// How many tasks, in this process, were attached to responses that reached
+/// no [`BackgroundLayer`] and so never ran. Should stay 0: anything else
+/// means an app served without the layer (with plain `axum::serve`, or a test
+/// calling the router directly).
+pub fn tasks_without_layer() -> u64 {
+    scope::WITHOUT_LAYER.load(Ordering::Relaxed)
 }

@@ -1,85 +1,184 @@
-//! The responses epilogue itself produces: 503 when the runner is full, 500
-//! when the executing layer is missing. One JSON shape for both.
+//! The responses epilogue itself produces: `503` when the runner is full or
+//! shutting down, `500` when the executing layer is missing. JSON for an
+//! HTTP API, gRPC status headers for a gRPC service.
 
 use std::time::Duration;
 
 use http::{header, HeaderValue, Response, StatusCode};
 
+use super::scope::ScopeError;
 use crate::runner::Refused;
 
-/// `503 Service Unavailable` with `Retry-After` and a JSON body saying why.
-pub(crate) fn refused<B: From<String>>(refused: Refused, retry_after: Duration) -> Response<B> {
-    let reason = match refused {
-        Refused::Full { .. } => "full",
-        Refused::ShuttingDown => "shutting_down",
+/// How a route-level layer answers a request it refuses before the handler.
+///
+/// Implemented by [`JsonRefusal`] (the default) and [`GrpcRefusal`]; implement
+/// it for your own shape of error response.
+pub trait Refusal<B>: Clone {
+    /// The response for `error`.
+    fn respond(&self, error: &ScopeError) -> Response<B>;
+}
+
+/// Refusals as JSON: `503 Service Unavailable` with `Retry-After`, or `500`,
+/// and a body `{"error": "<what happened>", "reason": "full" |
+/// "shutting_down" | "missing_layer"}`.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct JsonRefusal;
+
+impl<B: From<String>> Refusal<B> for JsonRefusal {
+    fn respond(&self, error: &ScopeError) -> Response<B> {
+        let reason = reason(error);
+        // Our messages hold no quote, backslash or control character (a test
+        // below checks each): they need no escaping.
+        let body = format!(r#"{{"error":"{error}","reason":"{reason}"}}"#);
+        let mut response = Response::new(B::from(body));
+        *response.status_mut() = status(error);
+        let headers = response.headers_mut();
+        headers.insert(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("application/json"),
+        );
+        if let Some(retry_after) = retry_after(error) {
+            headers.insert(header::RETRY_AFTER, retry_after);
+        }
+        response
+    }
+}
+
+/// Refusals as a gRPC client expects them: a trailers-only response, HTTP
+/// status 200, `content-type: application/grpc`, `grpc-status: 14`
+/// (`UNAVAILABLE`, which gRPC clients retry) or `13` (`INTERNAL`, for a
+/// missing executing layer), and the message in `grpc-message`. For tonic
+/// services: `RouteTasksLayer::admission().refusal(GrpcRefusal)`.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct GrpcRefusal;
+
+impl<B: Default> Refusal<B> for GrpcRefusal {
+    fn respond(&self, error: &ScopeError) -> Response<B> {
+        let code = match error {
+            ScopeError::Refused { .. } => "14",
+            ScopeError::MissingLayer => "13",
+        };
+        let mut response = Response::new(B::default());
+        let headers = response.headers_mut();
+        headers.insert(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("application/grpc"),
+        );
+        headers.insert("grpc-status", HeaderValue::from_static(code));
+        // gRPC percent-encodes the message; ours are printable ASCII, where
+        // only '%' would need it, and they hold none.
+        if let Ok(message) = HeaderValue::from_str(&error.to_string()) {
+            headers.insert("grpc-message", message);
+        }
+        if let Some(retry_after) = retry_after(error) {
+            headers.insert(header::RETRY_AFTER, retry_after);
+        }
+        response
+    }
+}
+
+fn status(error: &ScopeError) -> StatusCode {
+    match error {
+        ScopeError::Refused { .. } => StatusCode::SERVICE_UNAVAILABLE,
+        ScopeError::MissingLayer => {
+            tracing::error!("{MISSING_LAYER}");
+            StatusCode::INTERNAL_SERVER_ERROR
+        }
+    }
+}
+
+fn reason(error: &ScopeError) -> &'static str {
+    match error {
+        ScopeError::Refused {
+            refused: Refused::Full { .. },
+            ..
+        } => "full",
+        ScopeError::Refused {
+            refused: Refused::ShuttingDown,
+            ..
+        } => "shutting_down",
+        ScopeError::MissingLayer => "missing_layer",
+    }
+}
+
+/// Whole seconds, rounded up: `Retry-After: 0` would invite a retry storm.
+fn retry_after(error: &ScopeError) -> Option<HeaderValue> {
+    let ScopeError::Refused { retry_after, .. } = error else {
+        return None;
     };
-    // Whole seconds, rounded up: `Retry-After: 0` would invite a retry storm.
-    let secs = retry_after.as_secs() + u64::from(retry_after.subsec_nanos() > 0);
-    let mut response = json(
-        StatusCode::SERVICE_UNAVAILABLE,
-        &refused.to_string(),
-        reason,
-    );
-    response
-        .headers_mut()
-        .insert(header::RETRY_AFTER, HeaderValue::from(secs.max(1)));
-    response
+    let secs: Duration = *retry_after;
+    let secs = secs.as_secs() + u64::from(secs.subsec_nanos() > 0);
+    Some(HeaderValue::from(secs.max(1)))
 }
 
-/// `500 Internal Server Error`: a route-level layer or the extractor was used
-/// without [`BackgroundLayer`](super::BackgroundLayer) around it.
-pub(crate) fn missing_layer<B: From<String>>() -> Response<B> {
-    tracing::error!("{MISSING_LAYER}");
-    json(
-        StatusCode::INTERNAL_SERVER_ERROR,
-        MISSING_LAYER,
-        "missing_layer",
-    )
-}
-
-pub(crate) const MISSING_LAYER: &str = "epilogue's BackgroundLayer is missing: wrap the whole \
-    application in it (epilogue::axum::serve does), outside any route-level background layer, \
-    with no layer between them that runs the service on another task (such as tower::buffer)";
-
-fn json<B: From<String>>(status: StatusCode, message: &str, reason: &str) -> Response<B> {
-    // The messages are ours and hold no quote or backslash; escape anyway so
-    // that a future message cannot break the JSON.
-    let escape = |s: &str| s.replace('\\', "\\\\").replace('"', "\\\"");
-    let body = format!(
-        r#"{{"error":"{}","reason":"{}"}}"#,
-        escape(message),
-        escape(reason)
-    );
-    let mut response = Response::new(B::from(body));
-    *response.status_mut() = status;
-    response.headers_mut().insert(
-        header::CONTENT_TYPE,
-        HeaderValue::from_static("application/json"),
-    );
-    response
-}
+pub(crate) const MISSING_LAYER: &str = "epilogue's BackgroundLayer is missing: wrap the \
+    application in it (epilogue::axum::serve does), outside every route-level background \
+    layer and BackgroundTasks extractor";
 
 #[cfg(test)]
 mod tests {
     use super::*;
 
+    fn full(retry_after: Duration) -> ScopeError {
+        ScopeError::Refused {
+            refused: Refused::Full { limit: 3 },
+            retry_after,
+        }
+    }
+
     #[test]
-    fn refusal_says_when_to_retry() {
-        let response: Response<String> =
-            refused(Refused::Full { limit: 3 }, Duration::from_millis(1500));
+    fn json_refusal_says_why_and_when_to_retry() {
+        let response: Response<String> = JsonRefusal.respond(&full(Duration::from_millis(1500)));
         assert_eq!(response.status(), StatusCode::SERVICE_UNAVAILABLE);
         assert_eq!(response.headers()[header::RETRY_AFTER], "2");
-        let body: &str = response.body();
-        assert!(
-            body.starts_with(r#"{"error":"background work is at capacity"#),
-            "{body}"
+        assert_eq!(response.headers()[header::CONTENT_TYPE], "application/json");
+        assert_eq!(
+            response.body(),
+            r#"{"error":"background work is at capacity (3 groups running or waiting); retry later","reason":"full"}"#
         );
-        assert!(body.ends_with(r#""reason":"full"}"#), "{body}");
     }
 
     #[test]
     fn retry_after_is_never_zero() {
-        let response: Response<String> = refused(Refused::ShuttingDown, Duration::ZERO);
+        let error = ScopeError::Refused {
+            refused: Refused::ShuttingDown,
+            retry_after: Duration::ZERO,
+        };
+        let response: Response<String> = JsonRefusal.respond(&error);
         assert_eq!(response.headers()[header::RETRY_AFTER], "1");
+    }
+
+    #[test]
+    fn grpc_refusal_is_a_trailers_only_unavailable() {
+        let response: Response<String> = GrpcRefusal.respond(&full(Duration::from_secs(1)));
+        assert_eq!(response.status(), StatusCode::OK);
+        assert_eq!(response.headers()[header::CONTENT_TYPE], "application/grpc");
+        assert_eq!(response.headers()["grpc-status"], "14");
+        assert_eq!(
+            response.headers()["grpc-message"],
+            "background work is at capacity (3 groups running or waiting); retry later"
+        );
+        assert!(response.body().is_empty());
+        let missing: Response<String> = GrpcRefusal.respond(&ScopeError::MissingLayer);
+        assert_eq!(missing.headers()["grpc-status"], "13");
+    }
+
+    #[test]
+    fn messages_need_no_escaping() {
+        let errors = [
+            full(Duration::ZERO),
+            ScopeError::Refused {
+                refused: Refused::ShuttingDown,
+                retry_after: Duration::ZERO,
+            },
+            ScopeError::MissingLayer,
+        ];
+        for error in errors {
+            let text = error.to_string();
+            assert!(
+                !text.contains(['"', '\\', '%']) && !text.chars().any(char::is_control),
+                "{text}"
+            );
+        }
     }
 }

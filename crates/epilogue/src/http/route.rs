@@ -11,8 +11,8 @@ use pin_project_lite::pin_project;
 use tower_layer::Layer;
 use tower_service::Service;
 
-use super::refusal;
-use super::scope::{self, Origin};
+use super::refusal::{JsonRefusal, Refusal};
+use super::scope::{Scope, ScopeError};
 use crate::tasks::BackgroundTasks;
 
 /// Route-level background tasks: every request through this layer gets a
@@ -29,21 +29,37 @@ use crate::tasks::BackgroundTasks;
 /// changes that.
 ///
 /// Needs [`BackgroundLayer`](super::BackgroundLayer) around it; without it,
-/// requests are answered `500` with a message that says so.
+/// requests are answered `500` with a message that says so. Refusals are
+/// JSON by default ([`JsonRefusal`]); [`refusal`](RouteTasksLayer::refusal)
+/// changes that, to [`GrpcRefusal`](super::GrpcRefusal) for a gRPC service.
 #[derive(Clone, Debug)]
-pub struct RouteTasksLayer {
+pub struct RouteTasksLayer<R = JsonRefusal> {
     // Shared: axum clones a route's service for every request, and the
     // template is copied only when its tasks run.
-    tasks: Arc<BackgroundTasks>,
+    tasks: Arc<Template>,
     always: bool,
+    refusal: R,
+}
+
+/// The tasks every request of a route gets a copy of.
+#[derive(Debug)]
+struct Template(BackgroundTasks);
+
+impl Drop for Template {
+    // A template is never run itself, only its copies: dropping it with its
+    // tasks is no mistake to warn about.
+    fn drop(&mut self) {
+        self.0.clear();
+    }
 }
 
 impl RouteTasksLayer {
     /// Runs a copy of `tasks` after every successful response of the route.
     pub fn new(tasks: impl Into<BackgroundTasks>) -> Self {
         Self {
-            tasks: Arc::new(tasks.into()),
+            tasks: Arc::new(Template(tasks.into())),
             always: false,
+            refusal: JsonRefusal,
         }
     }
 
@@ -54,15 +70,28 @@ impl RouteTasksLayer {
         Self::new(BackgroundTasks::new())
     }
 
+}
+
+impl<R> RouteTasksLayer<R> {
     /// Runs the tasks whatever the response's status.
     pub fn always(mut self) -> Self {
         self.always = true;
         self
     }
+
+    /// Answers refusals (`503`, and `500` for a missing executing layer) with
+    /// `refusal` instead of JSON.
+    pub fn refusal<R2>(self, refusal: R2) -> RouteTasksLayer<R2> {
+        RouteTasksLayer {
+            tasks: self.tasks,
+            always: self.always,
+            refusal,
+        }
+    }
 }
 
-impl<S> Layer<S> for RouteTasksLayer {
-    type Service = RouteTasks<S>;
+impl<S, R: Clone> Layer<S> for RouteTasksLayer<R> {
+    type Service = RouteTasks<S, R>;
 
     fn layer(&self, inner: S) -> Self::Service {
         RouteTasks {
@@ -74,15 +103,32 @@ impl<S> Layer<S> for RouteTasksLayer {
 
 /// The service of [`RouteTasksLayer`].
 #[derive(Clone, Debug)]
-pub struct RouteTasks<S> {
+pub struct RouteTasks<S, R = JsonRefusal> {
     inner: S,
-    layer: RouteTasksLayer,
+    layer: RouteTasksLayer<R>,
 }
 
-impl<S, ReqBody, ResBody> Service<Request<ReqBody>> for RouteTasks<S>
+impl<S, R> RouteTasks<S, R> {
+    /// The wrapped service.
+    pub fn get_ref(&self) -> &S {
+        &self.inner
+    }
+
+    /// The wrapped service, mutably.
+    pub fn get_mut(&mut self) -> &mut S {
+        &mut self.inner
+    }
+
+    /// The wrapped service, unwrapped.
+    pub fn into_inner(self) -> S {
+        self.inner
+    }
+}
+
+impl<S, R, ReqBody, ResBody> Service<Request<ReqBody>> for RouteTasks<S, R>
 where
     S: Service<Request<ReqBody>, Response = Response<ResBody>>,
-    ResBody: From<String>,
+    R: Refusal<ResBody>,
 {
     type Response = Response<ResBody>;
     type Error = S::Error;
@@ -93,15 +139,26 @@ where
     }
 
     fn call(&mut self, request: Request<ReqBody>) -> Self::Future {
-        let admitted = scope::with_current(|scope| {
-            scope
+        let admitted = match Scope::of(request.extensions()) {
+            None => Err(ScopeError::MissingLayer),
+            Some(scope) => scope
                 .admit()
-                .map_err(|refused| refusal::refused(refused, scope.runner().retry_after()))
-        });
+                .map(|()| scope.clone())
+                .map_err(|refused| ScopeError::Refused {
+                    refused,
+                    retry_after: scope.runner().retry_after(),
+                }),
+        };
         match admitted {
-            None => RouteFuture::answered(refusal::missing_layer()),
-            Some(Err(refusal)) => RouteFuture::answered(refusal),
-            Some(Ok(())) => RouteFuture::inner(self.inner.call(request), self.layer.clone()),
+            Err(error) => RouteFuture::answered(self.layer.refusal.respond(&error)),
+            Ok(scope) => {
+                let tasks = (!self.layer.tasks.0.is_empty()).then(|| RouteCopy {
+                    scope,
+                    tasks: self.layer.tasks.clone(),
+                    always: self.layer.always,
+                });
+                RouteFuture::inner(self.inner.call(request), tasks)
+            }
         }
     }
 }
@@ -121,7 +178,7 @@ pin_project! {
         Inner {
             #[pin]
             inner: F,
-            tasks: Option<RouteTasksLayer>,
+            tasks: Option<RouteCopy>,
         },
         // Answered before the handler.
         Answered {
@@ -130,9 +187,15 @@ pin_project! {
     }
 }
 
+/// What a request of the route adds to its scope once answered.
+struct RouteCopy {
+    scope: Scope,
+    tasks: Arc<Template>,
+    always: bool,
+}
+
 impl<F, B> RouteFuture<F, B> {
-    fn inner(inner: F, tasks: RouteTasksLayer) -> Self {
-        let tasks = Some(tasks);
+    fn inner(inner: F, tasks: Option<RouteCopy>) -> Self {
         Self {
             kind: Kind::Inner { inner, tasks },
         }
@@ -158,12 +221,11 @@ where
                 .take()
                 .expect("RouteFuture polled after completion"))),
             KindProj::Inner { inner, tasks } => {
-                let mut response = ready!(inner.poll(cx))?;
-                let layer = tasks.take().expect("RouteFuture polled after completion");
-                let runs = layer.always || response.status().as_u16() < 400;
-                if runs && !layer.tasks.is_empty() {
-                    let group = BackgroundTasks::clone(&layer.tasks);
-                    scope::add_or_attach(Origin::Route, group, response.extensions_mut());
+                let response = ready!(inner.poll(cx))?;
+                if let Some(copy) = tasks.take() {
+                    if copy.always || response.status().as_u16() < 400 {
+                        copy.scope.add_route(BackgroundTasks::clone(&copy.tasks.0));
+                    }
                 }
                 Poll::Ready(Ok(response))
             }

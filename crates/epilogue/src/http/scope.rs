@@ -1,242 +1,365 @@
-//! What one request shares between the executing layer and what runs inside
-//! it (route-level layers, the extractor, response parts): its place in the
-//! runner and the tasks gathered for it.
+//! One request's background work, between the executing layer and what
+//! runs inside it: its room in the runner, and the tasks gathered for it.
 //!
-//! The scope belongs to the request's [`ResponseFuture`](super::ResponseFuture)
-//! and is lent to the thread for as long as the inner service is called or
-//! polled: everything inside finds it there without a lookup in the request's
-//! extensions, an `Arc` or a lock. Code that runs elsewhere (a task spawned
-//! by the handler, a `tower::buffer` worker) does not see it and falls back
-//! on the response's extensions or on the runner itself.
+//! [`BackgroundLayer`](super::BackgroundLayer) puts a [`Scope`] in each
+//! request's extensions, as tower-http's `request_id` does with its id, and
+//! keeps a handle to it in its response future. Route layers, the
+//! [`RequestTasks`] extractor and anything else inside find it there: on any
+//! thread, behind any layer that moves the call to another task
+//! (`tower::buffer`, a layer that spawns). Tasks a handler returns travel
+//! in the response's extensions ([`attach`](super::attach)). When the
+//! response comes back, the executing layer gathers everything in one
+//! place, in order: route-level tasks, the response's own, then the
+//! extracted ones.
 
-use std::cell::RefCell;
+use std::fmt;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
 
-use http::Extensions;
-use scoped_tls::scoped_thread_local;
+use http::{Extensions, StatusCode};
 use tracing::Span;
 
-use crate::runner::{Deferred, Refused, Reservation, Runner};
-use crate::tasks::{BackgroundTasks, Deliver};
+use crate::runner::{Deferred, Permit, Refused, Runner};
+use crate::task::{BackgroundTask, TaskFn};
+use crate::tasks::BackgroundTasks;
 
-// A pointer to the lent scope, not the scope itself: lending costs no copy
-// of it, however often the service is polled.
-scoped_thread_local!(static CURRENT: RefCell<Scope>);
+/// A request's scope, shared by the executing layer and the request's
+/// extensions.
+#[derive(Clone)]
+pub(crate) struct Scope(Arc<Shared>);
 
-/// One request's place in the runner and its tasks, by origin.
-pub(crate) struct Scope {
+struct Shared {
     runner: Runner,
-    reservation: Option<Reservation>,
-    /// The span current where the request was admitted: inside the service's
-    /// own tracing layers, so tasks can follow from the request's span.
-    span: Option<Span>,
-    route: BackgroundTasks,
-    response: BackgroundTasks,
-    extracted: BackgroundTasks,
+    state: Mutex<State>,
 }
 
-/// Where a request's tasks come from, in the order they run.
-#[derive(Clone, Copy, Debug)]
-pub(crate) enum Origin {
-    /// Route-level layers; an outer layer's tasks come first.
-    Route,
-    /// Response parts.
-    Response,
-    /// Groups the handler extracted.
-    Extracted,
+#[derive(Default)]
+struct State {
+    permit: Option<Permit>,
+    /// The span current where the request was admitted or first given a
+    /// task: inside the service's own tracing layers, so that tasks follow
+    /// from the request's span.
+    span: Option<Span>,
+    route: BackgroundTasks,
+    extracted: BackgroundTasks,
+    /// The extracted tasks run whatever the status.
+    always: bool,
+    /// The response was produced (or will never be): nothing more is added.
+    closed: bool,
 }
 
 impl Scope {
     pub(crate) fn new(runner: Runner) -> Self {
-        Self {
+        Self(Arc::new(Shared {
             runner,
-            reservation: None,
-            span: None,
-            route: BackgroundTasks::new(),
-            response: BackgroundTasks::new(),
-            extracted: BackgroundTasks::new(),
-        }
+            state: Mutex::new(State::default()),
+        }))
+    }
+
+    /// The scope the executing layer put in these extensions.
+    pub(crate) fn of(extensions: &Extensions) -> Option<&Self> {
+        extensions.get::<Self>()
     }
 
     pub(crate) fn runner(&self) -> &Runner {
-        &self.runner
+        &self.0.runner
     }
 
-    /// Takes this request's place in the runner, once however many route
+    fn lock(&self) -> MutexGuard<'_, State> {
+        // The state stays consistent whatever panicked while holding it.
+        self.0.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Takes this request's room in the runner, once however many route
     /// layers and extractors ask.
-    pub(crate) fn admit(&mut self) -> Result<(), Refused> {
-        if self.reservation.is_none() {
-            self.reservation = Some(self.runner.reserve()?);
-            if tracing::enabled!(tracing::Level::DEBUG) {
-                self.span = Some(Span::current());
-            }
+    pub(crate) fn admit(&self) -> Result<(), Refused> {
+        let mut state = self.lock();
+        if state.permit.is_none() {
+            state.permit = Some(self.0.runner.admit()?);
+            remember_span(&mut state);
         }
         Ok(())
     }
 
-    pub(crate) fn add(&mut self, origin: Origin, tasks: BackgroundTasks) {
-        match origin {
-            Origin::Route => {
-                let mut route = tasks;
-                route.merge(self.route.take());
-                self.route = route;
-            }
-            Origin::Response => {
-                self.response.merge(tasks);
-            }
-            Origin::Extracted => {
-                self.extracted.merge(tasks);
-            }
+    /// Route-level tasks, added as the response passes the route layer on
+    /// its way out: an outer layer's come first.
+    pub(crate) fn add_route(&self, mut tasks: BackgroundTasks) {
+        let mut state = self.lock();
+        if state.closed {
+            drop(state);
+            self.0.runner.abandon(tasks);
+            return;
         }
+        tasks.merge(state.route.take());
+        state.route = tasks;
     }
 
-    /// Every task, in the order it runs.
-    fn take_tasks(&mut self) -> BackgroundTasks {
-        // Most requests have tasks of one origin: no merging then.
-        match (
-            self.route.is_empty(),
-            self.response.is_empty(),
-            self.extracted.is_empty(),
-        ) {
-            (_, true, true) => return self.route.take(),
-            (true, _, true) => return self.response.take(),
-            (true, true, _) => return self.extracted.take(),
-            _ => {}
+    fn add_extracted(&self, tasks: BackgroundTasks) {
+        let mut state = self.lock();
+        if state.closed {
+            drop(state);
+            tracing::error!(
+                tasks = ?tasks.task_names(),
+                "background tasks added to a request that has already been answered; they never run"
+            );
+            self.0.runner.abandon(tasks);
+            return;
         }
-        let mut tasks = self.route.take();
-        tasks.merge(self.response.take());
-        tasks.merge(self.extracted.take());
-        tasks
+        remember_span(&mut state);
+        state.extracted.merge(tasks);
     }
 
-    /// Called once the response is there: accepts its tasks, in the
-    /// request's place (given back if there are none).
-    pub(crate) fn take_deferred(&mut self) -> Option<Deferred> {
-        let tasks = self.take_tasks();
-        let reservation = self.reservation.take();
+    /// Called once the response is there: accepts its tasks in order, in
+    /// the request's room. The extracted ones run only after a success
+    /// (status below 400) unless the handler asked for `always`.
+    pub(crate) fn finish(&self, status: StatusCode, response: BackgroundTasks) -> Option<Deferred> {
+        let mut state = self.lock();
+        state.closed = true;
+        let mut tasks = state.route.take();
+        tasks.merge(response);
+        let extracted = state.extracted.take();
+        if state.always || status.as_u16() < 400 {
+            tasks.merge(extracted);
+        } else {
+            self.0.runner.abandon(extracted);
+        }
+        let permit = state.permit.take();
+        let span = state.span.take().unwrap_or_else(Span::none);
+        drop(state);
         if tasks.is_empty() {
             return None;
         }
-        let span = self.span.take().unwrap_or_else(Span::none);
-        Some(match reservation {
-            Some(reservation) => reservation.defer_in(tasks, &span),
-            // The handler returned tasks on a route that reserved no place:
-            // they are promised by now, so take them anyway.
-            None => self.runner.defer_over_limit(tasks, &span),
+        Some(match permit {
+            Some(permit) => permit.defer_in(tasks, &span),
+            // Returned on a route that was not admitted: promised by now,
+            // so taken anyway, and counted.
+            None => self.0.runner.defer_unadmitted(tasks, &span),
         })
     }
-}
 
-/// Lends `scope` to this thread while `f` runs; it is taken back after,
-/// even if `f` panics. Nested layers each lend their own.
-pub(crate) fn lend<R>(scope: &RefCell<Scope>, f: impl FnOnce() -> R) -> R {
-    CURRENT.set(scope, f)
-}
-
-/// Runs `f` on the scope lent to this thread, if any. `f` must not reach
-/// for the scope again; if it does, it finds none.
-pub(crate) fn with_current<R>(f: impl FnOnce(&mut Scope) -> R) -> Option<R> {
-    if !CURRENT.is_set() {
-        return None;
-    }
-    CURRENT.with(|current| Some(f(&mut *current.try_borrow_mut().ok()?)))
-}
-
-/// Adds `tasks` to the scope lent to this thread; gives them back where
-/// there is none.
-fn add_to_current(origin: Origin, tasks: BackgroundTasks) -> Result<(), BackgroundTasks> {
-    let mut tasks = Some(tasks);
-    with_current(|scope| scope.add(origin, tasks.take().expect("taken once")));
-    tasks.map_or(Ok(()), Err)
-}
-
-/// Adds a response's tasks to the request's scope, or, where the scope is
-/// not lent (the service is polled on another task), to the response's
-/// extensions, where the executing layer finds them too: route tasks before
-/// what is there, response tasks after.
-pub(crate) fn add_or_attach(origin: Origin, tasks: BackgroundTasks, extensions: &mut Extensions) {
-    let Err(mut tasks) = add_to_current(origin, tasks) else {
-        return;
-    };
-    if let Origin::Route = origin {
-        if let Some(own) = extensions.remove::<BackgroundTasks>() {
-            tasks.merge(own);
+    /// Called when no response will come (the response future was dropped,
+    /// or the service failed): the tasks added so far never run.
+    pub(crate) fn abandon(&self) {
+        let mut state = self.lock();
+        if state.closed {
+            return;
         }
+        state.closed = true;
+        let extracted = state.extracted.take();
+        let route = state.route.take();
+        state.permit = None;
+        drop(state);
+        self.0.runner.abandon(extracted);
+        self.0.runner.abandon(route);
     }
-    super::attach(extensions, tasks);
 }
 
-/// Where an extracted group goes when the handler drops it: the request's
-/// scope when dropped inside the request, else straight to the runner.
-pub(crate) struct ExtractedSink(pub(crate) Runner);
+fn remember_span(state: &mut State) {
+    if state.span.is_none() && tracing::enabled!(tracing::Level::DEBUG) {
+        state.span = Some(Span::current());
+    }
+}
 
-impl Deliver for ExtractedSink {
-    fn deliver(&self, tasks: BackgroundTasks) {
-        if let Err(tasks) = add_to_current(Origin::Extracted, tasks) {
-            // The handler kept its group past its request (moved it into a
-            // spawned task, say): the tasks were still promised, so run them.
-            tracing::debug!("background tasks delivered outside their request; starting them now");
-            self.0.defer_over_limit(tasks, &Span::none()).start();
+/// The background tasks of the request being handled, FastAPI's
+/// `background_tasks: BackgroundTasks` parameter: add tasks to it, and they
+/// run once the handler's response has been sent.
+///
+/// It is a handle to the request's scope, which the executing
+/// [`BackgroundLayer`](super::BackgroundLayer) keeps: tasks added to it are
+/// not run by the handle, nor when it is dropped, but by that layer, once
+/// the handler has answered.
+///
+/// - The tasks run only if the handler **answered with a success** (status
+///   below 400), like route-level tasks; [`always`](RequestTasks::always)
+///   makes them run whatever the status. A handler that returned an error
+///   with `?`, panicked, or was cancelled (a timeout, a client gone before
+///   the answer) runs none of them; they are counted in
+///   [`Stats::abandoned`](crate::Stats::abandoned).
+/// - Taking it admits the request: when the runner is full, the request is
+///   refused with `503` before the handler runs.
+/// - Clones share the same tasks. A task added after the response was
+///   produced (from a task the handler spawned, say) never runs: it is
+///   logged as an error and counted as abandoned.
+///
+/// With axum, take it as a handler parameter (see [`crate::axum`]); with
+/// another framework, get it with [`from_extensions`](RequestTasks::from_extensions).
+#[derive(Clone)]
+pub struct RequestTasks {
+    scope: Scope,
+}
+
+impl RequestTasks {
+    /// The request's tasks, admitting the request: from the request's
+    /// extensions, where [`BackgroundLayer`](super::BackgroundLayer) put
+    /// its scope.
+    ///
+    /// # Errors
+    ///
+    /// [`ScopeError::MissingLayer`] without the executing layer around the
+    /// service; [`ScopeError::Refused`] when the runner is full or shutting
+    /// down.
+    pub fn from_extensions(extensions: &Extensions) -> Result<Self, ScopeError> {
+        let scope = Scope::of(extensions).ok_or(ScopeError::MissingLayer)?;
+        scope.admit().map_err(|refused| ScopeError::Refused {
+            refused,
+            retry_after: scope.runner().retry_after(),
+        })?;
+        Ok(Self {
+            scope: scope.clone(),
+        })
+    }
+
+    /// Adds `function(args...)` after the tasks added so far, like
+    /// [`BackgroundTasks::add_task`].
+    pub fn add_task<F, Args, Kind>(&self, function: F, args: Args) -> &Self
+    where
+        F: TaskFn<Args, Kind>,
+        Args: Clone + Send + Sync + 'static,
+        Kind: 'static,
+    {
+        self.push(BackgroundTask::new(function, args))
+    }
+
+    /// Adds an already built task, or a whole group, after the tasks added
+    /// so far.
+    pub fn push(&self, tasks: impl Into<BackgroundTasks>) -> &Self {
+        self.scope.add_extracted(tasks.into());
+        self
+    }
+
+    /// Runs this request's extracted tasks whatever the response's status,
+    /// as long as the handler answered.
+    pub fn always(&self) -> &Self {
+        self.scope.lock().always = true;
+        self
+    }
+}
+
+impl fmt::Debug for RequestTasks {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let state = self.scope.lock();
+        f.debug_struct("RequestTasks")
+            .field("tasks", &state.extracted.task_names())
+            .field("always", &state.always)
+            .finish()
+    }
+}
+
+/// Why a request's scope could not be used.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum ScopeError {
+    /// The runner is full or shutting down: answer `503` with `Retry-After`.
+    #[error("{refused}")]
+    Refused {
+        /// Why.
+        refused: Refused,
+        /// When to try again.
+        retry_after: std::time::Duration,
+    },
+    /// No [`BackgroundLayer`](super::BackgroundLayer) around the service.
+    #[error("{}", super::refusal::MISSING_LAYER)]
+    MissingLayer,
+}
+
+/// Tasks on their way out with a response, in its extensions.
+///
+/// Cloning the response's extensions does not copy them: they run once, with
+/// the response they were attached to. If that response reaches no
+/// executing layer, they are logged as an error when it is dropped, and
+/// counted in [`tasks_without_layer`](super::tasks_without_layer).
+pub(crate) struct Attached(pub(crate) BackgroundTasks);
+
+impl Clone for Attached {
+    fn clone(&self) -> Self {
+        Self(BackgroundTasks::new())
+    }
+}
+
+/// Tasks dropped with a response that reached no executing layer, in this
+/// process.
+pub(crate) static WITHOUT_LAYER: AtomicU64 = AtomicU64::new(0);
+
+impl Drop for Attached {
+    // Only a report: the tasks are lost already, and saying so is all that
+    // is left to do.
+    fn drop(&mut self) {
+        let tasks = self.0.take();
+        if tasks.is_empty() || std::thread::panicking() {
+            return;
         }
+        WITHOUT_LAYER.fetch_add(tasks.len() as u64, Ordering::Relaxed);
+        static LOGGED: AtomicBool = AtomicBool::new(false);
+        if !LOGGED.swap(true, Ordering::Relaxed) {
+            tracing::error!(
+                tasks = ?tasks.task_names(),
+                "a response carried background tasks but reached no BackgroundLayer, so they \
+                 never run: serve the app with epilogue::axum::serve or wrap it in \
+                 epilogue::http::BackgroundLayer (logged once; see \
+                 epilogue::http::tasks_without_layer())"
+            );
+        }
+        tasks.discard();
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::BackgroundTask;
 
     fn named(name: &'static str) -> BackgroundTasks {
         BackgroundTask::new(|| {}, ()).name(name).into()
     }
 
-    #[test]
-    fn tasks_come_out_route_first_then_response_then_extracted() {
-        let scope = RefCell::new(Scope::new(Runner::new()));
-        lend(&scope, || {
-            with_current(|scope| {
-                scope.add(Origin::Extracted, named("extracted"));
-                scope.add(Origin::Response, named("response"));
-                scope.add(Origin::Route, named("inner route"));
-                scope.add(Origin::Route, named("outer route"));
-            })
-            .expect("lent");
-        });
-        let tasks = scope.borrow_mut().take_tasks();
+    #[tokio::test]
+    async fn tasks_come_out_route_first_then_response_then_extracted() {
+        let runner = Runner::new();
+        let scope = Scope::new(runner.clone());
+        let mut extensions = Extensions::new();
+        extensions.insert(scope.clone());
+        let tasks = RequestTasks::from_extensions(&extensions).unwrap();
+        tasks.push(named("extracted"));
+        scope.add_route(named("inner route"));
+        scope.add_route(named("outer route"));
+        let deferred = scope.finish(StatusCode::OK, named("response")).unwrap();
         assert_eq!(
-            tasks.task_names(),
-            ["outer route", "inner route", "response", "extracted"]
+            format!("{deferred:?}"),
+            r#"Deferred { tasks: Some(["outer route", "inner route", "response", "extracted"]) }"#
         );
+        deferred.start();
+        assert!(runner.shutdown(std::time::Duration::from_secs(5)).await.drained);
+        assert_eq!(runner.stats().succeeded, 4);
     }
 
-    #[test]
-    fn a_scope_is_only_seen_while_lent_and_comes_back_after_a_panic() {
-        assert!(with_current(|_| ()).is_none());
-        let scope = RefCell::new(Scope::new(Runner::new()));
-        let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-            lend(&scope, || {
-                assert!(with_current(|_| ()).is_some());
-                panic!("a handler bug");
-            })
-        }));
-        assert!(result.is_err());
-        assert!(with_current(|_| ()).is_none(), "the scope left the thread");
+    #[tokio::test]
+    async fn extracted_tasks_follow_the_status_unless_always() {
+        let runner = Runner::new();
+        let failed = Scope::new(runner.clone());
+        failed.add_extracted(named("not sent"));
+        assert!(failed.finish(StatusCode::CONFLICT, BackgroundTasks::new()).is_none());
+        assert_eq!(runner.stats().abandoned, 1);
+
+        let always = Scope::new(runner.clone());
+        always.add_extracted(named("sent"));
+        always.lock().always = true;
+        assert!(always.finish(StatusCode::CONFLICT, BackgroundTasks::new()).is_some());
+    }
+
+    #[tokio::test]
+    async fn an_abandoned_scope_runs_nothing_and_counts_it() {
+        let runner = Runner::new();
+        let scope = Scope::new(runner.clone());
+        scope.admit().unwrap();
+        scope.add_extracted(named("a"));
+        scope.add_extracted(named("b"));
+        scope.abandon();
+        // Too late: the request is over.
+        scope.add_extracted(named("late"));
+        let stats = runner.stats();
+        assert_eq!((stats.accepted, stats.abandoned), (3, 3));
         assert!(
-            scope.try_borrow_mut().is_ok(),
-            "and is not borrowed any more"
+            runner.admit().is_ok(),
+            "the request's room was given back"
         );
-    }
-
-    #[test]
-    fn nested_layers_lend_their_own_scope() {
-        let (outer, inner) = (Runner::new(), Runner::new());
-        let outer_scope = RefCell::new(Scope::new(outer.clone()));
-        let inner_scope = RefCell::new(Scope::new(inner));
-        lend(&outer_scope, || {
-            lend(&inner_scope, || {
-                with_current(|scope| scope.admit().unwrap());
-            });
-            with_current(|scope| assert!(scope.reservation.is_none()));
-        });
-        assert!(inner_scope.borrow().reservation.is_some());
     }
 }

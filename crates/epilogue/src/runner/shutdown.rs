@@ -2,7 +2,7 @@
 
 use std::time::{Duration, Instant};
 
-use crate::runner::Runner;
+use super::state::State;
 use crate::stats::Stats;
 
 /// What [`Runner::shutdown`] did: whether everything finished in time, and
@@ -17,7 +17,9 @@ pub struct ShutdownReport {
     /// Tasks that ended while the shutdown waited, whatever their outcome.
     pub finished_during_drain: u64,
     /// The names of the tasks stopped by the deadline or never started, in
-    /// the order they were cut off. Empty when `drained`.
+    /// the order they were cut off. Empty when `drained`, and also when the
+    /// deadline passed with nothing left to cut off (the last tasks ended at
+    /// the deadline, or a second signal came once all of them had ended).
     pub cut_off: Vec<String>,
     /// How long the shutdown took.
     pub elapsed: Duration,
@@ -30,35 +32,30 @@ pub struct ShutdownReport {
 /// threads are not waited for: they cannot be interrupted.
 const CUT_OFF_BOOKKEEPING: Duration = Duration::from_secs(1);
 
-pub(crate) async fn shutdown(runner: &Runner, grace: Duration) -> ShutdownReport {
+pub(super) async fn drain(state: &State, grace: Duration) -> ShutdownReport {
     let started = Instant::now();
-    runner.close();
-    let before = finished(&runner.stats());
+    state.close();
+    let counters = state.counters();
+    let before = counters.snapshot();
     tracing::info!(
-        pending = runner.stats().pending,
-        running = runner.stats().running,
+        pending = before.pending,
+        running = before.running,
         "draining background tasks for up to {grace:?}"
     );
-    let waited = tokio::time::timeout(grace, runner.tracker().wait()).await;
+    // `timeout` saturates: a grace of `Duration::MAX` waits without end.
+    let waited = tokio::time::timeout(grace, state.tracker().wait()).await;
     // Everything may also have ended because the tasks were cut off early
     // (a second signal): that is not a drain.
-    let drained = waited.is_ok() && !runner.inner.deadline.is_set();
+    let drained = waited.is_ok() && !state.deadline().is_set();
     if !drained {
-        runner.cut_off_now();
-        let _ = tokio::time::timeout(CUT_OFF_BOOKKEEPING, runner.tracker().wait()).await;
+        state.deadline().set();
+        let _ = tokio::time::timeout(CUT_OFF_BOOKKEEPING, state.tracker().wait()).await;
     }
-    let stats = runner.stats();
-    let cut_off = std::mem::take(
-        &mut *runner
-            .inner
-            .cut_off
-            .lock()
-            .unwrap_or_else(|e| e.into_inner()),
-    );
+    let stats = counters.snapshot();
     let report = ShutdownReport {
         drained,
-        finished_during_drain: finished(&stats) - before,
-        cut_off,
+        finished_during_drain: finished(&stats) - finished(&before),
+        cut_off: state.take_cut_off(),
         elapsed: started.elapsed(),
         stats,
     };
@@ -75,11 +72,31 @@ pub(crate) async fn shutdown(runner: &Runner, grace: Duration) -> ShutdownReport
         tracing::warn!(
             finished = report.finished_during_drain,
             cut_off = report.cut_off.len(),
-            tasks = ?report.cut_off,
+            tasks = %report.cut_off_by_name(),
             "shutdown deadline passed; background tasks cut off"
         );
     }
     report
+}
+
+impl ShutdownReport {
+    /// The cut-off tasks counted by name, most first: `send_email ×120,
+    /// write_in_file ×3`. One line however many were cut off.
+    pub fn cut_off_by_name(&self) -> String {
+        let mut counts: Vec<(&str, usize)> = Vec::new();
+        for name in &self.cut_off {
+            match counts.iter_mut().find(|(n, _)| n == name) {
+                Some((_, count)) => *count += 1,
+                None => counts.push((name, 1)),
+            }
+        }
+        counts.sort_by(|a, b| b.1.cmp(&a.1));
+        counts
+            .iter()
+            .map(|(name, count)| format!("{name} ×{count}"))
+            .collect::<Vec<_>>()
+            .join(", ")
+    }
 }
 
 fn finished(stats: &Stats) -> u64 {

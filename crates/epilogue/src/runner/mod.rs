@@ -12,7 +12,7 @@
 //! A [`Runner`] is a `TaskTracker` plus the rest of what a service needs:
 //!
 //! - **bounds**: at most `max_running` groups run at once and at most
-//!   `max_pending` more wait; past that, [`reserve`](Runner::reserve) and
+//!   `max_pending` more wait; past that, [`admit`](Runner::admit) and
 //!   [`spawn`](Runner::spawn) refuse, and the HTTP layers turn the refusal
 //!   into `503 Service Unavailable` *before the handler runs*, so no work a
 //!   handler already did is ever dropped;
@@ -45,21 +45,37 @@
 //! - Calling `shutdown` **twice** (say, on a second signal) is harmless: the
 //!   second call waits with its own deadline, which a caller can make zero to
 //!   cut everything off at once.
+//! - `shutdown` is **cancel-safe** in the sense that matters: dropping its
+//!   future (a `select!` that lost) leaves the runner closed and every task
+//!   running; the deadline is only set once a `shutdown` reaches it. Call it
+//!   again to wait for them.
+//!
+//! # Layout
+//!
+//! `mod.rs` is the public face ([`Runner`], [`Builder`]); `state.rs` the
+//! shared state, private to it; `permit.rs` a group's room from admission to
+//! its start ([`Permit`], [`Deferred`]); `execute.rs` running one group;
+//! `shutdown.rs` the drain and its [`ShutdownReport`].
 
 use std::fmt;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::sync::Arc;
+use std::time::Duration;
 
 use tokio::sync::Semaphore;
-use tokio_util::task::task_tracker::TaskTrackerToken;
-use tokio_util::task::TaskTracker;
 use tracing::Span;
 
-use crate::execute;
-use crate::latch::Latch;
-use crate::stats::{Counters, Stats};
+use crate::stats::Stats;
 use crate::tasks::BackgroundTasks;
+
+mod execute;
+mod permit;
+mod shutdown;
+mod state;
+
+pub use permit::{Deferred, Permit, Refused};
+pub use shutdown::ShutdownReport;
+
+use state::{Config, State};
 
 /// Owns every background task of an application: runs them, bounds them,
 /// counts them and drains them on shutdown. Cheap to clone: clones share the
@@ -89,32 +105,7 @@ use crate::tasks::BackgroundTasks;
 /// ```
 #[derive(Clone)]
 pub struct Runner {
-    pub(crate) inner: Arc<Inner>,
-}
-
-pub(crate) struct Inner {
-    pub(crate) config: Config,
-    tracker: TaskTracker,
-    /// Places for groups that run now.
-    pub(crate) running: Semaphore,
-    /// Places for plain-`fn` tasks on the blocking pool.
-    pub(crate) blocking: Arc<Semaphore>,
-    /// Groups holding a place: reserved, waiting or running.
-    admitted: AtomicUsize,
-    closed: AtomicBool,
-    /// Passes when a shutdown's grace period ends, or at a second signal.
-    pub(crate) deadline: Latch,
-    pub(crate) counters: Counters,
-    pub(crate) cut_off: Mutex<Vec<String>>,
-}
-
-#[derive(Clone, Debug)]
-pub(crate) struct Config {
-    max_running: usize,
-    max_pending: usize,
-    max_blocking: usize,
-    pub(crate) task_timeout: Option<Duration>,
-    pub(crate) retry_after: Duration,
+    state: Arc<State>,
 }
 
 impl Default for Config {
@@ -143,13 +134,18 @@ impl Builder {
     pub const DEFAULT_MAX_PENDING: usize = 16_384;
     /// Default of [`max_blocking`](Builder::max_blocking).
     pub const DEFAULT_MAX_BLOCKING: usize = 64;
+    /// The largest [`max_running`](Builder::max_running) and
+    /// [`max_blocking`](Builder::max_blocking): tokio's
+    /// `Semaphore::MAX_PERMITS`. Larger values are lowered to it.
+    pub const MAX_LIMIT: usize = Semaphore::MAX_PERMITS;
 
-    /// How many groups may run at once (default 4096). A group takes a free
-    /// place when its response has been sent, so free places go in that
-    /// order; groups past the limit wait for a place to free up, in the
-    /// order tokio first runs their tasks (roughly, not strictly, the order
-    /// they were accepted). Async groups are cheap; this bound is
-    /// for what the tasks talk to (a mail server, a database pool).
+    /// How many groups may run at once (default 4096, at most
+    /// [`MAX_LIMIT`](Builder::MAX_LIMIT)). A group takes a free running
+    /// permit when its response has been sent, so free permits go in that
+    /// order; groups past the limit wait for one, in the order tokio first
+    /// runs their tasks (roughly, not strictly, the order they were
+    /// accepted). Async groups are cheap; this bound is for what the tasks
+    /// talk to (a mail server, a database pool).
     ///
     /// # Panics
     ///
@@ -159,23 +155,25 @@ impl Builder {
             n > 0,
             "max_running must be at least 1, or no task could ever run"
         );
-        self.config.max_running = n;
+        self.config.max_running = n.min(Self::MAX_LIMIT);
         self
     }
 
-    /// How many accepted groups may wait for a running place (default
-    /// 16 384). Past it, new work is refused. A request counts from the moment
-    /// its handler is admitted, so a refusal always comes before the handler
-    /// runs. 0 means no waiting: refuse as soon as every running place is taken.
+    /// How many accepted groups may wait for a running permit (default
+    /// 16 384). Past it, new work is refused. A request counts from the
+    /// moment it is admitted, before its handler runs, so a refusal always
+    /// comes before the handler. 0 means no waiting: refuse as soon as every
+    /// running permit is taken.
     pub fn max_pending(mut self, n: usize) -> Self {
         self.config.max_pending = n;
         self
     }
 
     /// How many plain-`fn` tasks may occupy tokio's blocking pool at once
-    /// (default 64). Tokio's pool has 512 threads by default and the service
-    /// shares it (`tokio::fs`, `spawn_blocking`, DNS): this bound keeps slow
-    /// background work from taking all of them. Tasks past it wait.
+    /// (default 64, at most [`MAX_LIMIT`](Builder::MAX_LIMIT)). Tokio's pool
+    /// has 512 threads by default and the service shares it (`tokio::fs`,
+    /// `spawn_blocking`, DNS): this bound keeps slow background work from
+    /// taking all of them. Tasks past it wait.
     ///
     /// # Panics
     ///
@@ -185,13 +183,15 @@ impl Builder {
             n > 0,
             "max_blocking must be at least 1, or no blocking task could ever run"
         );
-        self.config.max_blocking = n;
+        self.config.max_blocking = n.min(Self::MAX_LIMIT);
         self
     }
 
     /// Stops each task attempt after `timeout` and counts it as `timed_out`
-    /// (default: no timeout). An async task is dropped; a blocking one cannot
-    /// be interrupted, so its thread runs on while the group moves on.
+    /// (default: no timeout); a task's own
+    /// [`BackgroundTask::timeout`](crate::BackgroundTask::timeout) overrides
+    /// it. An async task is dropped; a blocking one cannot be interrupted, so
+    /// its thread runs on while the group moves on.
     pub fn task_timeout(mut self, timeout: Duration) -> Self {
         self.config.task_timeout = Some(timeout);
         self
@@ -206,40 +206,10 @@ impl Builder {
 
     /// The runner. It needs no runtime until the first group starts.
     pub fn build(self) -> Runner {
-        let Config {
-            max_running,
-            max_blocking,
-            ..
-        } = self.config;
         Runner {
-            inner: Arc::new(Inner {
-                running: Semaphore::new(max_running),
-                blocking: Arc::new(Semaphore::new(max_blocking)),
-                config: self.config,
-                tracker: TaskTracker::new(),
-                admitted: AtomicUsize::new(0),
-                closed: AtomicBool::new(false),
-                deadline: Latch::default(),
-                counters: Counters::default(),
-                cut_off: Mutex::new(Vec::new()),
-            }),
+            state: Arc::new(State::new(self.config)),
         }
     }
-}
-
-/// Why a runner refused new work.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, thiserror::Error)]
-#[non_exhaustive]
-pub enum Refused {
-    /// Every running and waiting place is taken.
-    #[error("background work is at capacity ({limit} groups running or waiting); retry later")]
-    Full {
-        /// `max_running + max_pending`.
-        limit: usize,
-    },
-    /// [`Runner::shutdown`] or [`Runner::close`] was called.
-    #[error("the service is shutting down and takes no new background work")]
-    ShuttingDown,
 }
 
 impl Runner {
@@ -260,71 +230,71 @@ impl Runner {
     /// [`Refused`] when the runner is full or shutting down; `tasks` is then
     /// dropped without running.
     ///
-    /// # Panics
-    ///
-    /// When called outside a tokio runtime.
+    /// Outside a tokio runtime the group is admitted, counted as cut off, and
+    /// an error is logged: there is nothing to run it on.
     pub fn spawn(&self, tasks: impl Into<BackgroundTasks>) -> Result<(), Refused> {
-        self.reserve()?.defer(tasks).start();
-        Ok(())
+        let tasks = tasks.into();
+        match self.admit() {
+            Ok(permit) => {
+                permit.defer(tasks).start();
+                Ok(())
+            }
+            Err(refused) => {
+                tasks.discard();
+                Err(refused)
+            }
+        }
     }
 
-    /// Takes a place for one group that will be known later, such as the tasks
-    /// of a response that has not been produced yet. Dropping the reservation
-    /// gives the place back.
+    /// Takes room for one group that will be known later, such as the tasks
+    /// of a response that has not been produced yet. Dropping the [`Permit`]
+    /// gives the room back; [`Permit::defer`] accepts the group.
     ///
     /// # Errors
     ///
     /// [`Refused`] when the runner is full or shutting down.
-    pub fn reserve(&self) -> Result<Reservation, Refused> {
-        let result = if self.is_closed() {
-            Err(Refused::ShuttingDown)
-        } else {
-            let limit = self.inner.limit();
-            self.inner
-                .admitted
-                .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
-                    (n < limit).then_some(n + 1)
-                })
-                .map(|_| Reservation {
-                    slot: Slot(self.inner.clone()),
-                })
-                .map_err(|_| Refused::Full { limit })
-        };
-        if result.is_err() {
-            self.inner.counters.refused();
+    pub fn admit(&self) -> Result<Permit, Refused> {
+        Permit::acquire(&self.state)
+    }
+
+    /// Accepts `tasks` whatever the limits: for work promised already (a
+    /// handler returned it on a route that was not admitted), where refusing
+    /// would lose it. Counted in [`Stats::unadmitted`].
+    pub(crate) fn defer_unadmitted(&self, tasks: BackgroundTasks, parent: &Span) -> Deferred {
+        self.state.counters().unadmitted();
+        Permit::over_limit(&self.state).defer_in(tasks, parent)
+    }
+
+    /// Counts tasks that a handler added but that will never run, because
+    /// the handler did not answer with a success: see [`Stats::abandoned`].
+    pub(crate) fn abandon(&self, tasks: BackgroundTasks) {
+        if !tasks.is_empty() {
+            tracing::debug!(tasks = ?tasks.task_names(), "background tasks abandoned: their handler did not answer with a success");
+            self.state.counters().abandoned(tasks.len() as u64);
+            tasks.discard();
         }
-        result
     }
 
-    /// Admits `tasks` whatever the limits. For work that is already promised
-    /// (a handler returned it on a route that did not reserve a place), where
-    /// refusing would lose it.
-    pub(crate) fn defer_over_limit(&self, tasks: BackgroundTasks, parent: &Span) -> Deferred {
-        self.inner.admitted.fetch_add(1, Ordering::AcqRel);
-        Deferred::new(Slot(self.inner.clone()), tasks, parent)
-    }
-
-    /// Stops admitting: from now on [`reserve`](Runner::reserve) and
+    /// Stops admitting: from now on [`admit`](Runner::admit) and
     /// [`spawn`](Runner::spawn) refuse with [`Refused::ShuttingDown`]. Work
     /// already admitted still runs. [`shutdown`](Runner::shutdown) calls this.
     pub fn close(&self) {
-        self.inner.closed.store(true, Ordering::Release);
-        self.inner.tracker.close();
+        self.state.close();
     }
 
     /// Whether [`close`](Runner::close) or [`shutdown`](Runner::shutdown) was called.
     pub fn is_closed(&self) -> bool {
-        self.inner.closed.load(Ordering::Acquire)
+        self.state.is_closed()
     }
 
     /// A snapshot of the counters.
     pub fn stats(&self) -> Stats {
-        self.inner.counters.snapshot()
+        self.state.counters().snapshot()
     }
 
     /// The `Retry-After` that refused requests are given.
     pub fn retry_after(&self) -> Duration {
-        self.inner.config.retry_after
+        self.state.config().retry_after
     }
 
     /// Stops admitting, waits up to `grace` for every accepted task, cuts off
@@ -332,19 +302,15 @@ impl Runner {
     ///
     /// Tasks of responses still being sent when it is called are waited for
     /// too: they were accepted. See the [module documentation](crate::runner)
-    /// for the edge cases.
-    pub async fn shutdown(&self, grace: Duration) -> crate::ShutdownReport {
-        crate::shutdown::shutdown(self, grace).await
+    /// for the edge cases, cancel safety included.
+    pub async fn shutdown(&self, grace: Duration) -> ShutdownReport {
+        shutdown::drain(&self.state, grace).await
     }
 
     /// Cuts every running and waiting task off now, as a passed shutdown
     /// deadline does.
     pub(crate) fn cut_off_now(&self) {
-        self.inner.deadline.set();
-    }
-
-    pub(crate) fn tracker(&self) -> &TaskTracker {
-        &self.inner.tracker
+        self.state.deadline().set();
     }
 }
 
@@ -357,152 +323,10 @@ impl Default for Runner {
 impl fmt::Debug for Runner {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Runner")
-            .field("config", &self.inner.config)
-            .field("admitted", &self.inner.admitted.load(Ordering::Relaxed))
+            .field("config", self.state.config())
+            .field("admitted", &self.state.admitted())
             .field("closed", &self.is_closed())
             .field("stats", &self.stats())
-            .finish()
-    }
-}
-
-impl Inner {
-    fn limit(&self) -> usize {
-        self.config
-            .max_running
-            .saturating_add(self.config.max_pending)
-    }
-
-    pub(crate) fn record_cut_off(&self, name: &str) {
-        let mut names = self.cut_off.lock().unwrap_or_else(|e| e.into_inner());
-        names.push(name.to_owned());
-    }
-}
-
-/// A place taken in the runner: one group's worth of room.
-pub(crate) struct Slot(Arc<Inner>);
-
-impl Slot {
-    pub(crate) fn runner(&self) -> &Arc<Inner> {
-        &self.0
-    }
-}
-
-impl Drop for Slot {
-    fn drop(&mut self) {
-        self.0.admitted.fetch_sub(1, Ordering::AcqRel);
-    }
-}
-
-/// A place in the [`Runner`] for one group of tasks, from
-/// [`Runner::reserve`]. Dropping it gives the place back.
-#[must_use = "a reservation holds a place in the runner until it is used or dropped"]
-pub struct Reservation {
-    slot: Slot,
-}
-
-impl Reservation {
-    /// Accepts `tasks` in the reserved place, to be started by
-    /// [`Deferred::start`] or when the [`Deferred`] is dropped, whichever
-    /// comes first. The tasks count as accepted (and pending) from now on.
-    pub fn defer(self, tasks: impl Into<BackgroundTasks>) -> Deferred {
-        Deferred::new(self.slot, tasks.into(), &Span::current())
-    }
-
-    pub(crate) fn defer_in(self, tasks: BackgroundTasks, parent: &Span) -> Deferred {
-        Deferred::new(self.slot, tasks, parent)
-    }
-}
-
-impl fmt::Debug for Reservation {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("Reservation").finish_non_exhaustive()
-    }
-}
-
-/// An accepted group that has not started yet: the tasks of a response whose
-/// body is still being sent. It starts on [`start`](Deferred::start) or when
-/// dropped, so a group can never be forgotten; shutdown waits for it.
-#[must_use = "a Deferred group starts when dropped; call start() to make that explicit"]
-pub struct Deferred {
-    group: Option<Accepted>,
-    _token: TaskTrackerToken,
-}
-
-/// Everything a group needs to run, gathered when it was accepted.
-pub(crate) struct Accepted {
-    /// Held until the group is done: the group's place in the runner.
-    pub(crate) slot: Slot,
-    pub(crate) tasks: BackgroundTasks,
-    pub(crate) accepted_at: Instant,
-    pub(crate) span: Span,
-}
-
-impl Deferred {
-    fn new(slot: Slot, mut tasks: BackgroundTasks, parent: &Span) -> Self {
-        let inner = slot.runner();
-        let tasks = tasks.take();
-        inner.counters.accepted(tasks.len() as u64);
-        // Asked first: `debug_span!` alone, with `tracing`'s `log` feature
-        // on (axum turns it on) and no subscriber set, would hand every
-        // disabled span to `log`.
-        let span = if tracing::enabled!(tracing::Level::DEBUG) {
-            let span = tracing::debug_span!(parent: None, "epilogue.group", tasks = tasks.len());
-            span.follows_from(parent);
-            span
-        } else {
-            Span::none()
-        };
-        Self {
-            _token: inner.tracker.token(),
-            group: Some(Accepted {
-                slot,
-                tasks,
-                accepted_at: Instant::now(),
-                span,
-            }),
-        }
-    }
-
-    /// Starts the group on its own tokio task. Outside a runtime (one that is
-    /// shutting down, say) the group is counted as cut off instead.
-    pub fn start(mut self) {
-        self.start_now();
-    }
-
-    fn start_now(&mut self) {
-        let Some(accepted) = self.group.take() else {
-            return;
-        };
-        match tokio::runtime::Handle::try_current() {
-            Ok(handle) => {
-                let inner = accepted.slot.runner().clone();
-                let place = execute::try_take_place(&inner);
-                // Boxed: moving a box into the task is cheaper than copying
-                // the group's future into it (measured with bench/profile.sh).
-                let group = Box::pin(execute::run_group(accepted, place));
-                inner.tracker.spawn_on(group, &handle);
-            }
-            Err(_) => {
-                tracing::error!(
-                    tasks = accepted.tasks.len(),
-                    "background group accepted outside a tokio runtime; cut off"
-                );
-                execute::cut_off_pending(accepted.slot.runner(), &accepted.tasks);
-            }
-        }
-    }
-}
-
-impl Drop for Deferred {
-    fn drop(&mut self) {
-        self.start_now();
-    }
-}
-
-impl fmt::Debug for Deferred {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("Deferred")
-            .field("tasks", &self.group.as_ref().map(|g| g.tasks.task_names()))
             .finish()
     }
 }
@@ -666,17 +490,17 @@ mod tests {
     #[tokio::test]
     async fn full_runner_refuses_and_gives_places_back() {
         let runner = Runner::builder().max_running(1).max_pending(1).build();
-        let first = runner.reserve().unwrap();
-        let second = runner.reserve().unwrap();
-        assert_eq!(runner.reserve().unwrap_err(), Refused::Full { limit: 2 });
+        let first = runner.admit().unwrap();
+        let second = runner.admit().unwrap();
+        assert_eq!(runner.admit().unwrap_err(), Refused::Full { limit: 2 });
         assert_eq!(runner.stats().refused, 1);
         drop(first);
         let third = runner
-            .reserve()
-            .expect("a dropped reservation frees its place");
+            .admit()
+            .expect("a dropped permit frees its room");
         drop((second, third));
         runner.close();
-        assert_eq!(runner.reserve().unwrap_err(), Refused::ShuttingDown);
+        assert_eq!(runner.admit().unwrap_err(), Refused::ShuttingDown);
     }
 
     #[tokio::test]
@@ -828,7 +652,7 @@ mod tests {
     async fn shutdown_waits_for_deferred_groups_and_admits_no_new_work() {
         let runner = Runner::new();
         let journal = Journal::default();
-        let deferred = runner.reserve().unwrap().defer(note(&journal, "sent late"));
+        let deferred = runner.admit().unwrap().defer(note(&journal, "sent late"));
         let shutdown = tokio::spawn({
             let runner = runner.clone();
             async move { runner.shutdown(Duration::from_secs(10)).await }
@@ -880,7 +704,7 @@ mod tests {
         let runner = Runner::new();
         let journal = Journal::default();
         runner
-            .reserve()
+            .admit()
             .unwrap()
             .defer(note(&journal, "orphan"))
             .start();

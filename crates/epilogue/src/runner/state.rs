@@ -1,0 +1,150 @@
+//! The runner's shared state: its limits, its places, its deadline and its
+//! counters. Private to this file; the rest of the runner goes through the
+//! methods below.
+
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use tokio::sync::Semaphore;
+use tokio_util::task::TaskTracker;
+
+use crate::latch::Latch;
+use crate::stats::Counters;
+
+/// What a [`Builder`](super::Builder) sets.
+#[derive(Clone, Debug)]
+pub(super) struct Config {
+    pub(super) max_running: usize,
+    pub(super) max_pending: usize,
+    pub(super) max_blocking: usize,
+    pub(super) task_timeout: Option<Duration>,
+    pub(super) retry_after: Duration,
+}
+
+/// Everything the clones of one [`Runner`](super::Runner) share.
+#[derive(Debug)]
+pub(crate) struct State {
+    config: Config,
+    tracker: TaskTracker,
+    /// Permits for groups that run now.
+    running: Arc<Semaphore>,
+    /// Permits for plain-`fn` tasks on the blocking pool.
+    blocking: Arc<Semaphore>,
+    /// Groups holding a permit: admitted, waiting or running.
+    admitted: AtomicUsize,
+    closed: AtomicBool,
+    /// Passes when a shutdown's grace period ends, or at a second signal.
+    deadline: Arc<Latch>,
+    counters: Counters,
+    /// Names of the tasks cut off, for the shutdown report.
+    cut_off: Mutex<Vec<String>>,
+}
+
+/// One admitted group's room in the runner, given back when dropped.
+#[derive(Debug)]
+pub(super) struct Admission(Arc<State>);
+
+impl Admission {
+    /// Room for one more group, if there is any.
+    pub(super) fn try_new(state: &Arc<State>) -> Option<Self> {
+        let limit = state.limit();
+        state
+            .admitted
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
+                (n < limit).then_some(n + 1)
+            })
+            .ok()?;
+        Some(Self(state.clone()))
+    }
+
+    /// Room for one more group, whatever the limit.
+    pub(super) fn over_limit(state: &Arc<State>) -> Self {
+        state.admitted.fetch_add(1, Ordering::AcqRel);
+        Self(state.clone())
+    }
+
+    pub(super) fn state(&self) -> &Arc<State> {
+        &self.0
+    }
+}
+
+impl Drop for Admission {
+    fn drop(&mut self) {
+        self.0.admitted.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
+impl State {
+    pub(super) fn new(config: Config) -> Self {
+        Self {
+            running: Arc::new(Semaphore::new(config.max_running)),
+            blocking: Arc::new(Semaphore::new(config.max_blocking)),
+            config,
+            tracker: TaskTracker::new(),
+            admitted: AtomicUsize::new(0),
+            closed: AtomicBool::new(false),
+            deadline: Arc::default(),
+            counters: Counters::default(),
+            cut_off: Mutex::new(Vec::new()),
+        }
+    }
+
+    pub(super) fn config(&self) -> &Config {
+        &self.config
+    }
+
+    /// `max_running + max_pending`: how many groups may hold a permit.
+    pub(super) fn limit(&self) -> usize {
+        self.config
+            .max_running
+            .saturating_add(self.config.max_pending)
+    }
+
+    pub(super) fn admitted(&self) -> usize {
+        self.admitted.load(Ordering::Relaxed)
+    }
+
+    pub(super) fn close(&self) {
+        self.closed.store(true, Ordering::Release);
+        self.tracker.close();
+    }
+
+    pub(super) fn is_closed(&self) -> bool {
+        self.closed.load(Ordering::Acquire)
+    }
+
+    pub(super) fn tracker(&self) -> &TaskTracker {
+        &self.tracker
+    }
+
+    pub(super) fn running(&self) -> &Arc<Semaphore> {
+        &self.running
+    }
+
+    pub(super) fn blocking(&self) -> &Arc<Semaphore> {
+        &self.blocking
+    }
+
+    pub(super) fn deadline(&self) -> &Latch {
+        &self.deadline
+    }
+
+    /// The deadline, for a blocking thread to check before it starts a task.
+    pub(super) fn deadline_flag(&self) -> Arc<Latch> {
+        self.deadline.clone()
+    }
+
+    pub(crate) fn counters(&self) -> &Counters {
+        &self.counters
+    }
+
+    pub(super) fn record_cut_off(&self, name: &str) {
+        let mut names = self.cut_off.lock().unwrap_or_else(|e| e.into_inner());
+        names.push(name.to_owned());
+    }
+
+    pub(super) fn take_cut_off(&self) -> Vec<String> {
+        std::mem::take(&mut *self.cut_off.lock().unwrap_or_else(|e| e.into_inner()))
+    }
+}
