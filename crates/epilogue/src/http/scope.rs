@@ -154,8 +154,12 @@ impl Scope {
     }
 }
 
+/// Keeps the span current where the request was first admitted or given a
+/// task: the request's own span (tower-http's `TraceLayer`, say), inside
+/// the executing layer. The group runs in it, so that its tasks' log lines
+/// carry the request's method, path and id.
 fn remember_span(state: &mut State) {
-    if state.span.is_none() && tracing::enabled!(tracing::Level::DEBUG) {
+    if state.span.is_none() {
         state.span = Some(Span::current());
     }
 }

@@ -64,26 +64,26 @@ impl Permit {
 
     /// Accepts `tasks` in this room, to be started by [`Deferred::start`] or
     /// when the [`Deferred`] is dropped, whichever comes first. The tasks
-    /// count as accepted (and pending) from now on; their spans follow from
-    /// the current span.
+    /// count as accepted (and pending) from now on, and run in the current
+    /// span.
     pub fn defer(self, tasks: impl Into<BackgroundTasks>) -> Deferred {
         self.defer_in(tasks.into(), &Span::current())
     }
 
-    /// [`defer`](Permit::defer), with the spans following from `parent`.
+    /// [`defer`](Permit::defer), running in `parent`.
     pub(crate) fn defer_in(self, mut tasks: BackgroundTasks, parent: &Span) -> Deferred {
         let state = self.admission.state();
         let tasks = tasks.take();
         state.counters().accepted(tasks.len() as u64);
-        // Asked first: `debug_span!` alone, with `tracing`'s `log` feature
-        // on (axum turns it on) and no subscriber set, would hand every
-        // disabled span to `log`.
+        // The group runs inside the request's span, so that its log lines
+        // say which request it came from; at DEBUG, in a span of its own
+        // below it. Asked first: `debug_span!` alone, with `tracing`'s `log`
+        // feature on (axum turns it on) and no subscriber set, would hand
+        // every disabled span to `log`.
         let span = if tracing::enabled!(tracing::Level::DEBUG) {
-            let span = tracing::debug_span!(parent: None, "epilogue.group", tasks = tasks.len());
-            span.follows_from(parent);
-            span
+            tracing::debug_span!(parent: parent, "epilogue.group", tasks = tasks.len())
         } else {
-            Span::none()
+            parent.clone()
         };
         Deferred {
             _token: state.tracker().token(),

@@ -1,0 +1,354 @@
+//! The request's scope: tasks run only for a handler that answered with a
+//! success, wherever the layers sit, and no task is ever lost silently.
+
+mod common;
+
+use std::convert::Infallible;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use axum::extract::State;
+use axum::handler::Handler;
+use axum::http::StatusCode;
+use axum::routing::{get, post};
+use axum::Router;
+use common::{report, serve_tower, AxumServer, Connection, Event, Probe, PATIENCE};
+use epilogue::axum::{admission, background};
+use epilogue::http::{BackgroundLayer, RequestTasks};
+use epilogue::{BackgroundTask, Runner};
+use tokio::io::AsyncWriteExt;
+use tokio::sync::mpsc::UnboundedSender;
+use tower::{Layer, ServiceBuilder, ServiceExt};
+use tower_http::timeout::TimeoutLayer;
+
+type Tx = UnboundedSender<Event>;
+
+fn task(tx: &Tx, name: &'static str) -> BackgroundTask {
+    BackgroundTask::new(report, (tx.clone(), name)).name(name)
+}
+
+/// A handler that adds a task through the extractor, then either answers,
+/// fails with `?`, or takes `slow_ms` first.
+async fn order(
+    State(tx): State<Tx>,
+    tasks: RequestTasks,
+    axum::extract::Query(query): axum::extract::Query<std::collections::HashMap<String, String>>,
+) -> Result<(StatusCode, &'static str), (StatusCode, &'static str)> {
+    tasks.add_task(report, (tx, "order email"));
+    if query.contains_key("always") {
+        tasks.always();
+    }
+    if let Some(ms) = query.get("slow_ms") {
+        tokio::time::sleep(Duration::from_millis(ms.parse().unwrap())).await;
+    }
+    if query.contains_key("conflict") {
+        return Err((StatusCode::CONFLICT, "taken"));
+    }
+    Ok((StatusCode::CREATED, "saved"))
+}
+
+fn orders(tx: &Tx) -> Router {
+    Router::new()
+        .route("/orders", post(order))
+        .route(
+            "/orders/timed",
+            post(order.layer(TimeoutLayer::with_status_code(StatusCode::REQUEST_TIMEOUT, Duration::from_millis(200)))),
+        )
+        .route("/healthz", get(|| async { "ok" }))
+        .with_state(tx.clone())
+}
+
+#[tokio::test]
+async fn extracted_tasks_run_only_after_a_success_unless_always() {
+    let mut probe = Probe::new();
+    let server = AxumServer::start(orders(&probe.tx), Runner::new()).await;
+    let mut connection = Connection::open(server.addr).await;
+
+    let answer = connection.post_json("/orders?conflict", "").await;
+    assert_eq!(answer.status, StatusCode::CONFLICT);
+    let answer = connection.post_json("/orders", "").await;
+    assert_eq!(answer.status, StatusCode::CREATED);
+    // Tasks run in request order: the only one is the success's.
+    assert_eq!(probe.names(1).await, ["order email"]);
+
+    let answer = connection.post_json("/orders?conflict&always", "").await;
+    assert_eq!(answer.status, StatusCode::CONFLICT);
+    assert_eq!(probe.names(1).await, ["order email"]);
+
+    let stats = server.shutdown().await.stats;
+    assert_eq!(
+        (stats.accepted, stats.succeeded, stats.abandoned),
+        (3, 2, 1),
+        "{stats:?}"
+    );
+    assert!(probe.is_empty());
+}
+
+#[tokio::test]
+async fn a_timeout_around_the_router_or_one_route_runs_none_of_the_handlers_tasks() {
+    let mut probe = Probe::new();
+    let app = orders(&probe.tx).layer(TimeoutLayer::with_status_code(StatusCode::REQUEST_TIMEOUT, Duration::from_millis(300)));
+    let server = AxumServer::start(app, Runner::new()).await;
+    let mut connection = Connection::open(server.addr).await;
+
+    // Cancelled by the router-wide timeout, then by the route's own.
+    let answer = connection.post_json("/orders?slow_ms=3000", "").await;
+    assert_eq!(answer.status, StatusCode::REQUEST_TIMEOUT);
+    let answer = connection.post_json("/orders/timed?slow_ms=3000", "").await;
+    assert_eq!(answer.status, StatusCode::REQUEST_TIMEOUT);
+    // A request that answers in time still runs its task, and only it.
+    assert_eq!(
+        connection.post_json("/orders", "").await.status,
+        StatusCode::CREATED
+    );
+    assert_eq!(probe.names(1).await, ["order email"]);
+
+    let stats = server.shutdown().await.stats;
+    assert_eq!((stats.succeeded, stats.abandoned), (1, 2), "{stats:?}");
+    assert!(probe.is_empty(), "a cancelled handler's task ran");
+}
+
+#[tokio::test]
+async fn a_timeout_outside_the_executing_layer_abandons_the_tasks_too() {
+    let mut probe = Probe::new();
+    let runner = Runner::new();
+    // The timeout drops the executing layer's own future.
+    let service = ServiceBuilder::new()
+        .layer(TimeoutLayer::with_status_code(StatusCode::REQUEST_TIMEOUT, Duration::from_millis(300)))
+        .layer(BackgroundLayer::new(runner.clone()))
+        .service(orders(&probe.tx));
+    let addr = serve_tower(service).await;
+    let mut connection = Connection::open(addr).await;
+    let answer = connection.post_json("/orders?slow_ms=3000", "").await;
+    assert_eq!(answer.status, StatusCode::REQUEST_TIMEOUT);
+    assert_eq!(
+        connection.post_json("/orders", "").await.status,
+        StatusCode::CREATED
+    );
+    assert_eq!(probe.names(1).await, ["order email"]);
+    let stats = runner.shutdown(PATIENCE).await.stats;
+    assert_eq!((stats.succeeded, stats.abandoned), (1, 1), "{stats:?}");
+}
+
+#[tokio::test]
+async fn a_client_gone_before_the_answer_cancels_the_handler_and_its_tasks() {
+    let mut probe = Probe::new();
+    let runner = Runner::new();
+    let server = AxumServer::start(orders(&probe.tx), runner.clone()).await;
+
+    let mut socket = tokio::net::TcpStream::connect(server.addr).await.unwrap();
+    socket
+        .write_all(
+            b"POST /orders?slow_ms=2000 HTTP/1.1\r\nhost: x\r\ncontent-length: 0\r\n\r\n",
+        )
+        .await
+        .unwrap();
+    // Wait until the handler holds its task, then reset the connection: a
+    // client that went away, not one that half-closed.
+    common::eventually("the request to be admitted", || {
+        let runner = runner.clone();
+        async move { runner.stats().accepted == 0 && admitted(&runner) }
+    })
+    .await;
+    // Deprecated because dropping such a socket may block; with a zero
+    // linger it does not, and it is how a test sends a reset.
+    #[allow(deprecated)]
+    socket.set_linger(Some(Duration::ZERO)).unwrap();
+    drop(socket);
+
+    common::eventually("the task to be abandoned", || {
+        let runner = runner.clone();
+        async move { runner.stats().abandoned == 1 }
+    })
+    .await;
+    let stats = server.shutdown().await.stats;
+    assert_eq!((stats.succeeded, stats.abandoned), (0, 1), "{stats:?}");
+    assert!(probe.is_empty(), "the cancelled handler's task ran");
+    // And the probe still works: nothing else was sent.
+    drop(probe.tx.clone());
+    assert!(probe.is_empty());
+}
+
+/// Whether a request holds room in the runner: its `Debug` shows it.
+fn admitted(runner: &Runner) -> bool {
+    format!("{runner:?}").contains("admitted: 1")
+}
+
+/// Route-level, response and extracted tasks on one request.
+fn all_three(tx: &Tx) -> Router {
+    all_three_routes(tx).with_state(tx.clone())
+}
+
+fn all_three_routes(tx: &Tx) -> Router<Tx> {
+    Router::new()
+        .route(
+            "/all",
+            post(
+                (|State(tx): State<Tx>, tasks: RequestTasks| async move {
+                    tasks.add_task(report, (tx.clone(), "extracted"));
+                    (task(&tx, "response"), "sent")
+                })
+                .layer(background(task(tx, "route"))),
+            ),
+        )
+}
+
+#[tokio::test]
+async fn the_scope_travels_behind_a_buffer_and_a_layer_that_spawns() {
+    let mut probe = Probe::new();
+    let runner = Runner::new();
+
+    let buffered = ServiceBuilder::new()
+        .layer(BackgroundLayer::new(runner.clone()))
+        .map_err(|error| -> Infallible { panic!("buffer failed: {error}") })
+        .buffer(16)
+        .service(all_three(&probe.tx));
+    let addr = serve_tower(buffered).await;
+    let answer = Connection::open(addr).await.post_json("/all", "").await;
+    assert_eq!(answer.status, StatusCode::OK, "{}", answer.text());
+    assert_eq!(probe.names(3).await, ["route", "response", "extracted"]);
+
+    // Every call of the router on a task of its own.
+    let router = all_three(&probe.tx);
+    let spawning = tower::service_fn(move |request| {
+        let router = router.clone();
+        async move { tokio::spawn(router.oneshot(request)).await.unwrap() }
+    });
+    let addr = serve_tower(BackgroundLayer::new(runner.clone()).layer(spawning)).await;
+    let answer = Connection::open(addr).await.post_json("/all", "").await;
+    assert_eq!(answer.status, StatusCode::OK, "{}", answer.text());
+    assert_eq!(probe.names(3).await, ["route", "response", "extracted"]);
+
+    assert_eq!(runner.shutdown(PATIENCE).await.stats.succeeded, 6);
+}
+
+#[tokio::test]
+async fn the_executing_layer_works_as_a_router_layer_under_plain_axum_serve() {
+    let mut probe = Probe::new();
+    let runner = Runner::new();
+    let app = all_three_routes(&probe.tx)
+        .route(
+            "/page",
+            get(|State(tx): State<Tx>| async move { (task(&tx, "viewed"), "page") }),
+        )
+        .with_state(probe.tx.clone())
+        .layer(BackgroundLayer::new(runner.clone()));
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move { axum::serve(listener, app).await });
+    let mut connection = Connection::open(addr).await;
+    assert_eq!(connection.post_json("/all", "").await.status, StatusCode::OK);
+    assert_eq!(probe.names(3).await, ["route", "response", "extracted"]);
+    for method in ["GET", "HEAD"] {
+        let answer = connection
+            .send(common::request(method, addr, "/page", ""))
+            .await;
+        assert_eq!(answer.status, StatusCode::OK, "{method}");
+        assert_eq!(probe.names(1).await, ["viewed"], "{method}");
+    }
+    runner.shutdown(PATIENCE).await;
+}
+
+#[tokio::test]
+async fn tasks_that_reach_no_executing_layer_are_counted() {
+    let probe = Probe::new();
+    let app: Router = Router::new()
+        .route(
+            "/register",
+            post(|State(tx): State<Tx>| async move { (task(&tx, "lost"), "created") }),
+        )
+        .with_state(probe.tx.clone());
+    let before = epilogue::http::tasks_without_layer();
+    let request = http::Request::post("/register")
+        .body(axum::body::Body::empty())
+        .unwrap();
+    let response = app.oneshot(request).await.unwrap();
+    assert_eq!(response.status(), StatusCode::OK);
+    assert_eq!(epilogue::http::tasks_without_layer(), before);
+    drop(response);
+    assert_eq!(epilogue::http::tasks_without_layer(), before + 1);
+}
+
+#[tokio::test]
+async fn tasks_returned_on_a_route_that_was_not_admitted_run_and_are_counted() {
+    let mut probe = Probe::new();
+    let app = Router::new()
+        .route(
+            "/forgot",
+            post(|State(tx): State<Tx>| async move { (task(&tx, "forgot"), "sent") }),
+        )
+        .route(
+            "/admitted",
+            post((|State(tx): State<Tx>| async move { (task(&tx, "admitted"), "sent") })
+                .layer(admission())),
+        )
+        .with_state(probe.tx.clone());
+    let server = AxumServer::start(app, Runner::new()).await;
+    let mut connection = Connection::open(server.addr).await;
+    connection.post_json("/forgot", "").await;
+    connection.post_json("/admitted", "").await;
+    assert_eq!(probe.names(2).await, ["forgot", "admitted"]);
+    let stats = server.shutdown().await.stats;
+    assert_eq!((stats.succeeded, stats.unadmitted), (2, 1), "{stats:?}");
+}
+
+/// A `tracing` writer into memory.
+#[derive(Clone, Default)]
+struct Captured(Arc<Mutex<Vec<u8>>>);
+
+impl std::io::Write for Captured {
+    fn write(&mut self, bytes: &[u8]) -> std::io::Result<usize> {
+        self.0.lock().unwrap().extend_from_slice(bytes);
+        Ok(bytes.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+#[tokio::test]
+async fn a_tasks_log_lines_name_the_request_it_came_from() {
+    let captured = Captured::default();
+    let writer = captured.clone();
+    let subscriber = tracing_subscriber::fmt()
+        .with_max_level(tracing::Level::INFO)
+        .with_ansi(false)
+        .with_writer(move || writer.clone())
+        .finish();
+    // This test's runtime has one thread: the server and its tasks log here.
+    let _guard = tracing::subscriber::set_default(subscriber);
+
+    async fn no_mail_server() -> Result<(), &'static str> {
+        Err("no mail server")
+    }
+    let app = Router::new()
+        .route(
+            "/register",
+            post(|tasks: RequestTasks| async move {
+                tasks.add_task(no_mail_server, ());
+                "created"
+            }),
+        )
+        .layer(
+            tower_http::trace::TraceLayer::new_for_http().make_span_with(
+                tower_http::trace::DefaultMakeSpan::new().level(tracing::Level::INFO),
+            ),
+        );
+    let server = AxumServer::start(app, Runner::new()).await;
+    Connection::open(server.addr)
+        .await
+        .post_json("/register", "")
+        .await;
+    let stats = server.shutdown().await.stats;
+    assert_eq!(stats.failed, 1);
+    let logs = String::from_utf8(captured.0.lock().unwrap().clone()).unwrap();
+    let line = logs
+        .lines()
+        .find(|line| line.contains("background task failed"))
+        .unwrap_or_else(|| panic!("no failure logged:\n{logs}"));
+    assert!(
+        line.contains("request{method=POST uri=") && line.contains("/register version="),
+        "the failure does not name its request: {line}"
+    );
+}
