@@ -9,6 +9,7 @@ use axum::http::StatusCode;
 use axum::routing::{get, post};
 use axum::{Json, Router};
 use epilogue::axum::{admission, background};
+use epilogue::http::RequestTasks;
 use epilogue::{BackgroundTask, BackgroundTasks, Runner};
 use serde::{Deserialize, Serialize};
 use tower_http::compression::CompressionLayer;
@@ -174,7 +175,7 @@ async fn response_add_task(
 /// `POST /extractor`: FastAPI's `background_tasks: BackgroundTasks` parameter.
 async fn extractor(
     Extract(state): Extract<State>,
-    mut tasks: BackgroundTasks,
+    tasks: RequestTasks,
     user: Credentials,
 ) -> Created {
     tasks.add_task(

@@ -730,4 +730,79 @@ mod tests {
         });
         assert_eq!(*journal.lock().unwrap(), ["runs"]);
     }
+
+    #[tokio::test]
+    async fn a_tasks_own_timeout_overrides_the_runners() {
+        let runner = Runner::builder()
+            .task_timeout(Duration::from_secs(60))
+            .build();
+        let journal = Journal::default();
+        let mut tasks = BackgroundTasks::new();
+        tasks.push(
+            BackgroundTask::new(|| tokio::time::sleep(Duration::from_secs(60)), ())
+                .timeout(Duration::from_millis(50)),
+        );
+        tasks.push(note(&journal, "next"));
+        runner.spawn(tasks).unwrap();
+        let report = runner.shutdown(Duration::from_secs(10)).await;
+        assert!(report.drained, "{report:?}");
+        assert_eq!(runner.stats().timed_out, 1);
+        assert_eq!(*journal.lock().unwrap(), ["next"]);
+    }
+
+    #[test]
+    fn a_blocking_task_that_gets_its_thread_after_the_deadline_never_runs() {
+        // One blocking thread, held by the service itself until after the
+        // deadline: the runner's blocking tasks wait in tokio's queue.
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(1)
+            .max_blocking_threads(1)
+            .enable_all()
+            .build()
+            .unwrap();
+        let runner = Runner::new();
+        let ran = Arc::new(AtomicUsize::new(0));
+        runtime.block_on(async {
+            let (release, released) = std::sync::mpsc::channel::<()>();
+            let busy = tokio::task::spawn_blocking(move || released.recv());
+            for _ in 0..5 {
+                runner
+                    .spawn(BackgroundTask::new(
+                        |ran: Arc<AtomicUsize>| {
+                            ran.fetch_add(1, SeqCst);
+                        },
+                        (ran.clone(),),
+                    ))
+                    .unwrap();
+            }
+            let report = runner.shutdown(Duration::from_millis(100)).await;
+            assert!(!report.drained);
+            assert_eq!(report.cut_off.len(), 5, "{report:?}");
+            release.send(()).unwrap();
+            busy.await.unwrap().unwrap();
+        });
+        // Dropping the runtime waits for the blocking queue to empty: every
+        // queued task had its thread by now.
+        drop(runtime);
+        assert_eq!(ran.load(SeqCst), 0, "a task reported cut off ran anyway");
+    }
+
+    #[test]
+    fn limits_past_what_tokio_can_count_are_lowered_not_a_panic() {
+        let runner = Runner::builder()
+            .max_running(usize::MAX)
+            .max_pending(usize::MAX)
+            .max_blocking(usize::MAX)
+            .build();
+        let _permit = runner.admit().expect("room");
+        assert!(format!("{runner:?}").contains(&format!("max_running: {}", Builder::MAX_LIMIT)));
+    }
+
+    #[tokio::test]
+    async fn a_grace_period_of_any_length_is_accepted() {
+        let runner = Runner::new();
+        runner.spawn(BackgroundTask::new(|| async {}, ())).unwrap();
+        let report = runner.shutdown(Duration::MAX).await;
+        assert!(report.drained);
+    }
 }
