@@ -84,15 +84,17 @@
 //!
 //! ```
 //! # async fn send_email_notification(to: Option<String>, message: &'static str) {}
-//! use axum::{http::StatusCode, Json};
-//! use epilogue::BackgroundTask;
+//! use axum::{handler::Handler, http::StatusCode, routing::post, Json, Router};
+//! use epilogue::{axum::admission, BackgroundTask};
 //! use serde_json::{json, Value};
 //!
 //! async fn register(Json(email): Json<String>) -> (StatusCode, BackgroundTask, Json<Value>) {
 //!     let task = BackgroundTask::new(send_email_notification, (Some(email), "Thank you for registering."));
 //!     (StatusCode::CREATED, task, Json(json!({ "message": "Email sent" })))
 //! }
-//! # let _: axum::Router = axum::Router::new().route("/", axum::routing::post(register));
+//!
+//! // Admitted: refused with 503 before `register` runs while the runner is full.
+//! let app: Router = Router::new().route("/register", post(register.layer(admission())));
 //! ```
 //!
 //! ## Response-level, a list
@@ -100,8 +102,8 @@
 //! ```
 //! # async fn send_email_notification(to: Option<String>, message: &'static str) {}
 //! # fn write_in_file(email: Option<String>) -> std::io::Result<()> { Ok(()) }
-//! use axum::Json;
-//! use epilogue::{BackgroundTask, BackgroundTasks};
+//! use axum::{handler::Handler, routing::post, Json, Router};
+//! use epilogue::{axum::admission, BackgroundTask, BackgroundTasks};
 //!
 //! async fn register(Json(email): Json<String>) -> (BackgroundTasks, Json<&'static str>) {
 //!     let tasks = BackgroundTasks::from([
@@ -110,7 +112,9 @@
 //!     ]);
 //!     (tasks, Json("Email sent"))
 //! }
-//! # let _: axum::Router = axum::Router::new().route("/", axum::routing::post(register));
+//!
+//! // Admitted: refused with 503 before `register` runs while the runner is full.
+//! let app: Router = Router::new().route("/register", post(register.layer(admission())));
 //! ```
 //!
 //! ## `add_task`
@@ -120,8 +124,8 @@
 //! ```
 //! # async fn send_email_notification(to: Option<String>, message: &'static str) {}
 //! # fn write_in_file(email: Option<String>) -> std::io::Result<()> { Ok(()) }
-//! use axum::Json;
-//! use epilogue::BackgroundTasks;
+//! use axum::{handler::Handler, routing::post, Json, Router};
+//! use epilogue::{axum::admission, BackgroundTasks};
 //!
 //! async fn register(Json(email): Json<String>) -> (BackgroundTasks, Json<&'static str>) {
 //!     let mut tasks = BackgroundTasks::new();
@@ -129,7 +133,9 @@
 //!     tasks.add_task(write_in_file, (Some(email),));
 //!     (tasks, Json("Email sent"))
 //! }
-//! # let _: axum::Router = axum::Router::new().route("/", axum::routing::post(register));
+//!
+//! // Admitted: refused with 503 before `register` runs while the runner is full.
+//! let app: Router = Router::new().route("/register", post(register.layer(admission())));
 //! ```
 //!
 //! ## And the extractor, FastAPI style
@@ -147,7 +153,9 @@
 //!     tasks.add_task(send_email_notification, (Some(email), "Welcome."));
 //!     Json("Email sent")
 //! }
-//! # let _: axum::Router = axum::Router::new().route("/", axum::routing::post(register));
+//!
+//! // Taking `RequestTasks` admits the request: no `admission()` needed.
+//! let app: axum::Router = axum::Router::new().route("/register", axum::routing::post(register));
 //! ```
 //!
 //! ## Serving it, with a graceful shutdown
@@ -173,22 +181,45 @@
 //! # When tasks run
 //!
 //! - A response's tasks (route-level first, then the response's own, then
-//!   those added through the extractor, in the order added) run **in order,
-//!   one after another**, once the response body has been handed to the
-//!   server, or dropped because the client went away.
+//!   those added through [`RequestTasks`](http::RequestTasks), in the order
+//!   added) run **in order, one after another**, once the response body has
+//!   been handed to the server, or dropped because the client went away.
 //! - Running them never delays the response, nor the next request on the same
 //!   keep-alive connection: a group runs on its own tokio task.
 //! - A failing or panicking task is reported (a `tracing` event with the
-//!   task's name, never its arguments) and the next task of the group still
-//!   runs, unless the group was made with [`BackgroundTasks::stop_on_error`].
-//! - Route-level tasks run when the response is a success (status below 400):
-//!   a rejected request (bad JSON, a missing field) sends no "Account created"
-//!   email. Tasks the handler attached itself run whatever the status.
+//!   task's name, never its arguments, inside the request's span) and the
+//!   next task of the group still runs, unless the group was made with
+//!   [`BackgroundTasks::stop_on_error`].
+//! - **Only a handler that answered runs tasks.** Route-level tasks and
+//!   those added through `RequestTasks` run when the response is a success
+//!   (status below 400), as in Esmerald and FastAPI: a rejected request (bad
+//!   JSON, a missing field) or a handler that returns an error with `?`
+//!   sends no "Account created" email. Tasks the handler returned with its
+//!   response run whatever the status: it chose them. A handler whose
+//!   future was dropped (a timeout, a client gone before the answer) or that
+//!   panicked runs none; such tasks are counted as
+//!   [`abandoned`](Stats::abandoned).
 //! - A client that goes away once its handler has answered does not cancel
-//!   the tasks; a handler that panics schedules nothing.
-//! - When the runner is full, requests to task-bearing routes are answered
+//!   the tasks.
+//! - When the runner is full, requests to admitted routes (route-level
+//!   tasks, the extractor, [`admission()`](axum::admission)) are answered
 //!   `503` with `Retry-After` **before their handler runs**, so every request
 //!   that got its success response gets all of its tasks.
+//! - No task is dropped silently: tasks returned on a route that was not
+//!   admitted run and are counted ([`Stats::unadmitted`]); tasks whose
+//!   response reached no executing layer are logged as an error and counted
+//!   ([`http::tasks_without_layer`]); a [`BackgroundTasks`] dropped with tasks
+//!   in it logs a warning.
+//!
+//! # How it fits together
+//!
+//! The core knows nothing of HTTP: [`task`] and [`tasks`] are values, the
+//! [`runner`] runs them. [`http`] adapts the runner to any tower service:
+//! the executing layer puts a scope in each request's extensions, and
+//! gathers the request's tasks when its response comes back. [`axum`] adds
+//! the extractor, response parts, route layers and [`serve`](axum::serve).
+//! The [`http`] module's documentation follows one task from the handler to
+//! the runner.
 //!
 //! # Features
 //!

@@ -99,15 +99,16 @@ async fn wait_for_running_permit(
     state: &State,
     tasks: &BackgroundTasks,
 ) -> Option<OwnedSemaphorePermit> {
-    tokio::select! {
-        // The deadline first: a permit freed by a cut-off group must not
-        // start more work after the deadline.
-        biased;
-        () = state.deadline().wait() => {
+    let deadline = std::pin::pin!(state.deadline().wait());
+    let permit = std::pin::pin!(state.running().clone().acquire_owned());
+    // The deadline first (`select` polls its first future first): a permit
+    // freed by a cut-off group must not start more work after the deadline.
+    match futures_util::future::select(deadline, permit).await {
+        Either::Left(((), _)) => {
             cut_off_pending(state, tasks);
             None
         }
-        permit = state.running().clone().acquire_owned() => {
+        Either::Right((permit, _)) => {
             Some(permit.expect("the running semaphore is never closed"))
         }
     }
