@@ -165,4 +165,4 @@ impl IntoResponse for BackgroundRejection {
 
 mod serve;
 
-pub use serve::{serve, Serve};
+pub use serve::{serve, IncomingStream, Serve};
