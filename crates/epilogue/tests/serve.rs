@@ -66,6 +66,19 @@ fn app(tx: &Tx) -> Router {
             })
             .layer(admission()),
         )
+        // The client has long sent its request, and maybe gone, when the
+        // answer is ready.
+        .route(
+            "/slow-task",
+            post(|State(tx): State<Tx>| async move {
+                tokio::time::sleep(Duration::from_millis(100)).await;
+                (
+                    BackgroundTask::new(report, (tx, "task")).name("task"),
+                    "sent",
+                )
+            })
+            .layer(admission()),
+        )
         .route("/healthz", get(|| async { "ok" }))
         .with_state(tx.clone())
 }
@@ -118,7 +131,7 @@ async fn read_response(stream: &mut TcpStream) -> String {
     }
 }
 
-const POST_TASK: &str = "POST /task HTTP/1.1\r\nHost: test\r\nContent-Length: 0\r\n\r\n";
+const POST_SLOW_TASK: &str = "POST /slow-task HTTP/1.1\r\nHost: test\r\nContent-Length: 0\r\n\r\n";
 
 #[allow(dead_code, unused_must_use, clippy::let_underscore_future)]
 async fn what_axum_serve_takes_this_serve_takes() {
@@ -257,7 +270,7 @@ async fn a_request_whose_client_half_closes_is_answered_and_its_task_runs() {
         .map(|_| {
             tokio::spawn(async move {
                 let mut stream = TcpStream::connect(addr).await.unwrap();
-                stream.write_all(POST_TASK.as_bytes()).await.unwrap();
+                stream.write_all(POST_SLOW_TASK.as_bytes()).await.unwrap();
                 stream.shutdown().await.unwrap();
                 read_until_closed(&mut stream, PATIENCE).await
             })
@@ -286,7 +299,7 @@ async fn a_request_whose_client_closes_right_after_sending_still_runs_its_task()
     );
     for _ in 0..REQUESTS {
         let mut stream = TcpStream::connect(addr).await.unwrap();
-        stream.write_all(POST_TASK.as_bytes()).await.unwrap();
+        stream.write_all(POST_SLOW_TASK.as_bytes()).await.unwrap();
         drop(stream);
     }
     assert_eq!(probe.names(REQUESTS).await.len(), REQUESTS);
