@@ -7,7 +7,7 @@
 //! | `tasks: BackgroundTasks` as a handler parameter, then `tasks.add_task(..)` | tasks run after this handler's response (FastAPI style) |
 //! | `post(handler.layer(background(..)))` | route-level tasks, a fresh copy per request |
 //! | `post(handler.layer(admission()))` | `503` before the handler when the runner is full |
-//! | `epilogue::axum::serve(listener, app, runner)` | serves `app` with the executing layer outside it, and drains on Ctrl-C / SIGTERM |
+//! | `epilogue::axum::serve(listener, app, runner)` | serves `app` (HTTP/1 and HTTP/2) with the executing layer outside it, and drains on Ctrl-C / SIGTERM |
 //!
 //! The executing [`BackgroundLayer`](crate::http::BackgroundLayer) must wrap the whole `Router`: inside it,
 //! axum's HEAD handling and route-level layers would see bodies dropped
