@@ -33,7 +33,7 @@ pub fn init_logging() {
 pub async fn listen(addr: &str) -> Result<tokio::net::TcpListener, String> {
     use std::io::Write;
 
-    let listener = tokio::net::TcpListener::bind(addr)
+    let listener = bind(addr)
         .await
         .map_err(|e| format!("cannot listen on {addr}: {e}"))?;
     let local = listener.local_addr().map_err(|e| e.to_string())?;
@@ -42,6 +42,39 @@ pub async fn listen(addr: &str) -> Result<tokio::net::TcpListener, String> {
         .and_then(|()| stdout.flush())
         .map_err(|e| format!("cannot write to stdout: {e}"))?;
     Ok(listener)
+}
+
+/// How many connections may wait to be accepted. `TcpListener::bind` asks
+/// for 128, as the standard library does: a burst of a few hundred
+/// connections overflows it, and the clients left out retry their `SYN` a
+/// second later. Linux caps it at `net.core.somaxconn` (4096 by default).
+const BACKLOG: u32 = 4096;
+
+/// `TcpListener::bind`, with a [`BACKLOG`] fit for bursts: the first of
+/// `addr`'s addresses that can be bound.
+async fn bind(addr: &str) -> std::io::Result<tokio::net::TcpListener> {
+    let mut last_error = None;
+    for addr in tokio::net::lookup_host(addr).await? {
+        let socket = if addr.is_ipv4() {
+            tokio::net::TcpSocket::new_v4()?
+        } else {
+            tokio::net::TcpSocket::new_v6()?
+        };
+        // As `TcpListener::bind` does: a restarted server can bind its port
+        // again while connections of the previous one are in TIME_WAIT.
+        #[cfg(not(windows))]
+        socket.set_reuseaddr(true)?;
+        match socket.bind(addr).and_then(|()| socket.listen(BACKLOG)) {
+            Ok(listener) => return Ok(listener),
+            Err(error) => last_error = Some(error),
+        }
+    }
+    Err(last_error.unwrap_or_else(|| {
+        std::io::Error::new(
+            std::io::ErrorKind::InvalidInput,
+            "the address resolves to nothing",
+        )
+    }))
 }
 
 /// The exit of a binary of this crate: success, or the error logged and

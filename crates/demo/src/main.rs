@@ -29,8 +29,7 @@ async fn run(config: Config) -> Result<(), String> {
     let app = app::router(state);
     let report = epilogue::axum::serve(listener, app, runner)
         .grace(config.shutdown_grace())
-        .await
-        .map_err(|e| format!("server error: {e}"))?;
+        .await;
     let stats = report.stats;
     tracing::info!(
         drained = report.drained,

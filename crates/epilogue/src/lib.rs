@@ -173,7 +173,7 @@
 //! // runs every accepted task, within 30 s in all.
 //! let report = epilogue::axum::serve(listener, app, Runner::new())
 //!     .grace(Duration::from_secs(30))
-//!     .await?;
+//!     .await;
 //! println!("drained: {}, cut off: {:?}", report.drained, report.cut_off);
 //! # Ok(()) }
 //! ```

@@ -7,7 +7,7 @@
 //! | `tasks: RequestTasks` as a handler parameter, then `tasks.add_task(..)` | run after this handler's response if it is a success (FastAPI style) |
 //! | `post(handler.layer(background(..)))` | route-level tasks, a fresh copy per request, run after a success |
 //! | `post(handler.layer(admission()))` | `503` before the handler when the runner is full |
-//! | `epilogue::axum::serve(listener, app, runner)` | serves `app` with the executing layer around it, and drains on Ctrl-C / SIGTERM |
+//! | `epilogue::axum::serve(listener, app, runner)` | serves `app` (HTTP/1 and HTTP/2) with the executing layer around it, and drains on Ctrl-C / SIGTERM |
 //!
 //! # Where each layer goes
 //!
@@ -48,7 +48,7 @@ use crate::tasks::BackgroundTasks;
 
 mod serve;
 
-pub use serve::{serve, Serve};
+pub use serve::{serve, IncomingStream, Serve};
 
 /// Route-level tasks: `post(create_user.layer(background(task)))`.
 ///

@@ -93,7 +93,7 @@ pub struct AxumServer {
     pub addr: SocketAddr,
     pub runner: Runner,
     stop: Option<oneshot::Sender<()>>,
-    handle: JoinHandle<std::io::Result<ShutdownReport>>,
+    handle: JoinHandle<ShutdownReport>,
 }
 
 impl AxumServer {
@@ -121,7 +121,6 @@ impl AxumServer {
         tokio::time::timeout(PATIENCE, &mut self.handle)
             .await
             .expect("the server did not stop in time")
-            .unwrap()
             .unwrap()
     }
 

@@ -1,0 +1,314 @@
+//! One task per connection: HTTP/1 or HTTP/2 as the client speaks, closed
+//! gracefully on shutdown and cut at the deadline.
+
+use std::convert::Infallible;
+use std::io;
+use std::pin::{pin, Pin};
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::{Duration, Instant};
+
+use axum::extract::Request;
+use hyper::body::Incoming;
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::server::conn::auto;
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, ReadBuf};
+use tokio::sync::OwnedSemaphorePermit;
+use tokio_util::task::TaskTracker;
+use tower::util::Oneshot;
+use tower::ServiceExt;
+use tower_layer::Layer;
+use tower_service::Service;
+
+use crate::http::{Background, BackgroundBody, BackgroundLayer};
+use crate::latch::Latch;
+use crate::runner::Runner;
+
+type BoxError = Box<dyn std::error::Error + Send + Sync>;
+
+/// How often an HTTP/2 connection is pinged, and how long the answer may
+/// take before the peer is taken for gone.
+const H2_KEEP_ALIVE_INTERVAL: Duration = Duration::from_secs(60);
+const H2_KEEP_ALIVE_TIMEOUT: Duration = Duration::from_secs(20);
+
+/// How long connections cut at the deadline get to drop their state (their
+/// response bodies, which start their accepted tasks).
+const CUT_MARGIN: Duration = Duration::from_millis(500);
+
+/// The open connections: each one a tracked task, told to finish its
+/// in-flight requests and close when the server shuts down, and dropped
+/// when the grace period is over.
+pub(super) struct Connections {
+    tracker: TaskTracker,
+    closing: Arc<Latch>,
+    cut: Arc<Latch>,
+    builder: Arc<auto::Builder<TokioExecutor>>,
+    layer: BackgroundLayer,
+    header_read_timeout: Option<Duration>,
+}
+
+impl Connections {
+    pub(super) fn new(runner: &Runner, header_read_timeout: Option<Duration>) -> Self {
+        let mut builder = auto::Builder::new(TokioExecutor::new());
+        builder
+            .http1()
+            .timer(TokioTimer::new())
+            // A client that sends its request and then shuts its side down
+            // (or closes at once) still has it handled and answered.
+            .half_close(true)
+            .keep_alive(true)
+            // Also the keep-alive idle timeout: hyper starts it whenever it
+            // waits for a request head, the next one included.
+            .header_read_timeout(header_read_timeout);
+        builder
+            .http2()
+            .timer(TokioTimer::new())
+            // WebSockets over HTTP/2 (RFC 8441), as axum::serve allows.
+            .enable_connect_protocol()
+            .keep_alive_interval(H2_KEEP_ALIVE_INTERVAL)
+            .keep_alive_timeout(H2_KEEP_ALIVE_TIMEOUT);
+        Self {
+            tracker: TaskTracker::new(),
+            closing: Arc::default(),
+            cut: Arc::default(),
+            builder: Arc::new(builder),
+            layer: BackgroundLayer::new(runner.clone()),
+            header_read_timeout,
+        }
+    }
+
+    /// Serves `service` on `io` on a task of its own, which holds `permit`
+    /// (its place under the connection cap) until the connection is over.
+    pub(super) fn serve<I, S, B>(&self, io: I, service: S, permit: OwnedSemaphorePermit)
+    where
+        I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+        S: Service<Request, Response = http::Response<B>, Error = Infallible>
+            + Clone
+            + Send
+            + 'static,
+        S::Future: Send,
+        B: http_body::Body + Send + 'static,
+        B::Data: Send,
+        B::Error: Into<BoxError>,
+    {
+        let service = Hyper(self.layer.layer(service));
+        let closing = self.closing.clone();
+        let cut = self.cut.clone();
+        let builder = self.builder.clone();
+        let header_read_timeout = self.header_read_timeout;
+        self.tracker.spawn(async move {
+            let _permit = permit;
+            // Until the first bytes say which protocol the client speaks,
+            // hyper has no timer running: the header-read timeout covers
+            // this wait too.
+            let sniffed = tokio::select! {
+                biased;
+                () = closing.wait() => return,
+                sniffed = within(header_read_timeout, sniff(io)) => sniffed,
+            };
+            let io = match sniffed {
+                Some(Ok(Some(io))) => io,
+                Some(Ok(None)) => return,
+                Some(Err(error)) => {
+                    tracing::trace!("connection closed with an error: {error}");
+                    return;
+                }
+                None => {
+                    tracing::debug!("no request head within the header read timeout");
+                    return;
+                }
+            };
+            let mut connection =
+                pin!(builder.serve_connection_with_upgrades(TokioIo::new(io), service));
+            let served = tokio::select! {
+                biased;
+                served = connection.as_mut() => served,
+                () = closing.wait() => {
+                    connection.as_mut().graceful_shutdown();
+                    tokio::select! {
+                        biased;
+                        served = connection.as_mut() => served,
+                        // Dropping the connection closes the socket.
+                        () = cut.wait() => return,
+                    }
+                }
+            };
+            if let Err(error) = served {
+                tracing::trace!("connection closed with an error: {error}");
+            }
+        });
+    }
+
+    /// Asks every connection to close once its in-flight requests are
+    /// answered, and waits for them until `deadline` (`None`: no deadline),
+    /// then cuts those left. Returns whether they all closed in time.
+    pub(super) async fn close(&self, deadline: Option<Instant>) -> bool {
+        self.closing.set();
+        self.tracker.close();
+        let closed = match deadline {
+            Some(deadline) => tokio::time::timeout_at(deadline.into(), self.tracker.wait())
+                .await
+                .is_ok(),
+            None => {
+                self.tracker.wait().await;
+                true
+            }
+        };
+        if !closed {
+            tracing::warn!(
+                open = self.tracker.len(),
+                "connections still open at the end of the grace period; closing them"
+            );
+            self.cut().await;
+        }
+        closed
+    }
+
+    /// Drops every connection now, and waits a moment for their tasks to
+    /// end.
+    pub(super) async fn cut(&self) {
+        self.closing.set();
+        self.cut.set();
+        self.tracker.close();
+        let _ = tokio::time::timeout(CUT_MARGIN, self.tracker.wait()).await;
+    }
+}
+
+/// `future`'s output, or `None` if `limit` passes first.
+async fn within<F: std::future::Future>(limit: Option<Duration>, future: F) -> Option<F::Output> {
+    match limit {
+        Some(limit) => tokio::time::timeout(limit, future).await.ok(),
+        None => Some(future.await),
+    }
+}
+
+/// The app as a hyper service, behind the executing layer: it takes
+/// hyper's request body as axum's `Body`, as `axum::serve` does (axum would
+/// box it anyway), and leaves the response body as the app made it.
+#[derive(Clone)]
+struct Hyper<S>(Background<S>);
+
+impl<S, B> hyper::service::Service<http::Request<Incoming>> for Hyper<S>
+where
+    S: Service<Request, Response = http::Response<B>, Error = Infallible> + Clone,
+{
+    type Response = http::Response<BackgroundBody<B>>;
+    type Error = Infallible;
+    type Future = Oneshot<Background<S>, Request>;
+
+    fn call(&self, request: http::Request<Incoming>) -> Self::Future {
+        self.0.clone().oneshot(request.map(axum::body::Body::new))
+    }
+}
+
+/// What an HTTP/2 client sends first (RFC 9113, 3.4).
+const H2_PREFACE: &[u8; 24] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
+
+/// Reads until the protocol is known: the HTTP/2 preface in full, or a
+/// byte that differs from it (HTTP/1), or the end of the stream. Returns
+/// the stream with what was read put back, or `None` if the client sent
+/// nothing at all.
+async fn sniff<I: AsyncRead + Unpin>(mut io: I) -> io::Result<Option<Prefixed<I>>> {
+    let mut prefix = [0; H2_PREFACE.len()];
+    let mut filled = 0;
+    while filled < prefix.len() {
+        let read = io.read(&mut prefix[filled..]).await?;
+        if read == 0 {
+            break;
+        }
+        filled += read;
+        if prefix[..filled] != H2_PREFACE[..filled] {
+            break;
+        }
+    }
+    Ok((filled > 0).then_some(Prefixed {
+        prefix,
+        start: 0,
+        end: filled,
+        inner: io,
+    }))
+}
+
+/// A stream whose first bytes, read already, are read again.
+struct Prefixed<I> {
+    prefix: [u8; H2_PREFACE.len()],
+    start: usize,
+    end: usize,
+    inner: I,
+}
+
+impl<I: AsyncRead + Unpin> AsyncRead for Prefixed<I> {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        let this = self.get_mut();
+        if this.start < this.end {
+            let n = (this.end - this.start).min(buf.remaining());
+            buf.put_slice(&this.prefix[this.start..this.start + n]);
+            this.start += n;
+            return Poll::Ready(Ok(()));
+        }
+        Pin::new(&mut this.inner).poll_read(cx, buf)
+    }
+}
+
+impl<I: AsyncWrite + Unpin> AsyncWrite for Prefixed<I> {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.get_mut().inner).poll_write(cx, buf)
+    }
+
+    fn poll_write_vectored(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.get_mut().inner).poll_write_vectored(cx, bufs)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.inner.is_write_vectored()
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.get_mut().inner).poll_flush(cx)
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.get_mut().inner).poll_shutdown(cx)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use tokio::io::AsyncWriteExt;
+
+    use super::*;
+
+    #[tokio::test]
+    async fn sniffing_gives_back_every_byte_read() {
+        for sent in [
+            &b"GET / HTTP/1.1\r\nHost: x\r\n\r\n"[..],
+            &H2_PREFACE[..],
+            b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n\0\0\x12",
+            b"PRI",
+            b"G",
+        ] {
+            let (mut client, server) = tokio::io::duplex(64);
+            client.write_all(sent).await.unwrap();
+            client.shutdown().await.unwrap();
+            let mut io = sniff(server).await.unwrap().expect("bytes were sent");
+            let mut received = Vec::new();
+            io.read_to_end(&mut received).await.unwrap();
+            assert_eq!(received, sent);
+        }
+        let (client, server) = tokio::io::duplex(64);
+        drop(client);
+        assert!(sniff(server).await.unwrap().is_none());
+    }
+}
