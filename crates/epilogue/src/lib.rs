@@ -223,7 +223,8 @@
 //!
 //! # Features
 //!
-//! - `axum` (default): the [`axum`] module.
+//! - `axum` (default): the [`axum`] module, and `signal`.
+//! - `signal`: [`shutdown_signal`], Ctrl-C or SIGTERM.
 //! - `metrics`: counters, gauges and histograms through the `metrics` facade
 //!   (`epilogue_tasks_total{outcome}`, `epilogue_tasks_running`,
 //!   `epilogue_tasks_pending`, `epilogue_task_wait_seconds`,
@@ -235,6 +236,7 @@
 #![cfg_attr(docsrs, feature(doc_cfg))]
 
 mod latch;
+#[cfg(feature = "signal")]
 mod signal;
 mod stats;
 
@@ -248,6 +250,8 @@ pub mod tasks;
 pub mod axum;
 
 pub use runner::{Refused, Runner, ShutdownReport};
+#[cfg(feature = "signal")]
+#[cfg_attr(docsrs, doc(cfg(feature = "signal")))]
 pub use signal::shutdown_signal;
 pub use stats::Stats;
 pub use task::BackgroundTask;

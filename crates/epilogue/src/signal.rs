@@ -1,5 +1,9 @@
 //! The signals that ask a service to stop.
 
+use std::pin::pin;
+
+use futures_util::future::{select, Either};
+
 /// Completes on the first Ctrl-C (SIGINT) or, on Unix, SIGTERM: what a
 /// terminal, systemd, Docker and Kubernetes send to stop a service.
 ///
@@ -23,8 +27,8 @@ pub async fn shutdown_signal() {
     };
     #[cfg(not(unix))]
     let terminate = std::future::pending::<()>();
-    tokio::select! {
-        () = ctrl_c => tracing::info!("Ctrl-C received; shutting down"),
-        () = terminate => tracing::info!("SIGTERM received; shutting down"),
+    match select(pin!(ctrl_c), pin!(terminate)).await {
+        Either::Left(_) => tracing::info!("Ctrl-C received; shutting down"),
+        Either::Right(_) => tracing::info!("SIGTERM received; shutting down"),
     }
 }

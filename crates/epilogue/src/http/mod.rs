@@ -90,6 +90,20 @@ pub fn detach(extensions: &mut http::Extensions) -> crate::BackgroundTasks {
         .unwrap_or_default()
 }
 
+/// Admits the request whose extensions these are: takes its room in the
+/// runner, once however many layers and extractors ask. For a framework
+/// without an extractor of its own; with axum, take
+/// [`Admitted`](crate::axum::Admitted) or layer
+/// [`admission()`](crate::axum::admission).
+///
+/// # Errors
+///
+/// [`ScopeError::MissingLayer`] without [`BackgroundLayer`] around the
+/// service; [`ScopeError::Refused`] when the runner is full or shutting down.
+pub fn admit(extensions: &http::Extensions) -> Result<(), ScopeError> {
+    scope::Scope::admit_in(extensions).map(drop)
+}
+
 /// How many tasks, in this process, were attached to responses that reached
 /// no [`BackgroundLayer`] and so never ran. Should stay 0: anything else
 /// means an app served without the layer (with plain `axum::serve`, or a test

@@ -12,7 +12,7 @@ use tower_layer::Layer;
 use tower_service::Service;
 
 use super::refusal::{JsonRefusal, Refusal};
-use super::scope::{Scope, ScopeError};
+use super::scope::Scope;
 use crate::tasks::BackgroundTasks;
 
 /// Route-level background tasks: every request through this layer gets a
@@ -139,21 +139,11 @@ where
     }
 
     fn call(&mut self, request: Request<ReqBody>) -> Self::Future {
-        let admitted = match Scope::of(request.extensions()) {
-            None => Err(ScopeError::MissingLayer),
-            Some(scope) => scope
-                .admit()
-                .map(|()| scope.clone())
-                .map_err(|refused| ScopeError::Refused {
-                    refused,
-                    retry_after: scope.runner().retry_after(),
-                }),
-        };
-        match admitted {
+        match Scope::admit_in(request.extensions()) {
             Err(error) => RouteFuture::answered(self.layer.refusal.respond(&error)),
             Ok(scope) => {
                 let tasks = (!self.layer.tasks.0.is_empty()).then(|| RouteCopy {
-                    scope,
+                    scope: scope.clone(),
                     tasks: self.layer.tasks.clone(),
                     always: self.layer.always,
                 });

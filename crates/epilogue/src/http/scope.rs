@@ -61,6 +61,16 @@ impl Scope {
         extensions.get::<Self>()
     }
 
+    /// The scope in these extensions, admitted.
+    pub(crate) fn admit_in(extensions: &Extensions) -> Result<&Self, ScopeError> {
+        let scope = Self::of(extensions).ok_or(ScopeError::MissingLayer)?;
+        scope.admit().map_err(|refused| ScopeError::Refused {
+            refused,
+            retry_after: scope.runner().retry_after(),
+        })?;
+        Ok(scope)
+    }
+
     pub(crate) fn runner(&self) -> &Runner {
         &self.0.runner
     }
@@ -203,14 +213,8 @@ impl RequestTasks {
     /// service; [`ScopeError::Refused`] when the runner is full or shutting
     /// down.
     pub fn from_extensions(extensions: &Extensions) -> Result<Self, ScopeError> {
-        let scope = Scope::of(extensions).ok_or(ScopeError::MissingLayer)?;
-        scope.admit().map_err(|refused| ScopeError::Refused {
-            refused,
-            retry_after: scope.runner().retry_after(),
-        })?;
-        Ok(Self {
-            scope: scope.clone(),
-        })
+        let scope = Scope::admit_in(extensions)?.clone();
+        Ok(Self { scope })
     }
 
     /// Adds `function(args...)` after the tasks added so far, like

@@ -308,8 +308,10 @@ impl Runner {
     }
 
     /// Cuts every running and waiting task off now, as a passed shutdown
-    /// deadline does.
-    pub(crate) fn cut_off_now(&self) {
+    /// deadline does: for a second Ctrl-C during a drain. A
+    /// [`shutdown`](Runner::shutdown) under way then returns at once with
+    /// what was cut off.
+    pub fn cut_off_now(&self) {
         self.state.deadline().set();
     }
 }
