@@ -8,7 +8,7 @@ use axum::handler::Handler;
 use axum::http::StatusCode;
 use axum::routing::{get, post};
 use axum::{Json, Router};
-use epilogue::axum::{admission, background};
+use epilogue::axum::{background, Admitted};
 use epilogue::http::RequestTasks;
 use epilogue::{BackgroundTask, BackgroundTasks, Runner};
 use serde::{Deserialize, Serialize};
@@ -84,15 +84,13 @@ pub fn router(state: State) -> Router {
             "/handler/list",
             post(create_user.layer(background(account_created_and_logged))),
         )
-        // Handlers that return their tasks: `admission()` refuses them with
-        // 503 before they run when the runner is full.
-        .route("/response/single", post(response_single.layer(admission())))
-        .route("/response/list", post(response_list.layer(admission())))
-        .route(
-            "/response/add-task",
-            post(response_add_task.layer(admission())),
-        )
-        .route("/fail", post(failing.layer(admission())))
+        // Handlers that return their tasks take `Admitted`, which refuses
+        // them with 503 before they run when the runner is full (the same
+        // as `.layer(admission())`, without a layer).
+        .route("/response/single", post(response_single))
+        .route("/response/list", post(response_list))
+        .route("/response/add-task", post(response_add_task))
+        .route("/fail", post(failing))
         // The extractor admits the request itself.
         .route("/extractor", post(extractor))
         .route("/outbox", get(outbox_list))
@@ -122,6 +120,7 @@ async fn create_user(_: Credentials) -> Created {
 
 /// `POST /response/single`: one task returned with the response.
 async fn response_single(
+    _: Admitted,
     Extract(outbox): Extract<Outbox>,
     user: Credentials,
 ) -> (StatusCode, BackgroundTask, Json<Message>) {
@@ -135,6 +134,7 @@ async fn response_single(
 
 /// `POST /response/list`: a list returned with the response.
 async fn response_list(
+    _: Admitted,
     Extract(state): Extract<State>,
     user: Credentials,
 ) -> (StatusCode, BackgroundTasks, Json<Message>) {
@@ -155,6 +155,7 @@ async fn response_list(
 
 /// `POST /response/add-task`: the same list, grown with `add_task`.
 async fn response_add_task(
+    _: Admitted,
     Extract(state): Extract<State>,
     user: Credentials,
 ) -> (StatusCode, BackgroundTasks, Json<Message>) {
@@ -192,6 +193,7 @@ struct FailQuery {
 
 /// `POST /fail?mode=error|panic`: a failing task, then one that still runs.
 async fn failing(
+    _: Admitted,
     Extract(state): Extract<State>,
     query: Result<Query<FailQuery>, axum::extract::rejection::QueryRejection>,
     _: Credentials,
