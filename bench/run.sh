@@ -6,7 +6,7 @@
 #
 # Options: --quick, --no-python (skip the Python peers), --no-valgrind (skip
 # the instruction counts), -h/--help. Environment: PEERS_DIR (the Python
-# peers, default ../shared/peers/python beside the repository), PYTHON (the
+# peers, default bench/peers/python), PYTHON (the
 # interpreter that makes bench/.venv, default python3), BUSY_PCT and
 # BUSY_RETRIES (a run during which other processes took more than BUSY_PCT %,
 # default 10, of the server's CPU is run again, up to BUSY_RETRIES times,
@@ -62,7 +62,7 @@ demo_flags=(--max-running 65536 --max-pending 65536)
 # CPU is run again, up to busy_retries times (BUSY_PCT, BUSY_RETRIES).
 busy_pct=${BUSY_PCT:-10}
 busy_retries=${BUSY_RETRIES:-2}
-peers_dir=${PEERS_DIR:-$root/../shared/peers/python}
+peers_dir=${PEERS_DIR:-$here/peers/python}
 python=${PYTHON:-python3}
 venv=$here/.venv
 body_lua=$here/body.lua

@@ -236,7 +236,7 @@ def main():
                 target(f"req/s, epilogue / {LABELS[key]}", demo_py["rps"] / p["rps"], 6.0, ">=")
     if lines:
         print()
-        print(f"Targets of issue 5 (req/s, p99 and CPU move 10-20% between runs on a shared machine; {reps} run(s) per point):")
+        print(f"Targets (req/s, p99 and CPU move 10-20% between runs on a shared machine; {reps} run(s) per point):")
         print("\n".join(lines))
     print("=" * 100)
 

@@ -145,3 +145,27 @@ async fn sigterm_finishes_the_request_in_flight_and_refuses_new_connections() {
     assert_eq!(lines.len(), 1, "{lines:?}");
     assert_eq!(lines[0].to.as_deref(), Some("late@example.com"));
 }
+
+#[tokio::test]
+async fn limits_and_a_grace_period_of_any_size_neither_panic_nor_lose_work() {
+    let mut demo = Demo::start(&[
+        "--max-running",
+        "2305843009213693952",
+        "--max-pending",
+        "18446744073709551615",
+        "--shutdown-grace-s",
+        "9223372036854775807",
+        "--email-delay-ms",
+        "500",
+    ])
+    .await;
+    for n in 0..5 {
+        demo.post("/response/single", &signup(&format!("big{n}@example.com")))
+            .await
+            .assert_created(json!({ "message": "Email sent" }));
+    }
+    demo.terminate();
+    let status = demo.exit_status(PATIENCE).await;
+    assert_eq!(status.code(), Some(0), "stderr:\n{}", demo.stderr());
+    assert_eq!(demo.emails_saying("Thank you for registering.").len(), 5);
+}
