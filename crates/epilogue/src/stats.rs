@@ -168,24 +168,24 @@ impl Counters {
     /// Tasks that will never start because an earlier one failed in a
     /// `stop_on_error` group.
     pub(crate) fn skipped(&self, tasks: u64) {
-        self.pending.fetch_sub(tasks, Relaxed);
-        self.skipped.fetch_add(tasks, Relaxed);
-        #[cfg(feature = "metrics")]
-        {
-            metrics::gauge!("epilogue_tasks_pending").decrement(tasks as f64);
-            metrics::counter!("epilogue_tasks_total", "outcome" => "skipped").increment(tasks);
-        }
+        self.never_started(tasks, &self.skipped, "skipped");
     }
 
     /// Tasks that will never start because the shutdown deadline passed.
     pub(crate) fn cut_off_pending(&self, tasks: u64) {
+        self.never_started(tasks, &self.cut_off, "cut_off");
+    }
+
+    fn never_started(&self, tasks: u64, counter: &AtomicU64, outcome: &'static str) {
         self.pending.fetch_sub(tasks, Relaxed);
-        self.cut_off.fetch_add(tasks, Relaxed);
+        counter.fetch_add(tasks, Relaxed);
         #[cfg(feature = "metrics")]
         {
             metrics::gauge!("epilogue_tasks_pending").decrement(tasks as f64);
-            metrics::counter!("epilogue_tasks_total", "outcome" => "cut_off").increment(tasks);
+            metrics::counter!("epilogue_tasks_total", "outcome" => outcome).increment(tasks);
         }
+        #[cfg(not(feature = "metrics"))]
+        let _ = outcome;
     }
 
     /// Tasks a handler added that will never run: accepted and abandoned at

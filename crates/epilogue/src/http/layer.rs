@@ -101,22 +101,7 @@ pub struct Background<S> {
     runner: Runner,
 }
 
-impl<S> Background<S> {
-    /// The wrapped service.
-    pub fn get_ref(&self) -> &S {
-        &self.inner
-    }
-
-    /// The wrapped service, mutably.
-    pub fn get_mut(&mut self) -> &mut S {
-        &mut self.inner
-    }
-
-    /// The wrapped service, unwrapped.
-    pub fn into_inner(self) -> S {
-        self.inner
-    }
-}
+inner_accessors!(Background<S>);
 
 impl<S, ReqBody, ResBody> Service<Request<ReqBody>> for Background<S>
 where

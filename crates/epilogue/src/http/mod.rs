@@ -26,6 +26,29 @@
 //!    runner. If the response never reached the layer, nothing starts, and
 //!    the tasks are counted.
 
+/// `get_ref`, `get_mut` and `into_inner` for a service that wraps `inner: S`,
+/// as tower-http's services have.
+macro_rules! inner_accessors {
+    ($service:ident<S $(, $param:ident)*>) => {
+        impl<S $(, $param)*> $service<S $(, $param)*> {
+            /// The wrapped service.
+            pub fn get_ref(&self) -> &S {
+                &self.inner
+            }
+
+            /// The wrapped service, mutably.
+            pub fn get_mut(&mut self) -> &mut S {
+                &mut self.inner
+            }
+
+            /// The wrapped service, unwrapped.
+            pub fn into_inner(self) -> S {
+                self.inner
+            }
+        }
+    };
+}
+
 mod body;
 mod layer;
 mod refusal;

@@ -108,22 +108,7 @@ pub struct RouteTasks<S, R = JsonRefusal> {
     layer: RouteTasksLayer<R>,
 }
 
-impl<S, R> RouteTasks<S, R> {
-    /// The wrapped service.
-    pub fn get_ref(&self) -> &S {
-        &self.inner
-    }
-
-    /// The wrapped service, mutably.
-    pub fn get_mut(&mut self) -> &mut S {
-        &mut self.inner
-    }
-
-    /// The wrapped service, unwrapped.
-    pub fn into_inner(self) -> S {
-        self.inner
-    }
-}
+inner_accessors!(RouteTasks<S, R>);
 
 impl<S, R, ReqBody, ResBody> Service<Request<ReqBody>> for RouteTasks<S, R>
 where
