@@ -1,4 +1,4 @@
-//! axum integration: tasks as response parts, the [`RequestTasks`]
+//! axum integration: tasks as response parts, the [`RequestTasks`](crate::http::RequestTasks)
 //! extractor, route-level tasks, and a [`serve`] that drains on shutdown.
 //!
 //! | you write | what it does |
@@ -22,7 +22,7 @@
 //!   (`Router::route_layer(admission())`). On the handler is cheapest: axum
 //!   boxes and clones a method router's layered service for every request.
 //! - Every route whose handler returns tasks should be admitted: with
-//!   [`admission`], a [`background`] layer, or the [`RequestTasks`]
+//!   [`admission`], a [`background`] layer, or the [`RequestTasks`](crate::http::RequestTasks)
 //!   extractor. A handler that returns tasks on a route that was not still
 //!   has them run (they are promised once it answered), but nothing refused
 //!   its request when the runner was full: such groups are counted in
@@ -32,7 +32,7 @@
 //!   route cancels a slow handler: it never answered, so none of its
 //!   extracted tasks run, and they are counted as
 //!   [`abandoned`](crate::Stats::abandoned). The one case that cannot be told
-//!   apart: extracted tasks marked [`always`](RequestTasks::always) on a
+//!   apart: extracted tasks marked [`always`](crate::http::RequestTasks::always) on a
 //!   route whose timeout layer is *inside* the executing layer run with the
 //!   timeout's `408`, since that is a response like any other.
 

@@ -40,7 +40,7 @@ pub fn background(tasks: impl Into<BackgroundTasks>) -> RouteTasksLayer {
 ///
 /// Put it on every route whose handler returns tasks in its response (or on
 /// a group of them, with `Router::route_layer`). Routes with [`background`]
-/// or the [`RequestTasks`] extractor are admitted already.
+/// or the [`RequestTasks`](crate::http::RequestTasks) extractor are admitted already.
 ///
 /// ```
 /// use axum::{handler::Handler, routing::post, Json, Router};

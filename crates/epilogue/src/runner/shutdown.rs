@@ -5,7 +5,7 @@ use std::time::{Duration, Instant};
 use super::state::State;
 use crate::stats::Stats;
 
-/// What [`Runner::shutdown`] did: whether everything finished in time, and
+/// What [`Runner::shutdown`](super::Runner::shutdown) did: whether everything finished in time, and
 /// which tasks were cut off if not.
 #[derive(Clone, Debug, PartialEq, Eq)]
 #[cfg_attr(feature = "serde", derive(serde::Serialize))]
@@ -90,7 +90,7 @@ impl ShutdownReport {
                 None => counts.push((name, 1)),
             }
         }
-        counts.sort_by(|a, b| b.1.cmp(&a.1));
+        counts.sort_by_key(|&(_, count)| std::cmp::Reverse(count));
         counts
             .iter()
             .map(|(name, count)| format!("{name} ×{count}"))
