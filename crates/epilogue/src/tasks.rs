@@ -322,4 +322,46 @@ mod tests {
         assert_eq!(empty.steps.len(), 1, "the concurrent set is one step");
         assert_eq!(empty.len(), 2);
     }
+
+    /// What `f` logged at WARN and above.
+    fn warnings(f: impl FnOnce()) -> String {
+        #[derive(Clone, Default)]
+        struct Captured(std::sync::Arc<std::sync::Mutex<Vec<u8>>>);
+        impl std::io::Write for Captured {
+            fn write(&mut self, bytes: &[u8]) -> std::io::Result<usize> {
+                self.0.lock().unwrap().extend_from_slice(bytes);
+                Ok(bytes.len())
+            }
+            fn flush(&mut self) -> std::io::Result<()> {
+                Ok(())
+            }
+        }
+        let captured = Captured::default();
+        let writer = captured.clone();
+        let subscriber = tracing_subscriber::fmt()
+            .with_max_level(tracing::Level::WARN)
+            .with_writer(move || writer.clone())
+            .finish();
+        tracing::subscriber::with_default(subscriber, f);
+        let bytes = captured.0.lock().unwrap().clone();
+        String::from_utf8(bytes).unwrap()
+    }
+
+    #[test]
+    fn a_group_dropped_with_tasks_warns_and_a_cleared_one_does_not() {
+        let logged = warnings(|| {
+            let mut forgotten = BackgroundTasks::new();
+            forgotten.push(named("welcome email"));
+        });
+        assert!(logged.contains("dropped without being returned or spawned"), "{logged}");
+        assert!(logged.contains("welcome email"), "{logged}");
+
+        let logged = warnings(|| {
+            let mut cleared = BackgroundTasks::from([named("a")]);
+            cleared.clear();
+            let mut taken = BackgroundTasks::from([named("b")]);
+            taken.take().discard();
+        });
+        assert!(logged.is_empty(), "{logged}");
+    }
 }
