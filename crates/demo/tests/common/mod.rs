@@ -683,3 +683,30 @@ impl RawHttp {
         self.read.extend_from_slice(&buffer[..n]);
     }
 }
+
+/// What a run of the binary that ends by itself left: for start-up errors.
+#[derive(Debug)]
+pub struct Exited {
+    pub status: ExitStatus,
+    pub stdout: String,
+    pub stderr: String,
+}
+
+/// Runs `command` (from [`Demo::command`]) until it exits, which it must do
+/// within [`PATIENCE`] (it is killed when the test fails), in `scratch`.
+pub async fn run_to_exit(mut command: Command, scratch: &Scratch) -> Exited {
+    command.current_dir(scratch.path());
+    let mut process = Process::spawn(command);
+    let status = eventually("epilogue-demo to exit by itself", async || {
+        process.child.try_wait().expect("try_wait")
+    })
+    .await;
+    for reader in process.readers.drain(..) {
+        reader.join().expect("a pipe reader");
+    }
+    Exited {
+        status,
+        stdout: process.stdout.text(),
+        stderr: process.stderr.text(),
+    }
+}
