@@ -265,3 +265,73 @@ async fn a_data_file_that_cannot_be_opened_is_named_once() {
         assert_eq!(exited.stderr.matches(name).count(), 1, "{exited:?}");
     }
 }
+
+/// The raw lines of a data file: each must be whole (the file ends with a
+/// line feed), and `parse` must accept each.
+fn assert_whole_lines(path: &std::path::Path, parse: impl Fn(&str)) -> usize {
+    let text = fs::read_to_string(path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+    assert!(
+        text.is_empty() || text.ends_with('\n'),
+        "{} ends with a fragment: {text:?}",
+        path.display()
+    );
+    for line in text.lines() {
+        parse(line);
+    }
+    text.lines().count()
+}
+
+#[tokio::test]
+async fn a_record_that_does_not_fit_leaves_no_fragment() {
+    // Files of at most 512 bytes: the first record of each file fits, the
+    // second (about 300 bytes for an email) is cut short by the kernel.
+    let scratch = Scratch::new();
+    let data_dir = scratch.path().join("data");
+    let mut command = Demo::command_with_file_size_limit(1);
+    command
+        .args(["--addr", "127.0.0.1:0", "--data-dir"])
+        .arg(&data_dir);
+    let demo = Demo::spawn(command, scratch, data_dir).await;
+    let outbox = demo.data_dir().join("outbox.jsonl");
+    let log = demo.data_dir().join("log.txt");
+
+    let user = |i: usize| format!("user{i}-{}@example.com", "w".repeat(180));
+    const REQUESTS: usize = 4;
+    for i in 0..REQUESTS {
+        post_email(&demo, "/response/list", &user(i))
+            .await
+            .assert_created(json!({ "message": "Email sent" }));
+        // One at a time, so that which records fit does not depend on the
+        // order the tasks ran in.
+        common::eventually("the request's tasks to end", async || {
+            let stats = demo.stats().await;
+            (stats.succeeded + stats.failed == 2 * (i as u64 + 1)).then_some(())
+        })
+        .await;
+    }
+
+    let emails = assert_whole_lines(&outbox, |line| {
+        common::Email::parse(line);
+    });
+    let lines = assert_whole_lines(&log, |line| {
+        common::LogLine::parse(line);
+    });
+    assert_eq!(emails, 1, "only the first email fits in 512 bytes");
+    assert!((1..REQUESTS).contains(&lines), "{lines} log lines");
+    assert_eq!(demo.outbox()[0].to, Some(user(0)));
+
+    let stats = demo.stats().await;
+    assert_eq!(
+        stats.failed as usize,
+        (REQUESTS - emails) + (REQUESTS - lines)
+    );
+    // GET /outbox lists only what the file holds.
+    let listed = demo.get("/outbox").await.json();
+    assert_eq!(listed.as_array().map(Vec::len), Some(1), "{listed}");
+    // The failures name the file.
+    let stderr = demo.stderr();
+    assert!(
+        stderr.contains(&format!("cannot write to {}", outbox.display())),
+        "{stderr}"
+    );
+}

@@ -232,6 +232,32 @@ impl Demo {
         command
     }
 
+    /// [`Demo::command`], run by `sh` with the size of every file it writes
+    /// limited to `blocks` of 512 bytes (`ulimit -f`) and `SIGXFSZ` ignored:
+    /// a write past the limit is cut short, then fails with `EFBIG`, as
+    /// it would on a full disk, without needing one.
+    pub fn command_with_file_size_limit(blocks: u32) -> Command {
+        let template = Self::command();
+        let mut command = Command::new("sh");
+        command
+            .arg("-c")
+            .arg(format!(
+                "ulimit -f {blocks} && trap '' XFSZ && exec \"$0\" \"$@\""
+            ))
+            .arg(template.get_program());
+        for (key, value) in template.get_envs() {
+            match value {
+                Some(value) => command.env(key, value),
+                None => command.env_remove(key),
+            };
+        }
+        command
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped());
+        command
+    }
+
     /// Starts `command` (from [`Demo::command`]), which writes to
     /// `data_dir`, inside `scratch`. It runs in `scratch`, where a stray
     /// `./data` would do no harm.
