@@ -2,8 +2,9 @@
 //! documentation.
 
 use std::io;
+use std::time::Duration;
 
-use axum::extract::{FromRef, Query, State as Extract};
+use axum::extract::{DefaultBodyLimit, FromRef, Query, State as Extract};
 use axum::handler::Handler;
 use axum::http::StatusCode;
 use axum::routing::{get, post};
@@ -12,11 +13,13 @@ use epilogue::axum::{background, Admitted};
 use epilogue::http::RequestTasks;
 use epilogue::{BackgroundTask, BackgroundTasks, Runner};
 use serde::{Deserialize, Serialize};
+use tower_http::classify::ServerErrorsFailureClass;
 use tower_http::compression::CompressionLayer;
-use tower_http::trace::TraceLayer;
+use tower_http::trace::{DefaultOnFailure, OnFailure, TraceLayer};
+use tracing::Span;
 
 use crate::config::Config;
-use crate::input::{ApiError, Credentials};
+use crate::input::{ApiError, Credentials, MAX_BODY_BYTES};
 use crate::tasks::{
     fail, send_email_notification, write_in_file, AuditLog, Email, FailMode, Outbox,
 };
@@ -31,7 +34,12 @@ pub struct State {
 
 impl State {
     pub fn open(config: &Config, runner: Runner) -> io::Result<Self> {
-        std::fs::create_dir_all(&config.data_dir)?;
+        std::fs::create_dir_all(&config.data_dir).map_err(|e| {
+            io::Error::new(
+                e.kind(),
+                format!("cannot create {}: {e}", config.data_dir.display()),
+            )
+        })?;
         Ok(Self {
             outbox: Outbox::open(&config.data_dir, config.email_delay())?,
             log: AuditLog::open(&config.data_dir, config.log_delay())?,
@@ -101,11 +109,33 @@ pub fn router(state: State) -> Router {
 }
 
 /// The middleware every route is served behind, as a production service
-/// would be: tracing outside, compression inside.
+/// would be: tracing outside, compression inside, and request bodies of at
+/// most [`MAX_BODY_BYTES`] (axum's default is 2 MiB).
 pub fn with_middleware(router: Router) -> Router {
     router
+        .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
         .layer(CompressionLayer::new())
-        .layer(TraceLayer::new_for_http())
+        .layer(TraceLayer::new_for_http().on_failure(QuietOverload::default()))
+}
+
+/// tower-http's [`DefaultOnFailure`] (an ERROR line per failed response),
+/// but for 503 Service Unavailable: the demo answers 503 when its runner is
+/// full, as designed, at the rate the load comes in; one ERROR line per
+/// refusal would make the log grow with the load rather than with what went
+/// wrong (`GET /stats` counts them: `refused`). Every other 5xx and every
+/// error is still logged at ERROR.
+#[derive(Clone, Default)]
+pub struct QuietOverload(DefaultOnFailure);
+
+impl OnFailure<ServerErrorsFailureClass> for QuietOverload {
+    fn on_failure(&mut self, failure: ServerErrorsFailureClass, latency: Duration, span: &Span) {
+        if !matches!(
+            failure,
+            ServerErrorsFailureClass::StatusCode(StatusCode::SERVICE_UNAVAILABLE)
+        ) {
+            self.0.on_failure(failure, latency, span);
+        }
+    }
 }
 
 /// `GET /healthz`.
@@ -218,4 +248,63 @@ async fn outbox_list(Extract(state): Extract<State>) -> Json<Vec<Email>> {
 /// `GET /stats`: the runner's counters.
 async fn stats(Extract(state): Extract<State>) -> Json<epilogue::Stats> {
     Json(state.runner.stats())
+}
+
+#[cfg(test)]
+mod tests {
+    use std::io::Write;
+    use std::sync::{Arc, Mutex};
+
+    use super::*;
+
+    /// What a subscriber wrote.
+    #[derive(Clone, Default)]
+    struct Captured(Arc<Mutex<Vec<u8>>>);
+
+    impl Write for Captured {
+        fn write(&mut self, bytes: &[u8]) -> io::Result<usize> {
+            self.0.lock().unwrap().extend_from_slice(bytes);
+            Ok(bytes.len())
+        }
+
+        fn flush(&mut self) -> io::Result<()> {
+            Ok(())
+        }
+    }
+
+    fn logged(failure: ServerErrorsFailureClass) -> String {
+        let captured = Captured::default();
+        let sink = captured.clone();
+        let subscriber = tracing_subscriber::fmt()
+            .with_writer(move || sink.clone())
+            .with_ansi(false)
+            .finish();
+        tracing::subscriber::with_default(subscriber, || {
+            QuietOverload::default().on_failure(failure, Duration::from_millis(1), &Span::none());
+        });
+        let bytes = captured.0.lock().unwrap().clone();
+        String::from_utf8(bytes).unwrap()
+    }
+
+    #[test]
+    fn a_503_is_not_an_error_line_but_other_failures_are() {
+        assert_eq!(
+            logged(ServerErrorsFailureClass::StatusCode(
+                StatusCode::SERVICE_UNAVAILABLE
+            )),
+            ""
+        );
+        for failure in [
+            ServerErrorsFailureClass::StatusCode(StatusCode::INTERNAL_SERVER_ERROR),
+            ServerErrorsFailureClass::StatusCode(StatusCode::BAD_GATEWAY),
+            ServerErrorsFailureClass::Error("connection reset".to_owned()),
+        ] {
+            let what = failure.to_string();
+            let line = logged(failure);
+            assert!(
+                line.contains("ERROR") && line.contains("response failed"),
+                "{what}: {line:?}"
+            );
+        }
+    }
 }

@@ -1,5 +1,8 @@
 //! The request body of every POST route, `{"email": string, "password":
 //! string}`, and the JSON errors of bad input.
+//!
+//! No error message quotes a value the client sent: an error is logged and
+//! returned, and a value could be a password, or megabytes long.
 
 use std::fmt;
 
@@ -46,11 +49,39 @@ impl<S: Send + Sync> FromRequest<S> for Credentials {
                 r#"expected a JSON object {"email": string, "password": string}"#.to_owned(),
             ));
         }
+        let email = field("email")?;
+        check_email(&email)?;
         Ok(Credentials {
-            email: field("email")?,
+            email,
             password: field("password")?,
         })
     }
+}
+
+/// The largest request body the JSON routes read: 64 KiB, far more than a
+/// sign-up needs; a larger one is refused with 413 before it is read whole.
+pub const MAX_BODY_BYTES: usize = 64 * 1024;
+
+/// The longest email address there is: 254 bytes (RFC 5321's path of 256,
+/// less its angle brackets).
+pub const MAX_EMAIL_BYTES: usize = 254;
+
+/// An email goes into `outbox.jsonl`, `log.txt` and the memory of
+/// `GET /outbox`: it must be as short as a real address, and hold nothing
+/// that could break a line (`\n`, `\r`, NUL, DEL or any other control
+/// character).
+fn check_email(email: &str) -> Result<(), ApiError> {
+    if email.len() > MAX_EMAIL_BYTES {
+        return Err(ApiError::unprocessable(format!(
+            "`email` must be at most {MAX_EMAIL_BYTES} bytes long"
+        )));
+    }
+    if email.chars().any(char::is_control) {
+        return Err(ApiError::unprocessable(
+            "`email` must not contain control characters".to_owned(),
+        ));
+    }
+    Ok(())
 }
 
 /// A 4xx with a JSON body `{"error": "..."}` that says what to fix.
@@ -78,6 +109,9 @@ impl From<JsonRejection> for ApiError {
             // serde_json's syntax errors name a position, never a value.
             JsonRejection::JsonSyntaxError(_) => {
                 format!("the body is not valid JSON: {}", rejection.body_text())
+            }
+            _ if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE => {
+                format!("the body is larger than {} KiB", MAX_BODY_BYTES / 1024)
             }
             _ => rejection.body_text(),
         };

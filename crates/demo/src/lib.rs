@@ -77,13 +77,13 @@ async fn bind(addr: &str) -> std::io::Result<tokio::net::TcpListener> {
     }))
 }
 
-/// The exit of a binary of this crate: success, or the error logged and
-/// printed to stderr under the program's name, and exit code 1.
+/// The exit of a binary of this crate: success, or the error printed to
+/// stderr once, under the program's name, and exit code 1. Not logged as
+/// well: the log goes to stderr too, where it would say it a second time.
 pub fn exit(program: &str, result: Result<(), String>) -> std::process::ExitCode {
     match result {
         Ok(()) => std::process::ExitCode::SUCCESS,
         Err(error) => {
-            tracing::error!("{error}");
             eprintln!("{program}: {error}");
             std::process::ExitCode::FAILURE
         }

@@ -232,6 +232,32 @@ impl Demo {
         command
     }
 
+    /// [`Demo::command`], run by `sh` with the size of every file it writes
+    /// limited to `blocks` of 512 bytes (`ulimit -f`) and `SIGXFSZ` ignored:
+    /// a write past the limit is cut short, then fails with `EFBIG`, as
+    /// it would on a full disk, without needing one.
+    pub fn command_with_file_size_limit(blocks: u32) -> Command {
+        let template = Self::command();
+        let mut command = Command::new("sh");
+        command
+            .arg("-c")
+            .arg(format!(
+                "ulimit -f {blocks} && trap '' XFSZ && exec \"$0\" \"$@\""
+            ))
+            .arg(template.get_program());
+        for (key, value) in template.get_envs() {
+            match value {
+                Some(value) => command.env(key, value),
+                None => command.env_remove(key),
+            };
+        }
+        command
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped());
+        command
+    }
+
     /// Starts `command` (from [`Demo::command`]), which writes to
     /// `data_dir`, inside `scratch`. It runs in `scratch`, where a stray
     /// `./data` would do no harm.
@@ -681,5 +707,32 @@ impl RawHttp {
             .expect("cannot read the response");
         assert!(n > 0, "the server closed the connection mid-response");
         self.read.extend_from_slice(&buffer[..n]);
+    }
+}
+
+/// What a run of the binary that ends by itself left: for start-up errors.
+#[derive(Debug)]
+pub struct Exited {
+    pub status: ExitStatus,
+    pub stdout: String,
+    pub stderr: String,
+}
+
+/// Runs `command` (from [`Demo::command`]) until it exits, which it must do
+/// within [`PATIENCE`] (it is killed when the test fails), in `scratch`.
+pub async fn run_to_exit(mut command: Command, scratch: &Scratch) -> Exited {
+    command.current_dir(scratch.path());
+    let mut process = Process::spawn(command);
+    let status = eventually("epilogue-demo to exit by itself", async || {
+        process.child.try_wait().expect("try_wait")
+    })
+    .await;
+    for reader in process.readers.drain(..) {
+        reader.join().expect("a pipe reader");
+    }
+    Exited {
+        status,
+        stdout: process.stdout.text(),
+        stderr: process.stderr.text(),
     }
 }
