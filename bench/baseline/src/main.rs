@@ -80,14 +80,10 @@ async fn main() -> ExitCode {
 }
 
 async fn run(config: Config) -> Result<(), String> {
-    let outbox = std::fs::create_dir_all(&config.data_dir)
-        .and_then(|()| Outbox::open(&config.data_dir, config.email_delay()))
-        .map_err(|e| {
-            format!(
-                "cannot open the data directory {}: {e}",
-                config.data_dir.display()
-            )
-        })?;
+    std::fs::create_dir_all(&config.data_dir)
+        .map_err(|e| format!("cannot create {}: {e}", config.data_dir.display()))?;
+    // The error names the file that failed.
+    let outbox = Outbox::open(&config.data_dir, config.email_delay()).map_err(|e| e.to_string())?;
     let state = State {
         outbox,
         task: config.task,

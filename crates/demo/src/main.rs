@@ -18,12 +18,8 @@ async fn main() -> ExitCode {
 
 async fn run(config: Config) -> Result<(), String> {
     let runner = config.runner();
-    let state = app::State::open(&config, runner.clone()).map_err(|e| {
-        format!(
-            "cannot open the data directory {}: {e}",
-            config.data_dir.display()
-        )
-    })?;
+    // The error names the directory or file that failed.
+    let state = app::State::open(&config, runner.clone()).map_err(|e| e.to_string())?;
     let listener = epilogue_demo::listen(&config.addr).await?;
 
     let app = app::router(state);

@@ -353,7 +353,10 @@ mod tests {
             let mut forgotten = BackgroundTasks::new();
             forgotten.push(named("welcome email"));
         });
-        assert!(logged.contains("dropped without being returned or spawned"), "{logged}");
+        assert!(
+            logged.contains("dropped without being returned or spawned"),
+            "{logged}"
+        );
         assert!(logged.contains("welcome email"), "{logged}");
 
         let logged = warnings(|| {
