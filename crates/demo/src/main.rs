@@ -26,13 +26,24 @@ async fn run(config: Config) -> Result<(), String> {
     let report = epilogue::axum::serve(listener, app, runner)
         .grace(config.shutdown_grace())
         .await;
-    let stats = report.stats;
+    let stats = &report.stats;
+    // One line per task name, however many tasks ran: what an on-call
+    // engineer reads after a deploy.
+    for (task, counts) in &stats.by_task {
+        tracing::info!(
+            task,
+            finished = counts.finished(),
+            failed = counts.failed + counts.panicked + counts.timed_out,
+            cut_off = counts.cut_off,
+            "background tasks of this name"
+        );
+    }
     tracing::info!(
         drained = report.drained,
         succeeded = stats.succeeded,
         failed = stats.failed,
         panicked = stats.panicked,
-        cut_off = ?report.cut_off,
+        cut_off = stats.cut_off,
         "stopped"
     );
     Ok(())

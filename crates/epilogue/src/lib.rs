@@ -253,6 +253,6 @@ pub use runner::{Refused, Runner, ShutdownReport};
 #[cfg(feature = "signal")]
 #[cfg_attr(docsrs, doc(cfg(feature = "signal")))]
 pub use signal::shutdown_signal;
-pub use stats::Stats;
+pub use stats::{LastError, Stats, TaskStats, MAX_TASK_NAMES, OTHER_TASKS};
 pub use task::BackgroundTask;
 pub use tasks::BackgroundTasks;

@@ -1,7 +1,10 @@
 //! What the runner has done so far: counters, gauges and their snapshot.
 
+use std::borrow::Cow;
+use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
-use std::time::Duration;
+use std::sync::Mutex;
+use std::time::{Duration, SystemTime};
 
 /// A snapshot of a [`Runner`](crate::Runner)'s counters, from
 /// [`Runner::stats`](crate::Runner::stats).
@@ -10,7 +13,7 @@ use std::time::Duration;
 /// runner is idle,
 /// `accepted = succeeded + failed + panicked + timed_out + skipped + cut_off + abandoned`;
 /// while it works, `running` and `pending` hold the difference.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
 #[cfg_attr(feature = "serde", derive(serde::Serialize))]
 #[non_exhaustive]
 pub struct Stats {
@@ -54,6 +57,66 @@ pub struct Stats {
     pub wait_us_total: u64,
     /// Time tasks spent running, summed, in microseconds.
     pub run_us_total: u64,
+    /// The outcomes of the tasks of each name, and the last failure of each.
+    /// At most [`MAX_TASK_NAMES`] names are kept apart; the tasks of any
+    /// further name are counted under `"(other)"`.
+    pub by_task: BTreeMap<String, TaskStats>,
+}
+
+/// How many task names [`Stats::by_task`] (and the `task` label of the
+/// metrics) keeps apart: a bound on memory and on the metrics' cardinality
+/// when names are made at run time.
+pub const MAX_TASK_NAMES: usize = 256;
+
+/// The name under which the tasks past [`MAX_TASK_NAMES`] are counted.
+pub const OTHER_TASKS: &str = "(other)";
+
+/// What the tasks of one name did, in [`Stats::by_task`].
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+#[cfg_attr(feature = "serde", derive(serde::Serialize))]
+#[non_exhaustive]
+pub struct TaskStats {
+    /// Tasks that returned `()` or `Ok(())`.
+    pub succeeded: u64,
+    /// Tasks that returned an `Err` (after their last retry).
+    pub failed: u64,
+    /// Tasks that panicked (after their last retry).
+    pub panicked: u64,
+    /// Tasks stopped by their timeout (after their last retry).
+    pub timed_out: u64,
+    /// Tasks stopped, or never started, because the shutdown deadline passed.
+    pub cut_off: u64,
+    /// The last failure (an error, a panic or a timeout, after the last
+    /// retry), if any.
+    pub last_error: Option<LastError>,
+}
+
+impl TaskStats {
+    /// Tasks that ran to an end: succeeded, failed, panicked or timed out.
+    pub fn finished(&self) -> u64 {
+        self.succeeded + self.failed + self.panicked + self.timed_out
+    }
+}
+
+/// A task's last failure: when, and what its error (or panic message) said.
+/// Never its arguments.
+#[derive(Clone, Debug, PartialEq, Eq)]
+#[cfg_attr(feature = "serde", derive(serde::Serialize))]
+#[non_exhaustive]
+pub struct LastError {
+    /// When it failed; serialised as milliseconds since the Unix epoch.
+    #[cfg_attr(feature = "serde", serde(serialize_with = "unix_ms"))]
+    pub at: SystemTime,
+    /// The error's `Display`, the panic message, or `timed out`.
+    pub error: String,
+}
+
+#[cfg(feature = "serde")]
+fn unix_ms<S: serde::Serializer>(at: &SystemTime, serializer: S) -> Result<S::Ok, S::Error> {
+    let ms = at
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .map_or(0, |since| since.as_millis() as u64);
+    serializer.serialize_u64(ms)
 }
 
 /// How a task ended.
@@ -101,6 +164,7 @@ pub(crate) struct Counters {
     unadmitted: AtomicU64,
     wait_us_total: AtomicU64,
     run_us_total: AtomicU64,
+    by_task: Mutex<BTreeMap<Cow<'static, str>, TaskStats>>,
 }
 
 impl Counters {
@@ -121,7 +185,51 @@ impl Counters {
             unadmitted: self.unadmitted.load(Relaxed),
             wait_us_total: self.wait_us_total.load(Relaxed),
             run_us_total: self.run_us_total.load(Relaxed),
+            by_task: self
+                .lock_by_task()
+                .iter()
+                .map(|(name, stats)| (name.to_string(), stats.clone()))
+                .collect(),
         }
+    }
+
+    fn lock_by_task(&self) -> std::sync::MutexGuard<'_, BTreeMap<Cow<'static, str>, TaskStats>> {
+        self.by_task.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Updates the counts of `name`'s tasks, and gives the name they are
+    /// counted under (itself, or `(other)` past [`MAX_TASK_NAMES`]).
+    // `&Cow`, not `&str`: a name borrowed for `'static` is kept without a copy.
+    #[allow(clippy::ptr_arg)]
+    fn of_task(
+        &self,
+        name: &Cow<'static, str>,
+        update: impl FnOnce(&mut TaskStats),
+    ) -> Cow<'static, str> {
+        let mut by_task = self.lock_by_task();
+        if let Some(stats) = by_task.get_mut(name.as_ref()) {
+            update(stats);
+            return name.clone();
+        }
+        let key = if by_task.len() < MAX_TASK_NAMES {
+            name.clone()
+        } else {
+            Cow::Borrowed(OTHER_TASKS)
+        };
+        update(by_task.entry(key.clone()).or_default());
+        key
+    }
+
+    /// The last failure of `name`'s tasks.
+    // `&Cow`, not `&str`: a name borrowed for `'static` is kept without a copy.
+    #[allow(clippy::ptr_arg)]
+    pub(crate) fn failure(&self, name: &Cow<'static, str>, error: String) {
+        self.of_task(name, |stats| {
+            stats.last_error = Some(LastError {
+                at: SystemTime::now(),
+                error,
+            })
+        });
     }
 
     pub(crate) fn accepted(&self, tasks: u64) {
@@ -147,7 +255,9 @@ impl Counters {
         }
     }
 
-    pub(crate) fn finished(&self, outcome: Outcome, ran: Duration) {
+    // `&Cow`, not `&str`: a name borrowed for `'static` is kept without a copy.
+    #[allow(clippy::ptr_arg)]
+    pub(crate) fn finished(&self, name: &Cow<'static, str>, outcome: Outcome, ran: Duration) {
         self.running.fetch_sub(1, Relaxed);
         self.run_us_total.fetch_add(ran.as_micros() as u64, Relaxed);
         let counter = match outcome {
@@ -157,12 +267,28 @@ impl Counters {
             Outcome::TimedOut => &self.timed_out,
         };
         counter.fetch_add(1, Relaxed);
+        let _task = self.of_task(name, |stats| {
+            *match outcome {
+                Outcome::Succeeded => &mut stats.succeeded,
+                Outcome::Failed => &mut stats.failed,
+                Outcome::Panicked => &mut stats.panicked,
+                Outcome::TimedOut => &mut stats.timed_out,
+            } += 1;
+        });
         #[cfg(feature = "metrics")]
         {
             metrics::gauge!("epilogue_tasks_running").decrement(1.0);
-            metrics::counter!("epilogue_tasks_total", "outcome" => outcome.label()).increment(1);
-            metrics::histogram!("epilogue_task_run_seconds").record(ran);
+            metrics::counter!("epilogue_tasks_total", "outcome" => outcome.label(), "task" => _task.clone())
+                .increment(1);
+            metrics::histogram!("epilogue_task_run_seconds", "task" => _task).record(ran);
         }
+    }
+
+    /// One more task of `name` cut off by the shutdown deadline, running or
+    /// not, for [`Stats::by_task`].
+    pub(crate) fn cut_off_task(&self, name: &str) {
+        let name = Cow::Owned(name.to_owned());
+        self.of_task(&name, |stats| stats.cut_off += 1);
     }
 
     /// Tasks that will never start because an earlier one failed in a
@@ -236,5 +362,38 @@ impl Counters {
         self.refused.fetch_add(1, Relaxed);
         #[cfg(feature = "metrics")]
         metrics::counter!("epilogue_refused_total").increment(1);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_past_the_bound_are_counted_together() {
+        let counters = Counters::default();
+        let extra = 44;
+        for n in 0..MAX_TASK_NAMES + extra {
+            counters.accepted(1);
+            counters.started(Duration::ZERO);
+            counters.finished(
+                &Cow::Owned(format!("task {n}")),
+                Outcome::Succeeded,
+                Duration::ZERO,
+            );
+        }
+        counters.accepted(1);
+        counters.started(Duration::ZERO);
+        counters.finished(&Cow::Borrowed("task 0"), Outcome::Failed, Duration::ZERO);
+        counters.failure(&Cow::Borrowed("task 0"), "no mail server".to_owned());
+
+        let stats = counters.snapshot();
+        assert_eq!(stats.by_task.len(), MAX_TASK_NAMES + 1);
+        assert_eq!(stats.by_task[OTHER_TASKS].succeeded, extra as u64);
+        let first = &stats.by_task["task 0"];
+        assert_eq!((first.succeeded, first.failed), (1, 1));
+        assert_eq!(first.last_error.as_ref().unwrap().error, "no mail server");
+        let total: u64 = stats.by_task.values().map(TaskStats::finished).sum();
+        assert_eq!(total, stats.succeeded + stats.failed);
     }
 }

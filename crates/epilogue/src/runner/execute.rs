@@ -219,7 +219,7 @@ fn run_task(
             tracing::debug!(task = %name, "background task cut off by the shutdown deadline");
             return Flow::Cut;
         };
-        state.counters().finished(outcome, started.elapsed());
+        state.counters().finished(&name, outcome, started.elapsed());
         if outcome.is_success() {
             Flow::Ok
         } else {
@@ -345,6 +345,8 @@ impl Tries<'_> {
         }
         if self.attempt == self.retry.retries {
             report_failure(name, outcome, detail.as_deref(), self.attempt);
+            let error = detail.unwrap_or_else(|| "timed out".to_owned());
+            self.state.counters().failure(name, error);
             return Some(outcome);
         }
         self.attempt += 1;

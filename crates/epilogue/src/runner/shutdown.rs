@@ -62,10 +62,10 @@ pub(super) async fn drain(state: &State, grace: Duration) -> ShutdownReport {
     if report.drained {
         tracing::info!(
             finished = report.finished_during_drain,
-            succeeded = stats.succeeded,
-            failed = stats.failed,
-            panicked = stats.panicked,
-            timed_out = stats.timed_out,
+            succeeded = report.stats.succeeded,
+            failed = report.stats.failed,
+            panicked = report.stats.panicked,
+            timed_out = report.stats.timed_out,
             "background tasks drained"
         );
     } else {

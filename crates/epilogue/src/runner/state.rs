@@ -140,6 +140,7 @@ impl State {
     }
 
     pub(super) fn record_cut_off(&self, name: &str) {
+        self.counters.cut_off_task(name);
         let mut names = self.cut_off.lock().unwrap_or_else(|e| e.into_inner());
         names.push(name.to_owned());
     }
