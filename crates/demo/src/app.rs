@@ -6,12 +6,13 @@ use std::time::Duration;
 
 use axum::extract::{DefaultBodyLimit, FromRef, Query, State as Extract};
 use axum::handler::Handler;
-use axum::http::StatusCode;
+use axum::http::{header, StatusCode};
 use axum::routing::{get, post};
 use axum::{Json, Router};
 use epilogue::axum::{background, Admitted};
 use epilogue::http::RequestTasks;
 use epilogue::{BackgroundTask, BackgroundTasks, Runner};
+use metrics_exporter_prometheus::PrometheusHandle;
 use serde::{Deserialize, Serialize};
 use tower_http::classify::ServerErrorsFailureClass;
 use tower_http::compression::CompressionLayer;
@@ -30,10 +31,13 @@ pub struct State {
     outbox: Outbox,
     log: AuditLog,
     runner: Runner,
+    metrics: PrometheusHandle,
 }
 
 impl State {
-    pub fn open(config: &Config, runner: Runner) -> io::Result<Self> {
+    /// `metrics` renders what the process's recorder holds; the runner was
+    /// built after it was installed.
+    pub fn open(config: &Config, runner: Runner, metrics: PrometheusHandle) -> io::Result<Self> {
         std::fs::create_dir_all(&config.data_dir).map_err(|e| {
             io::Error::new(
                 e.kind(),
@@ -44,6 +48,7 @@ impl State {
             outbox: Outbox::open(&config.data_dir, config.email_delay())?,
             log: AuditLog::open(&config.data_dir, config.log_delay())?,
             runner,
+            metrics,
         })
     }
 }
@@ -103,6 +108,7 @@ pub fn router(state: State) -> Router {
         .route("/extractor", post(extractor))
         .route("/outbox", get(outbox_list))
         .route("/stats", get(stats))
+        .route("/metrics", get(metrics))
         .route("/healthz", get(healthz))
         .with_state(state);
     with_middleware(routes)
@@ -243,6 +249,21 @@ async fn failing(
 /// `GET /outbox`: the most recent emails, in the order sent.
 async fn outbox_list(Extract(state): Extract<State>) -> Json<Vec<Email>> {
     Json(state.outbox.recent())
+}
+
+/// `GET /metrics`: the runner's counters, gauges and histograms in
+/// Prometheus' text format.
+async fn metrics(
+    Extract(state): Extract<State>,
+) -> ([(header::HeaderName, &'static str); 1], String) {
+    state.runner.record_metrics();
+    (
+        [(
+            header::CONTENT_TYPE,
+            "text/plain; version=0.0.4; charset=utf-8",
+        )],
+        state.metrics.render(),
+    )
 }
 
 /// `GET /stats`: the runner's counters.

@@ -23,6 +23,24 @@ pub fn init_logging() {
         .init();
 }
 
+/// Installs the Prometheus recorder that `GET /metrics` renders, with
+/// buckets for the histograms of task durations (0.5 ms to 60 s).
+///
+/// # Errors
+///
+/// When a recorder is installed already.
+pub fn install_metrics() -> Result<metrics_exporter_prometheus::PrometheusHandle, String> {
+    use metrics_exporter_prometheus::{Matcher, PrometheusBuilder};
+
+    const SECONDS: &[f64] = &[
+        0.0005, 0.001, 0.005, 0.01, 0.05, 0.1, 0.5, 1.0, 5.0, 10.0, 30.0, 60.0,
+    ];
+    PrometheusBuilder::new()
+        .set_buckets_for_metric(Matcher::Suffix("_seconds".to_owned()), SECONDS)
+        .and_then(PrometheusBuilder::install_recorder)
+        .map_err(|e| format!("cannot install the metrics recorder: {e}"))
+}
+
 /// Binds `addr` and prints the one stdout line of the contract,
 /// `listening on http://HOST:PORT`, with the real port.
 ///

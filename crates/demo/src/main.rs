@@ -17,9 +17,11 @@ async fn main() -> ExitCode {
 }
 
 async fn run(config: Config) -> Result<(), String> {
+    // Installed before the runner is built: it takes its histograms' handles.
+    let metrics = epilogue_demo::install_metrics()?;
     let runner = config.runner();
     // The error names the directory or file that failed.
-    let state = app::State::open(&config, runner.clone()).map_err(|e| e.to_string())?;
+    let state = app::State::open(&config, runner.clone(), metrics).map_err(|e| e.to_string())?;
     let listener = epilogue_demo::listen(&config.addr).await?;
 
     let app = app::router(state);

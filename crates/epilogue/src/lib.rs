@@ -225,10 +225,9 @@
 //!
 //! - `axum` (default): the [`axum`] module, and `signal`.
 //! - `signal`: [`shutdown_signal`], Ctrl-C or SIGTERM.
-//! - `metrics`: counters, gauges and histograms through the `metrics` facade
-//!   (`epilogue_tasks_total{outcome}`, `epilogue_tasks_running`,
-//!   `epilogue_tasks_pending`, `epilogue_task_wait_seconds`,
-//!   `epilogue_task_run_seconds`, `epilogue_refused_total`, ...).
+//! - `metrics`: counters, gauges and histograms through the `metrics` facade,
+//!   with nothing on the request path but two histograms; see the
+//!   `metrics` module for the names.
 //! - `serde`: `Serialize` for [`Stats`] and [`ShutdownReport`].
 
 #![deny(missing_docs)]
@@ -236,6 +235,9 @@
 #![cfg_attr(docsrs, feature(doc_cfg))]
 
 mod latch;
+#[cfg(feature = "metrics")]
+#[cfg_attr(docsrs, doc(cfg(feature = "metrics")))]
+pub mod metrics;
 #[cfg(feature = "signal")]
 mod signal;
 mod stats;
@@ -249,7 +251,7 @@ pub mod tasks;
 #[cfg_attr(docsrs, doc(cfg(feature = "axum")))]
 pub mod axum;
 
-pub use runner::{Refused, Runner, ShutdownReport};
+pub use runner::{Limits, Refused, Runner, ShutdownReport};
 #[cfg(feature = "signal")]
 #[cfg_attr(docsrs, doc(cfg(feature = "signal")))]
 pub use signal::shutdown_signal;

@@ -53,6 +53,13 @@ pub struct Stats {
     /// They run, but nothing refused their request when the runner was full,
     /// so they may exceed `max_pending`. A warning is logged the first time.
     pub unadmitted: u64,
+    /// Groups running now (each holds one of `max_running` permits).
+    pub groups_running: u64,
+    /// Groups admitted and not finished: running, waiting for a running
+    /// permit, or still being answered. At most `max_running + max_pending`.
+    pub groups_admitted: u64,
+    /// Plain-`fn` tasks on the blocking pool now (at most `max_blocking`).
+    pub blocking_in_use: u64,
     /// Time tasks spent between acceptance and their start, summed, in microseconds.
     pub wait_us_total: u64,
     /// Time tasks spent running, summed, in microseconds.
@@ -132,16 +139,6 @@ impl Outcome {
     pub(crate) fn is_success(self) -> bool {
         self == Outcome::Succeeded
     }
-
-    #[cfg(feature = "metrics")]
-    fn label(self) -> &'static str {
-        match self {
-            Outcome::Succeeded => "succeeded",
-            Outcome::Failed => "failed",
-            Outcome::Panicked => "panicked",
-            Outcome::TimedOut => "timed_out",
-        }
-    }
 }
 
 /// The live counters behind [`Stats`]. Relaxed atomics: each counter is
@@ -165,6 +162,8 @@ pub(crate) struct Counters {
     wait_us_total: AtomicU64,
     run_us_total: AtomicU64,
     by_task: Mutex<BTreeMap<Cow<'static, str>, TaskStats>>,
+    #[cfg(feature = "metrics")]
+    histograms: crate::metrics::Histograms,
 }
 
 impl Counters {
@@ -183,6 +182,9 @@ impl Counters {
             retried: self.retried.load(Relaxed),
             refused: self.refused.load(Relaxed),
             unadmitted: self.unadmitted.load(Relaxed),
+            groups_running: 0,
+            groups_admitted: 0,
+            blocking_in_use: 0,
             wait_us_total: self.wait_us_total.load(Relaxed),
             run_us_total: self.run_us_total.load(Relaxed),
             by_task: self
@@ -197,27 +199,21 @@ impl Counters {
         self.by_task.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// Updates the counts of `name`'s tasks, and gives the name they are
-    /// counted under (itself, or `(other)` past [`MAX_TASK_NAMES`]).
+    /// Updates the counts of `name`'s tasks: under its own name, or under
+    /// [`OTHER_TASKS`] past [`MAX_TASK_NAMES`].
     // `&Cow`, not `&str`: a name borrowed for `'static` is kept without a copy.
     #[allow(clippy::ptr_arg)]
-    fn of_task(
-        &self,
-        name: &Cow<'static, str>,
-        update: impl FnOnce(&mut TaskStats),
-    ) -> Cow<'static, str> {
+    fn of_task(&self, name: &Cow<'static, str>, update: impl FnOnce(&mut TaskStats)) {
         let mut by_task = self.lock_by_task();
         if let Some(stats) = by_task.get_mut(name.as_ref()) {
-            update(stats);
-            return name.clone();
+            return update(stats);
         }
         let key = if by_task.len() < MAX_TASK_NAMES {
             name.clone()
         } else {
             Cow::Borrowed(OTHER_TASKS)
         };
-        update(by_task.entry(key.clone()).or_default());
-        key
+        update(by_task.entry(key).or_default());
     }
 
     /// The last failure of `name`'s tasks.
@@ -235,11 +231,6 @@ impl Counters {
     pub(crate) fn accepted(&self, tasks: u64) {
         self.accepted.fetch_add(tasks, Relaxed);
         self.pending.fetch_add(tasks, Relaxed);
-        #[cfg(feature = "metrics")]
-        {
-            metrics::counter!("epilogue_tasks_accepted_total").increment(tasks);
-            metrics::gauge!("epilogue_tasks_pending").increment(tasks as f64);
-        }
     }
 
     pub(crate) fn started(&self, waited: Duration) {
@@ -248,11 +239,7 @@ impl Counters {
         self.wait_us_total
             .fetch_add(waited.as_micros() as u64, Relaxed);
         #[cfg(feature = "metrics")]
-        {
-            metrics::gauge!("epilogue_tasks_pending").decrement(1.0);
-            metrics::gauge!("epilogue_tasks_running").increment(1.0);
-            metrics::histogram!("epilogue_task_wait_seconds").record(waited);
-        }
+        self.histograms.wait.record(waited);
     }
 
     // `&Cow`, not `&str`: a name borrowed for `'static` is kept without a copy.
@@ -260,6 +247,8 @@ impl Counters {
     pub(crate) fn finished(&self, name: &Cow<'static, str>, outcome: Outcome, ran: Duration) {
         self.running.fetch_sub(1, Relaxed);
         self.run_us_total.fetch_add(ran.as_micros() as u64, Relaxed);
+        #[cfg(feature = "metrics")]
+        self.histograms.run.record(ran);
         let counter = match outcome {
             Outcome::Succeeded => &self.succeeded,
             Outcome::Failed => &self.failed,
@@ -267,7 +256,7 @@ impl Counters {
             Outcome::TimedOut => &self.timed_out,
         };
         counter.fetch_add(1, Relaxed);
-        let _task = self.of_task(name, |stats| {
+        self.of_task(name, |stats| {
             *match outcome {
                 Outcome::Succeeded => &mut stats.succeeded,
                 Outcome::Failed => &mut stats.failed,
@@ -275,13 +264,6 @@ impl Counters {
                 Outcome::TimedOut => &mut stats.timed_out,
             } += 1;
         });
-        #[cfg(feature = "metrics")]
-        {
-            metrics::gauge!("epilogue_tasks_running").decrement(1.0);
-            metrics::counter!("epilogue_tasks_total", "outcome" => outcome.label(), "task" => _task.clone())
-                .increment(1);
-            metrics::histogram!("epilogue_task_run_seconds", "task" => _task).record(ran);
-        }
     }
 
     /// One more task of `name` cut off by the shutdown deadline, running or
@@ -294,24 +276,17 @@ impl Counters {
     /// Tasks that will never start because an earlier one failed in a
     /// `stop_on_error` group.
     pub(crate) fn skipped(&self, tasks: u64) {
-        self.never_started(tasks, &self.skipped, "skipped");
+        self.never_started(tasks, &self.skipped);
     }
 
     /// Tasks that will never start because the shutdown deadline passed.
     pub(crate) fn cut_off_pending(&self, tasks: u64) {
-        self.never_started(tasks, &self.cut_off, "cut_off");
+        self.never_started(tasks, &self.cut_off);
     }
 
-    fn never_started(&self, tasks: u64, counter: &AtomicU64, outcome: &'static str) {
+    fn never_started(&self, tasks: u64, counter: &AtomicU64) {
         self.pending.fetch_sub(tasks, Relaxed);
         counter.fetch_add(tasks, Relaxed);
-        #[cfg(feature = "metrics")]
-        {
-            metrics::gauge!("epilogue_tasks_pending").decrement(tasks as f64);
-            metrics::counter!("epilogue_tasks_total", "outcome" => outcome).increment(tasks);
-        }
-        #[cfg(not(feature = "metrics"))]
-        let _ = outcome;
     }
 
     /// Tasks a handler added that will never run: accepted and abandoned at
@@ -319,11 +294,6 @@ impl Counters {
     pub(crate) fn abandoned(&self, tasks: u64) {
         self.accepted.fetch_add(tasks, Relaxed);
         self.abandoned.fetch_add(tasks, Relaxed);
-        #[cfg(feature = "metrics")]
-        {
-            metrics::counter!("epilogue_tasks_accepted_total").increment(tasks);
-            metrics::counter!("epilogue_tasks_total", "outcome" => "abandoned").increment(tasks);
-        }
     }
 
     /// A group accepted from a request that was never admitted.
@@ -337,31 +307,20 @@ impl Counters {
                  Stats::unadmitted; logged once"
             );
         }
-        #[cfg(feature = "metrics")]
-        metrics::counter!("epilogue_unadmitted_total").increment(1);
     }
 
     /// A running task stopped by the shutdown deadline.
     pub(crate) fn cut_running(&self) {
         self.running.fetch_sub(1, Relaxed);
         self.cut_off.fetch_add(1, Relaxed);
-        #[cfg(feature = "metrics")]
-        {
-            metrics::gauge!("epilogue_tasks_running").decrement(1.0);
-            metrics::counter!("epilogue_tasks_total", "outcome" => "cut_off").increment(1);
-        }
     }
 
     pub(crate) fn retried(&self) {
         self.retried.fetch_add(1, Relaxed);
-        #[cfg(feature = "metrics")]
-        metrics::counter!("epilogue_task_retries_total").increment(1);
     }
 
     pub(crate) fn refused(&self) {
         self.refused.fetch_add(1, Relaxed);
-        #[cfg(feature = "metrics")]
-        metrics::counter!("epilogue_refused_total").increment(1);
     }
 }
 

@@ -18,56 +18,67 @@ fn outcomes_gauges_and_durations_reach_the_recorder() {
         .unwrap();
     metrics::with_local_recorder(&recorder, || {
         runtime.block_on(async {
+            // Built under the recorder: the histograms' handles are taken now.
             let runner = Runner::builder().max_running(1).max_pending(0).build();
             let mut tasks = BackgroundTasks::new();
-            tasks.add_task(|| async {}, ());
-            tasks.push(BackgroundTask::new(
-                || async { Err::<(), _>("refused") },
-                (),
-            ));
+            tasks.push(BackgroundTask::new(|| async {}, ()).name("fine"));
+            tasks
+                .push(BackgroundTask::new(|| async { Err::<(), _>("refused") }, ()).name("broken"));
             runner.spawn(tasks).unwrap();
             assert!(runner.spawn(BackgroundTask::new(|| async {}, ())).is_err());
             assert!(runner.shutdown(Duration::from_secs(5)).await.drained);
+            runner.record_metrics();
         })
     });
 
     let metrics: Vec<_> = snapshotter.snapshot().into_vec();
-    let value = |name: &str, outcome: Option<&str>| {
+    let value = |name: &str, labels: &[(&str, &str)]| {
         metrics
             .iter()
             .find(|(key, _, _, _)| {
                 let key = key.key();
-                let label = key
-                    .labels()
-                    .find(|l| l.key() == "outcome")
-                    .map(|l| l.value());
-                key.name() == name && label == outcome
+                key.name() == name
+                    && labels.iter().all(|(k, v)| {
+                        key.labels()
+                            .any(|label| label.key() == *k && label.value() == *v)
+                    })
             })
             .map(|(_, _, _, value)| value)
-            .unwrap_or_else(|| panic!("no {name} {outcome:?} in {metrics:?}"))
+            .unwrap_or_else(|| panic!("no {name} {labels:?} in {metrics:?}"))
     };
     assert_eq!(
-        value("epilogue_tasks_accepted_total", None),
+        value("epilogue_tasks_accepted_total", &[]),
         &DebugValue::Counter(2)
     );
     assert_eq!(
-        value("epilogue_tasks_total", Some("succeeded")),
+        value(
+            "epilogue_tasks_finished_total",
+            &[("task", "fine"), ("outcome", "succeeded")]
+        ),
         &DebugValue::Counter(1)
     );
     assert_eq!(
-        value("epilogue_tasks_total", Some("failed")),
+        value(
+            "epilogue_tasks_finished_total",
+            &[("task", "broken"), ("outcome", "failed")]
+        ),
         &DebugValue::Counter(1)
     );
     assert_eq!(
-        value("epilogue_refused_total", None),
+        value("epilogue_requests_refused_total", &[]),
         &DebugValue::Counter(1)
     );
-    match value("epilogue_task_run_seconds", None) {
+    match value("epilogue_task_run_seconds", &[]) {
         DebugValue::Histogram(samples) => assert_eq!(samples.len(), 2),
         other => panic!("{other:?}"),
     }
-    match value("epilogue_tasks_running", None) {
-        DebugValue::Gauge(running) => assert_eq!(running.into_inner(), 0.0),
-        other => panic!("{other:?}"),
+    for (gauge, expected) in [
+        ("epilogue_tasks_running", 0.0),
+        ("epilogue_max_running", 1.0),
+    ] {
+        match value(gauge, &[]) {
+            DebugValue::Gauge(value) => assert_eq!(value.into_inner(), expected, "{gauge}"),
+            other => panic!("{other:?}"),
+        }
     }
 }

@@ -120,6 +120,19 @@ impl Default for Config {
     }
 }
 
+/// A runner's limits, from [`Runner::limits`]; set with [`Builder`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[cfg_attr(feature = "serde", derive(serde::Serialize))]
+#[non_exhaustive]
+pub struct Limits {
+    /// Groups running at once.
+    pub max_running: usize,
+    /// Admitted groups waiting for a running permit, past `max_running`.
+    pub max_pending: usize,
+    /// Plain-`fn` tasks on the blocking pool at once.
+    pub max_blocking: usize,
+}
+
 /// Builds a [`Runner`]; from [`Runner::builder`].
 #[derive(Clone, Debug, Default)]
 #[must_use]
@@ -287,9 +300,19 @@ impl Runner {
         self.state.is_closed()
     }
 
-    /// A snapshot of the counters.
+    /// A snapshot of the counters and gauges.
     pub fn stats(&self) -> Stats {
-        self.state.counters().snapshot()
+        self.state.stats()
+    }
+
+    /// The limits this runner was built with.
+    pub fn limits(&self) -> Limits {
+        let config = self.state.config();
+        Limits {
+            max_running: config.max_running,
+            max_pending: config.max_pending,
+            max_blocking: config.max_blocking,
+        }
     }
 
     /// The `Retry-After` that refused requests are given.

@@ -35,8 +35,7 @@ const CUT_OFF_BOOKKEEPING: Duration = Duration::from_secs(1);
 pub(super) async fn drain(state: &State, grace: Duration) -> ShutdownReport {
     let started = Instant::now();
     state.close();
-    let counters = state.counters();
-    let before = counters.snapshot();
+    let before = state.stats();
     tracing::info!(
         pending = before.pending,
         running = before.running,
@@ -51,7 +50,7 @@ pub(super) async fn drain(state: &State, grace: Duration) -> ShutdownReport {
         state.deadline().set();
         let _ = tokio::time::timeout(CUT_OFF_BOOKKEEPING, state.tracker().wait()).await;
     }
-    let stats = counters.snapshot();
+    let stats = state.stats();
     let report = ShutdownReport {
         drained,
         finished_during_drain: finished(&stats) - finished(&before),

@@ -10,7 +10,7 @@ use tokio::sync::Semaphore;
 use tokio_util::task::TaskTracker;
 
 use crate::latch::Latch;
-use crate::stats::Counters;
+use crate::stats::{Counters, Stats};
 
 /// What a [`Builder`](super::Builder) sets.
 #[derive(Clone, Debug)]
@@ -103,6 +103,18 @@ impl State {
 
     pub(super) fn admitted(&self) -> usize {
         self.admitted.load(Ordering::Relaxed)
+    }
+
+    /// The counters, with the gauges only the state knows.
+    pub(super) fn stats(&self) -> Stats {
+        let in_use = |semaphore: &Semaphore, limit: usize| {
+            limit.saturating_sub(semaphore.available_permits()) as u64
+        };
+        let mut stats = self.counters.snapshot();
+        stats.groups_running = in_use(&self.running, self.config.max_running);
+        stats.groups_admitted = self.admitted() as u64;
+        stats.blocking_in_use = in_use(&self.blocking, self.config.max_blocking);
+        stats
     }
 
     pub(super) fn close(&self) {

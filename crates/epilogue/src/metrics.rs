@@ -1,0 +1,88 @@
+//! The runner's numbers through the [`metrics`] facade, for Prometheus or
+//! any other exporter.
+//!
+//! Counting costs nothing on the request path: the counters and gauges live
+//! in the runner ([`Stats`](crate::Stats)), and
+//! [`Runner::record_metrics`](crate::Runner::record_metrics) copies a
+//! snapshot of them into the facade, to be called before each scrape (or
+//! every few seconds by a task of your own). Only the two histograms are
+//! recorded as tasks run; their handles are registered when the runner is
+//! built, so install the recorder first.
+//!
+//! | name | type | labels | what |
+//! |---|---|---|---|
+//! | `epilogue_tasks_accepted_total` | counter | | tasks accepted |
+//! | `epilogue_tasks_finished_total` | counter | `task`, `outcome` (`succeeded`, `failed`, `panicked`, `timed_out`) | tasks that ran to an end, after their last retry |
+//! | `epilogue_tasks_cut_off_total` | counter | `task` | tasks stopped or never started because the shutdown deadline passed |
+//! | `epilogue_tasks_skipped_total` | counter | | tasks skipped by a `stop_on_error` group |
+//! | `epilogue_tasks_abandoned_total` | counter | | tasks of handlers that did not answer with a success |
+//! | `epilogue_task_retries_total` | counter | | extra attempts |
+//! | `epilogue_requests_refused_total` | counter | | requests refused with `503` (full or shutting down) |
+//! | `epilogue_groups_unadmitted_total` | counter | | groups returned on routes that were not admitted |
+//! | `epilogue_tasks_running`, `epilogue_tasks_pending` | gauge | | tasks running, and accepted but not started |
+//! | `epilogue_groups_running`, `epilogue_groups_admitted` | gauge | | groups running, and holding room in the runner |
+//! | `epilogue_blocking_in_use` | gauge | | plain-`fn` tasks on the blocking pool |
+//! | `epilogue_max_running`, `epilogue_max_pending`, `epilogue_max_blocking` | gauge | | the runner's limits |
+//! | `epilogue_task_wait_seconds` | histogram | | from acceptance to start |
+//! | `epilogue_task_run_seconds` | histogram | | from start to end, retries included |
+//!
+//! The `task` label is the task's name, at most
+//! [`MAX_TASK_NAMES`](crate::MAX_TASK_NAMES) of them; the others are counted
+//! under [`OTHER_TASKS`](crate::OTHER_TASKS).
+
+use metrics::{counter, gauge, histogram, Histogram};
+
+use crate::runner::Runner;
+
+/// The histograms recorded as tasks run.
+#[derive(Debug)]
+pub(crate) struct Histograms {
+    pub(crate) wait: Histogram,
+    pub(crate) run: Histogram,
+}
+
+impl Default for Histograms {
+    fn default() -> Self {
+        Self {
+            wait: histogram!("epilogue_task_wait_seconds"),
+            run: histogram!("epilogue_task_run_seconds"),
+        }
+    }
+}
+
+impl Runner {
+    /// Copies a snapshot of this runner's counters and gauges into the
+    /// `metrics` facade: see the [`metrics`](crate::metrics) module for the
+    /// names. Cheap enough to call before every scrape.
+    pub fn record_metrics(&self) {
+        let stats = self.stats();
+        let limits = self.limits();
+        counter!("epilogue_tasks_accepted_total").absolute(stats.accepted);
+        for (task, counts) in &stats.by_task {
+            for (outcome, value) in [
+                ("succeeded", counts.succeeded),
+                ("failed", counts.failed),
+                ("panicked", counts.panicked),
+                ("timed_out", counts.timed_out),
+            ] {
+                counter!("epilogue_tasks_finished_total", "task" => task.clone(), "outcome" => outcome)
+                    .absolute(value);
+            }
+            counter!("epilogue_tasks_cut_off_total", "task" => task.clone())
+                .absolute(counts.cut_off);
+        }
+        counter!("epilogue_tasks_skipped_total").absolute(stats.skipped);
+        counter!("epilogue_tasks_abandoned_total").absolute(stats.abandoned);
+        counter!("epilogue_task_retries_total").absolute(stats.retried);
+        counter!("epilogue_requests_refused_total").absolute(stats.refused);
+        counter!("epilogue_groups_unadmitted_total").absolute(stats.unadmitted);
+        gauge!("epilogue_tasks_running").set(stats.running as f64);
+        gauge!("epilogue_tasks_pending").set(stats.pending as f64);
+        gauge!("epilogue_groups_running").set(stats.groups_running as f64);
+        gauge!("epilogue_groups_admitted").set(stats.groups_admitted as f64);
+        gauge!("epilogue_blocking_in_use").set(stats.blocking_in_use as f64);
+        gauge!("epilogue_max_running").set(limits.max_running as f64);
+        gauge!("epilogue_max_pending").set(limits.max_pending as f64);
+        gauge!("epilogue_max_blocking").set(limits.max_blocking as f64);
+    }
+}
