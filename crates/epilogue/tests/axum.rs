@@ -489,3 +489,27 @@ async fn a_task_added_after_the_response_never_runs_and_is_counted() {
     assert_eq!((stats.succeeded, stats.abandoned), (0, 1), "{stats:?}");
     assert!(probe.is_empty(), "a task added after the response ran");
 }
+
+#[tokio::test]
+async fn a_task_with_only_a_status_is_a_whole_response() {
+    let mut probe = Probe::new();
+    let app = Router::new()
+        .route(
+            "/accepted",
+            post(
+                |_: epilogue::axum::Admitted, State(tx): State<Tx>| async move {
+                    (StatusCode::ACCEPTED, task(&tx, "queued"))
+                },
+            ),
+        )
+        .with_state(probe.tx.clone());
+    let server = AxumServer::start(app, Runner::new()).await;
+    let answer = Connection::open(server.addr)
+        .await
+        .post_json("/accepted", "")
+        .await;
+    assert_eq!(answer.status, StatusCode::ACCEPTED);
+    assert!(answer.body.is_empty());
+    assert_eq!(probe.names(1).await, ["queued"]);
+    server.shutdown().await;
+}
