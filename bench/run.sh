@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The load benchmarks of epilogue (issue 5), in one command:
+# The load benchmarks of epilogue, in one command:
 #
 #   bench/run.sh            full run: 3 runs of 8 s per case, 12-18 minutes
 #   bench/run.sh --quick    1 run of 3 s per case, ~2-3 minutes

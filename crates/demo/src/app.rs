@@ -1,4 +1,4 @@
-//! The routes of DEMO-CONTRACT.md, one per pattern of the reference
+//! The routes of the demo (its README is the contract), one per pattern of the reference
 //! documentation.
 
 use std::io;

@@ -1,4 +1,4 @@
-//! The command line of DEMO-CONTRACT.md: every flag has an environment
+//! The command line of the demo's README: every flag has an environment
 //! variable of the same meaning.
 
 use std::path::PathBuf;

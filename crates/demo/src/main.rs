@@ -1,6 +1,6 @@
 //! `epilogue-demo`: the five background-task patterns of the reference
 //! documentation as one small service. Its behaviour is fixed by
-//! DEMO-CONTRACT.md; run it with `cargo run --release -p epilogue-demo`.
+//! its README (crates/demo/README.md); run it with `cargo run --release -p epilogue-demo`.
 
 use std::process::ExitCode;
 

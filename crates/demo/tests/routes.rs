@@ -1,4 +1,4 @@
-//! Every route of DEMO-CONTRACT.md with good input: its status and body,
+//! Every route of the demo's README with good input: its status and body,
 //! the tasks it runs, what they write, and in which order.
 
 mod common;

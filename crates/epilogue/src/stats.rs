@@ -9,15 +9,20 @@ use std::time::{Duration, SystemTime};
 /// A snapshot of a [`Runner`](crate::Runner)'s counters, from
 /// [`Runner::stats`](crate::Runner::stats).
 ///
-/// Every field but `refused` and `unadmitted` counts **tasks**. Once a
-/// runner is idle,
+/// The outcome counters count **tasks**; `retried` counts extra attempts,
+/// `refused` and `unadmitted` count requests (groups), the `groups_*` and
+/// `blocking_in_use` gauges count groups and threads, and the `*_us_total`
+/// fields are microseconds. Once a runner is idle,
 /// `accepted = succeeded + failed + panicked + timed_out + skipped + cut_off + abandoned`;
 /// while it works, `running` and `pending` hold the difference.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 #[cfg_attr(feature = "serde", derive(serde::Serialize))]
 #[non_exhaustive]
 pub struct Stats {
-    /// Tasks accepted: their request got its response, so they will run.
+    /// Tasks accepted: handed to the runner ([`Runner::spawn`](crate::Runner::spawn),
+    /// a [`Permit`](crate::runner::Permit), or a request whose handler
+    /// answered), and the tasks counted as `abandoned`, so that the outcomes
+    /// add up to it.
     pub accepted: u64,
     /// Tasks running now.
     pub running: u64,
@@ -30,17 +35,23 @@ pub struct Stats {
     pub failed: u64,
     /// Tasks that panicked (after their last retry).
     pub panicked: u64,
-    /// Tasks stopped by the runner's task timeout (after their last retry).
+    /// Tasks stopped by their timeout, their own or the runner's (after
+    /// their last retry).
     pub timed_out: u64,
     /// Tasks skipped because an earlier task of a `stop_on_error` group failed.
     pub skipped: u64,
     /// Tasks stopped, or never started, because the shutdown deadline passed.
     pub cut_off: u64,
-    /// Tasks a handler added (through the request's
-    /// [`RequestTasks`](crate::http::RequestTasks)) that never ran because the
-    /// handler did not answer with a success: its future was dropped (a
-    /// timeout, a client gone before the answer), it failed, or it answered
-    /// with a status of 400 or more. Counted as accepted too.
+    /// Tasks of a request that never ran because its handler did not answer:
+    /// its future was dropped (a timeout, a server that cancels a request
+    /// whose client left) or its service failed; route-level tasks and the
+    /// tasks added through [`RequestTasks`](crate::http::RequestTasks) alike.
+    /// Also the `RequestTasks` tasks of a handler that answered with a
+    /// status of 400 or more (a handler that panicked under a catch-panic
+    /// layer answers 500), unless marked `always`, and tasks added to a
+    /// request already answered. Counted as accepted too. (The route-level
+    /// tasks of a request that was answered with an error are not counted:
+    /// they were never promised.)
     pub abandoned: u64,
     /// Extra attempts made by tasks with a [`retry`](crate::BackgroundTask::retry) policy.
     pub retried: u64,

@@ -385,3 +385,83 @@ async fn a_tasks_log_lines_name_the_request_it_came_from() {
         "the failure does not name its request: {line}"
     );
 }
+
+#[tokio::test]
+async fn a_route_groups_mode_stays_its_own() {
+    let mut probe = Probe::new();
+    let tx = probe.tx.clone();
+    let slow = |name| {
+        BackgroundTask::new(
+            common::report_after,
+            (tx.clone(), name, Duration::from_millis(200)),
+        )
+        .name(name)
+    };
+    let mut side_by_side = epilogue::BackgroundTasks::concurrent();
+    side_by_side.push(slow("route a")).push(slow("route b"));
+    let mut strict = epilogue::BackgroundTasks::stop_on_error();
+    strict
+        .push(BackgroundTask::new(|| async { Err::<(), _>("down") }, ()).name("failing route"))
+        .push(task(&tx, "skipped route"));
+    let app = Router::new()
+        .route(
+            "/concurrent",
+            post(
+                (|State(tx): State<Tx>| async move { (task(&tx, "response"), "sent") })
+                    .layer(background(side_by_side)),
+            ),
+        )
+        .route(
+            "/strict",
+            post(
+                (|State(tx): State<Tx>| async move { (task(&tx, "response"), "sent") })
+                    .layer(background(strict)),
+            ),
+        )
+        .with_state(tx.clone());
+    let server = AxumServer::start(app, Runner::new()).await;
+    let mut connection = Connection::open(server.addr).await;
+    connection.post_json("/concurrent", "").await;
+    // The route's concurrent set runs first, as one step; the response's task after it.
+    let mut names = probe.names(3).await;
+    names[..2].sort();
+    assert_eq!(names, ["route a", "route b", "response"]);
+    connection.post_json("/strict", "").await;
+    // The route's failure stops its own group only.
+    assert_eq!(probe.names(1).await, ["response"]);
+    let stats = server.shutdown().await.stats;
+    assert_eq!((stats.skipped, stats.failed), (1, 1), "{stats:?}");
+}
+
+#[tokio::test]
+async fn route_tasks_of_a_cancelled_handler_are_counted_as_abandoned() {
+    let probe = Probe::new();
+    let runner = Runner::new();
+    let app = Router::new()
+        .route(
+            "/slow",
+            post(
+                (|| async {
+                    tokio::time::sleep(Duration::from_secs(5)).await;
+                    "too late"
+                })
+                .layer(background([task(&probe.tx, "one"), task(&probe.tx, "two")])),
+            ),
+        )
+        .layer(TimeoutLayer::with_status_code(
+            StatusCode::REQUEST_TIMEOUT,
+            Duration::from_millis(200),
+        ));
+    let server = AxumServer::start(app, runner.clone()).await;
+    let answer = Connection::open(server.addr)
+        .await
+        .post_json("/slow", "")
+        .await;
+    assert_eq!(answer.status, StatusCode::REQUEST_TIMEOUT);
+    let stats = server.shutdown().await.stats;
+    assert_eq!(
+        (stats.accepted, stats.abandoned, stats.succeeded),
+        (2, 2, 0),
+        "{stats:?}"
+    );
+}

@@ -458,7 +458,7 @@ pub fn assert_json_content_type(content_type: Option<&str>) {
     );
 }
 
-/// The counters of `GET /stats` that DEMO-CONTRACT.md promises, each an
+/// The counters of `GET /stats` that the demo's README promises, each an
 /// integer.
 #[derive(Clone, Copy, Debug, Deserialize)]
 pub struct Stats {

@@ -33,7 +33,7 @@ impl<S: Send + Sync> FromRequestParts<S> for RequestTasks {
     }
 }
 
-/// Why the [`RequestTasks`] extractor refused a request: `503` with
+/// Why the [`RequestTasks`] or [`Admitted`] extractor refused a request: `503` with
 /// `Retry-After` when the runner is full or shutting down, `500` without the
 /// executing layer. The body is JSON, as [`JsonRefusal`] makes it.
 #[derive(Debug, thiserror::Error)]

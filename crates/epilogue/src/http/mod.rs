@@ -91,7 +91,11 @@ pub fn attach(extensions: &mut http::Extensions, tasks: impl Into<crate::Backgro
             attached.0.merge(tasks);
         }
         None => {
-            extensions.insert(Attached(tasks));
+            // A plain sequence: the first group attached keeps its own mode
+            // as a step, and the next ones come after it.
+            let mut attached = crate::BackgroundTasks::new();
+            attached.merge(tasks);
+            extensions.insert(Attached(attached));
         }
     }
 }

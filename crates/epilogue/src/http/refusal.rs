@@ -107,13 +107,15 @@ fn retry_after(error: &ScopeError) -> Option<HeaderValue> {
         return None;
     };
     let secs: Duration = *retry_after;
-    let secs = secs.as_secs() + u64::from(secs.subsec_nanos() > 0);
+    let secs = secs
+        .as_secs()
+        .saturating_add(u64::from(secs.subsec_nanos() > 0));
     Some(HeaderValue::from(secs.max(1)))
 }
 
 pub(crate) const MISSING_LAYER: &str = "epilogue's BackgroundLayer is missing: wrap the \
     application in it (epilogue::axum::serve does), outside every route-level background \
-    layer and BackgroundTasks extractor";
+    layer and RequestTasks or Admitted extractor";
 
 #[cfg(test)]
 mod tests {
@@ -135,6 +137,15 @@ mod tests {
         assert_eq!(
             response.body(),
             r#"{"error":"background work is at capacity (3 groups running or waiting); retry later","reason":"full"}"#
+        );
+    }
+
+    #[test]
+    fn retry_after_of_any_length_never_panics() {
+        let response: Response<String> = JsonRefusal.respond(&full(Duration::MAX));
+        assert_eq!(
+            response.headers()[header::RETRY_AFTER],
+            u64::MAX.to_string().as_str()
         );
     }
 

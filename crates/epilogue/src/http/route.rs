@@ -130,6 +130,7 @@ where
                     scope: scope.clone(),
                     tasks: self.layer.tasks.clone(),
                     always: self.layer.always,
+                    answered: false,
                 });
                 RouteFuture::inner(self.inner.call(request), tasks)
             }
@@ -161,11 +162,32 @@ pin_project! {
     }
 }
 
-/// What a request of the route adds to its scope once answered.
+/// What a request of the route adds to its scope once answered. Dropped
+/// before that (the handler never answered), its tasks count as abandoned.
 struct RouteCopy {
     scope: Scope,
     tasks: Arc<Template>,
     always: bool,
+    answered: bool,
+}
+
+impl RouteCopy {
+    fn answer(mut self, status: http::StatusCode) {
+        self.answered = true;
+        // Route-level tasks of a rejected request are not run, by design:
+        // nothing was promised, so nothing is counted.
+        if self.always || status.as_u16() < 400 {
+            self.scope.add_route(BackgroundTasks::clone(&self.tasks.0));
+        }
+    }
+}
+
+impl Drop for RouteCopy {
+    fn drop(&mut self) {
+        if !self.answered {
+            self.scope.runner().abandon_count(self.tasks.0.len() as u64);
+        }
+    }
 }
 
 impl<F, B> RouteFuture<F, B> {
@@ -197,9 +219,7 @@ where
             KindProj::Inner { inner, tasks } => {
                 let response = ready!(inner.poll(cx))?;
                 if let Some(copy) = tasks.take() {
-                    if copy.always || response.status().as_u16() < 400 {
-                        copy.scope.add_route(BackgroundTasks::clone(&copy.tasks.0));
-                    }
+                    copy.answer(response.status());
                 }
                 Poll::Ready(Ok(response))
             }

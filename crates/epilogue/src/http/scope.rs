@@ -93,15 +93,17 @@ impl Scope {
 
     /// Route-level tasks, added as the response passes the route layer on
     /// its way out: an outer layer's come first.
-    pub(crate) fn add_route(&self, mut tasks: BackgroundTasks) {
+    pub(crate) fn add_route(&self, tasks: BackgroundTasks) {
         let mut state = self.lock();
         if state.closed {
             drop(state);
             self.0.runner.abandon(tasks);
             return;
         }
-        tasks.merge(state.route.take());
-        state.route = tasks;
+        let mut route = BackgroundTasks::new();
+        route.merge(tasks);
+        route.merge(state.route.take());
+        state.route = route;
     }
 
     fn add_extracted(&self, tasks: BackgroundTasks) {
@@ -125,7 +127,11 @@ impl Scope {
     pub(crate) fn finish(&self, status: StatusCode, response: BackgroundTasks) -> Option<Deferred> {
         let mut state = self.lock();
         state.closed = true;
-        let mut tasks = state.route.take();
+        // A plain sequence of the three: each group keeps its own mode as a
+        // step of it (a concurrent route group does not make the response's
+        // tasks concurrent too).
+        let mut tasks = BackgroundTasks::new();
+        tasks.merge(state.route.take());
         tasks.merge(response);
         let extracted = state.extracted.take();
         if state.always || status.as_u16() < 400 {
@@ -186,9 +192,9 @@ fn remember_span(state: &mut State) {
 /// - The tasks run only if the handler **answered with a success** (status
 ///   below 400), like route-level tasks; [`always`](RequestTasks::always)
 ///   makes them run whatever the status. A handler that returned an error
-///   with `?`, panicked, or was cancelled (a timeout, a client gone before
-///   the answer) runs none of them; they are counted in
-///   [`Stats::abandoned`](crate::Stats::abandoned).
+///   with `?`, panicked, or was cancelled (a timeout layer, a server that
+///   drops a request whose client left) runs none of them; they are counted
+///   in [`Stats::abandoned`](crate::Stats::abandoned).
 /// - Taking it admits the request: when the runner is full, the request is
 ///   refused with `503` before the handler runs.
 /// - Clones share the same tasks. A task added after the response was
@@ -241,6 +247,21 @@ impl RequestTasks {
         self.scope.lock().always = true;
         self
     }
+
+    /// The names of the tasks added so far, in the order they run.
+    pub fn task_names(&self) -> Vec<String> {
+        self.scope.lock().extracted.task_names()
+    }
+
+    /// How many tasks were added so far.
+    pub fn len(&self) -> usize {
+        self.scope.lock().extracted.len()
+    }
+
+    /// Whether no task was added so far.
+    pub fn is_empty(&self) -> bool {
+        self.scope.lock().extracted.is_empty()
+    }
 }
 
 impl fmt::Debug for RequestTasks {
@@ -254,7 +275,7 @@ impl fmt::Debug for RequestTasks {
 }
 
 /// Why a request's scope could not be used.
-#[derive(Debug, thiserror::Error)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, thiserror::Error)]
 #[non_exhaustive]
 pub enum ScopeError {
     /// The runner is full or shutting down: answer `503` with `Retry-After`.

@@ -6,6 +6,8 @@ use std::borrow::Cow;
 use std::future::Future;
 use std::panic::AssertUnwindSafe;
 use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
@@ -62,6 +64,7 @@ pub(super) fn spawn(group: Accepted) {
                 "background group accepted outside a tokio runtime; cut off"
             );
             cut_off_pending(&state, &group.tasks);
+            group.tasks.discard();
         }
     }
 }
@@ -86,7 +89,7 @@ fn run_group(
             // future is as large as its largest path.
             None => match Box::pin(wait_for_running_permit(state, &tasks)).await {
                 Some(permit) => permit,
-                None => return,
+                None => return tasks.discard(),
             },
         };
         run_steps(state, tasks, accepted_at).instrument(span).await;
@@ -457,11 +460,14 @@ fn run_blocking(
             .acquire_owned()
             .await
             .expect("the blocking semaphore is never closed");
+        // Set when this attempt is given up (timed out, or cut off by the
+        // deadline) before its thread came: it is reported as such by then,
+        // so it must not run late, nor beside its own retry.
+        let given_up = GiveUpOnDrop(Arc::new(AtomicBool::new(false)));
+        let gave_up = given_up.0.clone();
         let handle = tokio::task::spawn_blocking(move || {
             let _permit = permit;
-            // A thread may come free only after the deadline: the task is
-            // reported cut off by then, so it must not run.
-            if deadline.is_set() {
+            if deadline.is_set() || gave_up.load(Ordering::Acquire) {
                 return None;
             }
             Some(call())
@@ -476,12 +482,24 @@ fn run_blocking(
                 })),
             }
         };
-        match timeout {
+        let ended = match timeout {
             None => ran.await,
             Some(limit) => tokio::time::timeout(limit, ran)
                 .await
                 .unwrap_or(Ended::TimedOut),
-        }
+        };
+        drop(given_up);
+        ended
+    }
+}
+
+/// Marks a blocking attempt as given up when its future ends or is dropped:
+/// a thread that comes after that skips the call.
+struct GiveUpOnDrop(Arc<AtomicBool>);
+
+impl Drop for GiveUpOnDrop {
+    fn drop(&mut self) {
+        self.0.store(true, Ordering::Release);
     }
 }
 

@@ -42,9 +42,10 @@
 //!   dropped at their next `.await`; a blocking task cannot be interrupted,
 //!   so its thread finishes in the background while the report counts it as
 //!   cut off.
-//! - Calling `shutdown` **twice** (say, on a second signal) is harmless: the
-//!   second call waits with its own deadline, which a caller can make zero to
-//!   cut everything off at once.
+//! - Calling `shutdown` **twice** is harmless, but the deadline is the
+//!   runner's: once either call's grace period has passed, every task is cut
+//!   off. To cut off at once (a second signal), call
+//!   [`cut_off_now`](Runner::cut_off_now).
 //! - `shutdown` is **cancel-safe** in the sense that matters: dropping its
 //!   future (a `select!` that lost) leaves the runner closed and every task
 //!   running; the deadline is only set once a `shutdown` reaches it. Call it
@@ -283,8 +284,15 @@ impl Runner {
     pub(crate) fn abandon(&self, tasks: BackgroundTasks) {
         if !tasks.is_empty() {
             tracing::debug!(tasks = ?tasks.task_names(), "background tasks abandoned: their handler did not answer with a success");
-            self.state.counters().abandoned(tasks.len() as u64);
+            self.abandon_count(tasks.len() as u64);
             tasks.discard();
+        }
+    }
+
+    /// [`abandon`](Runner::abandon), for tasks known only by their number.
+    pub(crate) fn abandon_count(&self, tasks: u64) {
+        if tasks > 0 {
+            self.state.counters().abandoned(tasks);
         }
     }
 
@@ -827,5 +835,71 @@ mod tests {
         runner.spawn(BackgroundTask::new(|| async {}, ())).unwrap();
         let report = runner.shutdown(Duration::MAX).await;
         assert!(report.drained);
+    }
+
+    #[test]
+    fn a_blocking_attempt_given_up_before_its_thread_never_runs() {
+        // One blocking thread, busy: the attempts wait in tokio's queue past
+        // their timeout, and are retried.
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(1)
+            .max_blocking_threads(1)
+            .enable_all()
+            .build()
+            .unwrap();
+        let runner = Runner::new();
+        let calls = Arc::new(AtomicUsize::new(0));
+        runtime.block_on(async {
+            let (release, released) = std::sync::mpsc::channel::<()>();
+            let busy = tokio::task::spawn_blocking(move || released.recv());
+            runner
+                .spawn(
+                    BackgroundTask::new(
+                        |calls: Arc<AtomicUsize>| {
+                            calls.fetch_add(1, SeqCst);
+                        },
+                        (calls.clone(),),
+                    )
+                    .timeout(Duration::from_millis(50))
+                    .retry(1, Duration::from_millis(1)),
+                )
+                .unwrap();
+            let report = runner.shutdown(Duration::from_secs(10)).await;
+            assert!(report.drained, "{report:?}");
+            assert_eq!((report.stats.timed_out, report.stats.retried), (1, 1));
+            release.send(()).unwrap();
+            busy.await.unwrap().unwrap();
+        });
+        drop(runtime);
+        assert_eq!(
+            calls.load(SeqCst),
+            0,
+            "an attempt counted as timed out ran late"
+        );
+    }
+
+    #[tokio::test]
+    async fn shutdown_waits_for_a_request_still_holding_its_permit() {
+        let runner = Runner::new();
+        let journal = Journal::default();
+        let permit = runner.admit().unwrap();
+        let shutdown = tokio::spawn({
+            let runner = runner.clone();
+            async move { runner.shutdown(Duration::from_secs(10)).await }
+        });
+        while !runner.is_closed() {
+            tokio::task::yield_now().await;
+        }
+        tokio::task::yield_now().await;
+        assert!(
+            !shutdown.is_finished(),
+            "the admitted request may still bring tasks"
+        );
+        permit
+            .defer(note(&journal, "answered during the drain"))
+            .start();
+        let report = shutdown.await.unwrap();
+        assert!(report.drained);
+        assert_eq!(*journal.lock().unwrap(), ["answered during the drain"]);
     }
 }

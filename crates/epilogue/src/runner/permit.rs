@@ -35,6 +35,9 @@ pub enum Refused {
 #[must_use = "a permit holds room in the runner until it is used or dropped"]
 pub struct Permit {
     admission: Admission,
+    // A shutdown waits for admitted work too: the request holding this
+    // permit may still produce tasks.
+    token: TaskTrackerToken,
 }
 
 impl Permit {
@@ -47,7 +50,10 @@ impl Permit {
             })
         };
         match admitted {
-            Ok(admission) => Ok(Self { admission }),
+            Ok(admission) => Ok(Self {
+                admission,
+                token: state.tracker().token(),
+            }),
             Err(refused) => {
                 state.counters().refused();
                 Err(refused)
@@ -59,6 +65,7 @@ impl Permit {
     pub(super) fn over_limit(state: &Arc<State>) -> Self {
         Self {
             admission: Admission::over_limit(state),
+            token: state.tracker().token(),
         }
     }
 
@@ -86,7 +93,7 @@ impl Permit {
             parent.clone()
         };
         Deferred {
-            _token: state.tracker().token(),
+            _token: self.token,
             group: Some(Accepted {
                 accepted_at: Instant::now(),
                 admission: self.admission,

@@ -14,12 +14,14 @@ pub struct ShutdownReport {
     /// Every accepted task ended (succeeded, failed, panicked, timed out or
     /// was skipped) before the deadline.
     pub drained: bool,
-    /// Tasks that ended while the shutdown waited, whatever their outcome.
+    /// Tasks that ran to an end while the shutdown waited (succeeded, failed,
+    /// panicked, timed out or skipped; the cut-off ones are in `cut_off`).
     pub finished_during_drain: u64,
     /// The names of the tasks stopped by the deadline or never started, in
-    /// the order they were cut off. Empty when `drained`, and also when the
-    /// deadline passed with nothing left to cut off (the last tasks ended at
-    /// the deadline, or a second signal came once all of them had ended).
+    /// the order they were cut off, since the last report (groups started
+    /// outside a runtime are cut off, and named, too). Empty when `drained`
+    /// unless such a group was; also empty when the deadline passed with
+    /// nothing left to cut off.
     pub cut_off: Vec<String>,
     /// How long the shutdown took.
     pub elapsed: Duration,
