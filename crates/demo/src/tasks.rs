@@ -2,7 +2,7 @@
 //! documentation, one `async`, one plain (blocking).
 //!
 //! Both append one line per record to a file of the data directory through
-//! an [`AppendFile`]: each record is one `write` of the whole line, built in
+//! an `AppendFile`: each record is one `write` of the whole line, built in
 //! memory, to a file opened with `O_APPEND`, and a write that fails or falls
 //! short is rolled back (the file cut back to its length before it), so a
 //! record is whole or absent, even on a full disk. A file renamed or deleted
