@@ -90,7 +90,7 @@ impl ShutdownReport {
                 None => counts.push((name, 1)),
             }
         }
-        counts.sort_by(|a, b| b.1.cmp(&a.1));
+        counts.sort_by_key(|&(_, count)| std::cmp::Reverse(count));
         counts
             .iter()
             .map(|(name, count)| format!("{name} ×{count}"))
