@@ -67,22 +67,18 @@ fn patterns(tx: &Tx) -> Router {
         )
         .route(
             "/extractor",
-            post(
-                |State(tx): State<Tx>, tasks: RequestTasks| async move {
-                    tasks.add_task(report, (tx, "extracted"));
-                    "sent"
-                },
-            ),
+            post(|State(tx): State<Tx>, tasks: RequestTasks| async move {
+                tasks.add_task(report, (tx, "extracted"));
+                "sent"
+            }),
         )
         // All three sources on one request: route, response, extractor.
         .route(
             "/all",
-            post(
-                |State(tx): State<Tx>, tasks: RequestTasks| async move {
-                    tasks.add_task(report, (tx.clone(), "extracted"));
-                    (task(&tx, "response"), "sent")
-                },
-            )
+            post(|State(tx): State<Tx>, tasks: RequestTasks| async move {
+                tasks.add_task(report, (tx.clone(), "extracted"));
+                (task(&tx, "response"), "sent")
+            })
             .layer(background(task(tx, "route"))),
         )
         .route("/healthz", get(|| async { "ok" }))
@@ -369,24 +365,20 @@ async fn a_handler_that_panics_schedules_nothing() {
     let app = Router::new()
         .route(
             "/panic",
-            post(
-                |State(tx): State<Tx>, tasks: RequestTasks| async move {
-                    tasks.add_task(report, (tx, "never"));
-                    let bug = true;
-                    if bug {
-                        panic!("handler bug");
-                    }
-                    "unreachable"
-                },
-            ),
+            post(|State(tx): State<Tx>, tasks: RequestTasks| async move {
+                tasks.add_task(report, (tx, "never"));
+                let bug = true;
+                if bug {
+                    panic!("handler bug");
+                }
+                "unreachable"
+            }),
         )
         .route(
             "/fine",
-            post(
-                |State(tx): State<Tx>, tasks: RequestTasks| async move {
-                    tasks.add_task(report, (tx, "fine"));
-                },
-            ),
+            post(|State(tx): State<Tx>, tasks: RequestTasks| async move {
+                tasks.add_task(report, (tx, "fine"));
+            }),
         )
         .with_state(probe.tx.clone())
         .layer(tower_http::catch_panic::CatchPanicLayer::new());

@@ -52,7 +52,10 @@ fn orders(tx: &Tx) -> Router {
         .route("/orders", post(order))
         .route(
             "/orders/timed",
-            post(order.layer(TimeoutLayer::with_status_code(StatusCode::REQUEST_TIMEOUT, Duration::from_millis(200)))),
+            post(order.layer(TimeoutLayer::with_status_code(
+                StatusCode::REQUEST_TIMEOUT,
+                Duration::from_millis(200),
+            ))),
         )
         .route("/healthz", get(|| async { "ok" }))
         .with_state(tx.clone())
@@ -87,7 +90,10 @@ async fn extracted_tasks_run_only_after_a_success_unless_always() {
 #[tokio::test]
 async fn a_timeout_around_the_router_or_one_route_runs_none_of_the_handlers_tasks() {
     let mut probe = Probe::new();
-    let app = orders(&probe.tx).layer(TimeoutLayer::with_status_code(StatusCode::REQUEST_TIMEOUT, Duration::from_millis(300)));
+    let app = orders(&probe.tx).layer(TimeoutLayer::with_status_code(
+        StatusCode::REQUEST_TIMEOUT,
+        Duration::from_millis(300),
+    ));
     let server = AxumServer::start(app, Runner::new()).await;
     let mut connection = Connection::open(server.addr).await;
 
@@ -114,7 +120,10 @@ async fn a_timeout_outside_the_executing_layer_abandons_the_tasks_too() {
     let runner = Runner::new();
     // The timeout drops the executing layer's own future.
     let service = ServiceBuilder::new()
-        .layer(TimeoutLayer::with_status_code(StatusCode::REQUEST_TIMEOUT, Duration::from_millis(300)))
+        .layer(TimeoutLayer::with_status_code(
+            StatusCode::REQUEST_TIMEOUT,
+            Duration::from_millis(300),
+        ))
         .layer(BackgroundLayer::new(runner.clone()))
         .service(orders(&probe.tx));
     let addr = serve_tower(service).await;
@@ -140,9 +149,7 @@ async fn a_handler_cancelled_by_its_server_when_the_client_leaves_runs_no_task()
 
     let mut socket = tokio::net::TcpStream::connect(addr).await.unwrap();
     socket
-        .write_all(
-            b"POST /orders?slow_ms=2000 HTTP/1.1\r\nhost: x\r\ncontent-length: 0\r\n\r\n",
-        )
+        .write_all(b"POST /orders?slow_ms=2000 HTTP/1.1\r\nhost: x\r\ncontent-length: 0\r\n\r\n")
         .await
         .unwrap();
     // Wait until the handler holds its task, then go away.
@@ -191,8 +198,6 @@ async fn with_serve_a_client_that_leaves_does_not_cancel_its_request() {
     assert_eq!((stats.succeeded, stats.abandoned), (1, 0), "{stats:?}");
 }
 
-
-
 /// Whether a request holds room in the runner: its `Debug` shows it.
 fn admitted(runner: &Runner) -> bool {
     format!("{runner:?}").contains("admitted: 1")
@@ -204,17 +209,16 @@ fn all_three(tx: &Tx) -> Router {
 }
 
 fn all_three_routes(tx: &Tx) -> Router<Tx> {
-    Router::new()
-        .route(
-            "/all",
-            post(
-                (|State(tx): State<Tx>, tasks: RequestTasks| async move {
-                    tasks.add_task(report, (tx.clone(), "extracted"));
-                    (task(&tx, "response"), "sent")
-                })
-                .layer(background(task(tx, "route"))),
-            ),
-        )
+    Router::new().route(
+        "/all",
+        post(
+            (|State(tx): State<Tx>, tasks: RequestTasks| async move {
+                tasks.add_task(report, (tx.clone(), "extracted"));
+                (task(&tx, "response"), "sent")
+            })
+            .layer(background(task(tx, "route"))),
+        ),
+    )
 }
 
 #[tokio::test]
@@ -261,7 +265,10 @@ async fn the_executing_layer_works_as_a_router_layer_under_plain_axum_serve() {
     let addr = listener.local_addr().unwrap();
     tokio::spawn(async move { axum::serve(listener, app).await });
     let mut connection = Connection::open(addr).await;
-    assert_eq!(connection.post_json("/all", "").await.status, StatusCode::OK);
+    assert_eq!(
+        connection.post_json("/all", "").await.status,
+        StatusCode::OK
+    );
     assert_eq!(probe.names(3).await, ["route", "response", "extracted"]);
     for method in ["GET", "HEAD"] {
         let answer = connection
@@ -303,8 +310,10 @@ async fn tasks_returned_on_a_route_that_was_not_admitted_run_and_are_counted() {
         )
         .route(
             "/admitted",
-            post((|State(tx): State<Tx>| async move { (task(&tx, "admitted"), "sent") })
-                .layer(admission())),
+            post(
+                (|State(tx): State<Tx>| async move { (task(&tx, "admitted"), "sent") })
+                    .layer(admission()),
+            ),
         )
         .with_state(probe.tx.clone());
     let server = AxumServer::start(app, Runner::new()).await;

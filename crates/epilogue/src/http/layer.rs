@@ -176,7 +176,11 @@ where
         // On an error there is no response to follow: `Pending` abandons the
         // scope, as for a handler that never answered.
         let mut response = ready!(this.inner.poll(cx))?;
-        let scope = this.scope.0.take().expect("ResponseFuture polled after completion");
+        let scope = this
+            .scope
+            .0
+            .take()
+            .expect("ResponseFuture polled after completion");
         let returned = response
             .extensions_mut()
             .remove::<Attached>()

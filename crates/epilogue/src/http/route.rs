@@ -69,7 +69,6 @@ impl RouteTasksLayer {
     pub fn admission() -> Self {
         Self::new(BackgroundTasks::new())
     }
-
 }
 
 impl<R> RouteTasksLayer<R> {

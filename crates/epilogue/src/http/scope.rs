@@ -335,7 +335,12 @@ mod tests {
             r#"Deferred { tasks: Some(["outer route", "inner route", "response", "extracted"]) }"#
         );
         deferred.start();
-        assert!(runner.shutdown(std::time::Duration::from_secs(5)).await.drained);
+        assert!(
+            runner
+                .shutdown(std::time::Duration::from_secs(5))
+                .await
+                .drained
+        );
         assert_eq!(runner.stats().succeeded, 4);
     }
 
@@ -344,13 +349,17 @@ mod tests {
         let runner = Runner::new();
         let failed = Scope::new(runner.clone());
         failed.add_extracted(named("not sent"));
-        assert!(failed.finish(StatusCode::CONFLICT, BackgroundTasks::new()).is_none());
+        assert!(failed
+            .finish(StatusCode::CONFLICT, BackgroundTasks::new())
+            .is_none());
         assert_eq!(runner.stats().abandoned, 1);
 
         let always = Scope::new(runner.clone());
         always.add_extracted(named("sent"));
         always.lock().always = true;
-        assert!(always.finish(StatusCode::CONFLICT, BackgroundTasks::new()).is_some());
+        assert!(always
+            .finish(StatusCode::CONFLICT, BackgroundTasks::new())
+            .is_some());
     }
 
     #[tokio::test]
@@ -365,9 +374,6 @@ mod tests {
         scope.add_extracted(named("late"));
         let stats = runner.stats();
         assert_eq!((stats.accepted, stats.abandoned), (3, 3));
-        assert!(
-            runner.admit().is_ok(),
-            "the request's room was given back"
-        );
+        assert!(runner.admit().is_ok(), "the request's room was given back");
     }
 }

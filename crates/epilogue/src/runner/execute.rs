@@ -108,9 +108,7 @@ async fn wait_for_running_permit(
             cut_off_pending(state, tasks);
             None
         }
-        Either::Right((permit, _)) => {
-            Some(permit.expect("the running semaphore is never closed"))
-        }
+        Either::Right((permit, _)) => Some(permit.expect("the running semaphore is never closed")),
     }
 }
 

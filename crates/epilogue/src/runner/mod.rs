@@ -497,9 +497,7 @@ mod tests {
         assert_eq!(runner.admit().unwrap_err(), Refused::Full { limit: 2 });
         assert_eq!(runner.stats().refused, 1);
         drop(first);
-        let third = runner
-            .admit()
-            .expect("a dropped permit frees its room");
+        let third = runner.admit().expect("a dropped permit frees its room");
         drop((second, third));
         runner.close();
         assert_eq!(runner.admit().unwrap_err(), Refused::ShuttingDown);
