@@ -2,6 +2,7 @@
 //! gracefully on shutdown and cut at the deadline.
 
 use std::convert::Infallible;
+use std::future::Future;
 use std::io;
 use std::pin::{pin, Pin};
 use std::sync::Arc;
@@ -10,8 +11,8 @@ use std::time::{Duration, Instant};
 
 use axum::extract::Request;
 use hyper::body::Incoming;
+use hyper::server::conn::{http1, http2};
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
-use hyper_util::server::conn::auto;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, ReadBuf};
 use tokio::sync::OwnedSemaphorePermit;
 use tokio_util::task::TaskTracker;
@@ -42,16 +43,21 @@ pub(super) struct Connections {
     tracker: TaskTracker,
     closing: Arc<Latch>,
     cut: Arc<Latch>,
-    builder: Arc<auto::Builder<TokioExecutor>>,
+    http1: http1::Builder,
+    http2: Arc<http2::Builder<TokioExecutor>>,
     layer: BackgroundLayer,
     header_read_timeout: Option<Duration>,
 }
 
 impl Connections {
     pub(super) fn new(runner: &Runner, header_read_timeout: Option<Duration>) -> Self {
-        let mut builder = auto::Builder::new(TokioExecutor::new());
-        builder
-            .http1()
+        // Our sniff already knows the protocol, so each connection is
+        // served by hyper's HTTP/1 or HTTP/2 connection directly rather
+        // than by hyper-util's auto one, which sniffs again behind a
+        // second prefix wrapper and runs a state machine of its own around
+        // every poll.
+        let mut http1 = http1::Builder::new();
+        http1
             .timer(TokioTimer::new())
             // A client that sends its request and then shuts its side down
             // (or closes at once) still has it handled and answered.
@@ -60,8 +66,8 @@ impl Connections {
             // Also the keep-alive idle timeout: hyper starts it whenever it
             // waits for a request head, the next one included.
             .header_read_timeout(header_read_timeout);
-        builder
-            .http2()
+        let mut http2 = http2::Builder::new(TokioExecutor::new());
+        http2
             .timer(TokioTimer::new())
             // WebSockets over HTTP/2 (RFC 8441), as axum::serve allows.
             .enable_connect_protocol()
@@ -71,7 +77,8 @@ impl Connections {
             tracker: TaskTracker::new(),
             closing: Arc::default(),
             cut: Arc::default(),
-            builder: Arc::new(builder),
+            http1,
+            http2: Arc::new(http2),
             layer: BackgroundLayer::new(runner.clone()),
             header_read_timeout,
         }
@@ -94,7 +101,8 @@ impl Connections {
         let service = Hyper(self.layer.layer(service));
         let closing = self.closing.clone();
         let cut = self.cut.clone();
-        let builder = self.builder.clone();
+        let http1 = self.http1.clone();
+        let http2 = self.http2.clone();
         let header_read_timeout = self.header_read_timeout;
         self.tracker.spawn(async move {
             let _permit = permit;
@@ -118,22 +126,15 @@ impl Connections {
                     return;
                 }
             };
-            let mut connection =
-                pin!(builder.serve_connection_with_upgrades(TokioIo::new(io), service));
-            let served = tokio::select! {
-                biased;
-                served = connection.as_mut() => served,
-                () = closing.wait() => {
-                    connection.as_mut().graceful_shutdown();
-                    tokio::select! {
-                        biased;
-                        served = connection.as_mut() => served,
-                        // Dropping the connection closes the socket.
-                        () = cut.wait() => return,
-                    }
-                }
+            let h2 = io.is_h2();
+            let io = TokioIo::new(io);
+            let served = if h2 {
+                drive(http2.serve_connection(io, service), &closing, &cut).await
+            } else {
+                let connection = http1.serve_connection(io, service).with_upgrades();
+                drive(connection, &closing, &cut).await
             };
-            if let Err(error) = served {
+            if let Some(Err(error)) = served {
                 tracing::trace!("connection closed with an error: {error}");
             }
         });
@@ -171,6 +172,62 @@ impl Connections {
         self.cut.set();
         self.tracker.close();
         let _ = tokio::time::timeout(CUT_MARGIN, self.tracker.wait()).await;
+    }
+}
+
+/// Serves `connection` until it ends; once `closing` is set, asks it to
+/// close after its in-flight requests, and drops it (closing the socket)
+/// if `cut` is set before it has. `None` if it was cut.
+async fn drive<C: Connection>(
+    connection: C,
+    closing: &Latch,
+    cut: &Latch,
+) -> Option<hyper::Result<()>> {
+    let mut connection = pin!(connection);
+    tokio::select! {
+        biased;
+        served = connection.as_mut() => Some(served),
+        () = closing.wait() => {
+            connection.as_mut().graceful_shutdown();
+            tokio::select! {
+                biased;
+                served = connection.as_mut() => Some(served),
+                () = cut.wait() => None,
+            }
+        }
+    }
+}
+
+/// A hyper server connection, HTTP/1 or HTTP/2: each has its own
+/// `graceful_shutdown`.
+trait Connection: Future<Output = hyper::Result<()>> {
+    fn graceful_shutdown(self: Pin<&mut Self>);
+}
+
+impl<I, S, B> Connection for http1::UpgradeableConnection<I, S>
+where
+    S: hyper::service::HttpService<Incoming, ResBody = B>,
+    S::Error: Into<BoxError>,
+    I: hyper::rt::Read + hyper::rt::Write + Unpin + Send + 'static,
+    B: http_body::Body + 'static,
+    B::Error: Into<BoxError>,
+{
+    fn graceful_shutdown(self: Pin<&mut Self>) {
+        http1::UpgradeableConnection::graceful_shutdown(self);
+    }
+}
+
+impl<I, S, B> Connection for http2::Connection<I, S, TokioExecutor>
+where
+    S: hyper::service::HttpService<Incoming, ResBody = B>,
+    S::Error: Into<BoxError>,
+    I: hyper::rt::Read + hyper::rt::Write + Unpin,
+    B: http_body::Body + 'static,
+    B::Error: Into<BoxError>,
+    TokioExecutor: hyper::rt::bounds::Http2ServerConnExec<S::Future, B>,
+{
+    fn graceful_shutdown(self: Pin<&mut Self>) {
+        http2::Connection::graceful_shutdown(self);
     }
 }
 
@@ -235,6 +292,13 @@ struct Prefixed<I> {
     start: usize,
     end: usize,
     inner: I,
+}
+
+impl<I> Prefixed<I> {
+    /// Whether the client began with the HTTP/2 preface (prior knowledge).
+    fn is_h2(&self) -> bool {
+        self.prefix[..self.end] == H2_PREFACE[..]
+    }
 }
 
 impl<I: AsyncRead + Unpin> AsyncRead for Prefixed<I> {
@@ -303,6 +367,7 @@ mod tests {
             client.write_all(sent).await.unwrap();
             client.shutdown().await.unwrap();
             let mut io = sniff(server).await.unwrap().expect("bytes were sent");
+            assert_eq!(io.is_h2(), sent.starts_with(H2_PREFACE), "{sent:?}");
             let mut received = Vec::new();
             io.read_to_end(&mut received).await.unwrap();
             assert_eq!(received, sent);
