@@ -25,6 +25,8 @@ use crate::http::{Background, BackgroundBody, BackgroundLayer};
 use crate::latch::Latch;
 use crate::runner::Runner;
 
+use super::timer::ConnectionTimer;
+
 type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
 /// How often an HTTP/2 connection is pinged, and how long the answer may
@@ -56,9 +58,9 @@ impl Connections {
         // than by hyper-util's auto one, which sniffs again behind a
         // second prefix wrapper and runs a state machine of its own around
         // every poll.
+        // Its timer is set per connection, in `serve`.
         let mut http1 = http1::Builder::new();
         http1
-            .timer(TokioTimer::new())
             // A client that sends its request and then shuts its side down
             // (or closes at once) still has it handled and answered.
             .half_close(true)
@@ -101,7 +103,8 @@ impl Connections {
         let service = Hyper(self.layer.layer(service));
         let closing = self.closing.clone();
         let cut = self.cut.clone();
-        let http1 = self.http1.clone();
+        let mut http1 = self.http1.clone();
+        http1.timer(ConnectionTimer::default());
         let http2 = self.http2.clone();
         let header_read_timeout = self.header_read_timeout;
         self.tracker.spawn(async move {

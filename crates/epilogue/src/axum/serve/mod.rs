@@ -9,6 +9,7 @@
 
 mod connection;
 mod incoming;
+mod timer;
 
 use std::convert::Infallible;
 use std::fmt;
