@@ -1,6 +1,6 @@
 //! `epilogue::axum::serve` over real sockets: what it takes (any listener,
 //! any make-service, `ConnectInfo`), HTTP/2, requests whose client
-//! half-closes or leaves, and the protections (header read timeout,
+//! half-closes or leaves, HTTP/1 upgrades, and the protections (header read timeout,
 //! connection cap, stalled connections at the deadline).
 
 mod common;
@@ -253,6 +253,65 @@ async fn http2_with_prior_knowledge_is_answered_and_its_task_runs() {
     let report = stop(fire, server).await;
     assert!(report.drained);
     assert_eq!(report.stats.succeeded, 2);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn http1_upgrades_hand_the_connection_over() {
+    // Echoes, over the upgraded connection, what the client sends.
+    async fn upgrade(mut request: axum::extract::Request) -> axum::response::Response {
+        let upgraded = hyper::upgrade::on(&mut request);
+        tokio::spawn(async move {
+            let mut io = TokioIo::new(upgraded.await.unwrap());
+            let mut buf = [0; 64];
+            let n = io.read(&mut buf).await.unwrap();
+            io.write_all(&buf[..n]).await.unwrap();
+        });
+        axum::response::Response::builder()
+            .status(StatusCode::SWITCHING_PROTOCOLS)
+            .header("connection", "upgrade")
+            .header("upgrade", "echo")
+            .body(axum::body::Body::empty())
+            .unwrap()
+    }
+    let (listener, addr) = bind().await;
+    let (fire, signal) = signal();
+    let server = tokio::spawn(
+        serve(
+            listener,
+            Router::new().route("/upgrade", get(upgrade)),
+            Runner::new(),
+        )
+        .with_graceful_shutdown(signal)
+        .into_future(),
+    );
+    let mut stream = TcpStream::connect(addr).await.unwrap();
+    stream
+        .write_all(
+            b"GET /upgrade HTTP/1.1\r\nHost: test\r\nConnection: upgrade\r\nUpgrade: echo\r\n\r\n",
+        )
+        .await
+        .unwrap();
+    let mut head = Vec::new();
+    let mut byte = [0; 1];
+    while !head.ends_with(b"\r\n\r\n") {
+        let n = tokio::time::timeout(PATIENCE, stream.read(&mut byte))
+            .await
+            .expect("no response head in time")
+            .unwrap();
+        assert_eq!(n, 1, "closed before the response head");
+        head.push(byte[0]);
+    }
+    let head = String::from_utf8(head).unwrap();
+    assert!(head.starts_with("HTTP/1.1 101"), "{head}");
+    stream.write_all(b"ping").await.unwrap();
+    let mut echoed = [0; 4];
+    tokio::time::timeout(PATIENCE, stream.read_exact(&mut echoed))
+        .await
+        .expect("no echo in time")
+        .unwrap();
+    assert_eq!(&echoed, b"ping");
+    let report = stop(fire, server).await;
+    assert!(report.drained);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
