@@ -58,7 +58,9 @@ impl Connections {
         // than by hyper-util's auto one, which sniffs again behind a
         // second prefix wrapper and runs a state machine of its own around
         // every poll.
-        // Its timer is set per connection, in `serve`.
+        //
+        // The HTTP/1 timer is set per connection, in `serve`: each
+        // connection has its own `ConnectionTimer` (see `timer.rs`).
         let mut http1 = http1::Builder::new();
         http1
             // A client that sends its request and then shuts its side down
@@ -103,6 +105,8 @@ impl Connections {
         let service = Hyper(self.layer.layer(service));
         let closing = self.closing.clone();
         let cut = self.cut.clone();
+        // A clone of the builder (a few fields and an `Arc`) per connection,
+        // for a timer of its own.
         let mut http1 = self.http1.clone();
         http1.timer(ConnectionTimer::default());
         let http2 = self.http2.clone();
