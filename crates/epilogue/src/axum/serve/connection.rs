@@ -6,13 +6,14 @@ use std::future::Future;
 use std::io;
 use std::pin::{pin, Pin};
 use std::sync::Arc;
-use std::task::{Context, Poll};
+use std::task::{ready, Context, Poll};
 use std::time::{Duration, Instant};
 
 use axum::extract::Request;
 use hyper::body::Incoming;
 use hyper::server::conn::{http1, http2};
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use pin_project_lite::pin_project;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, ReadBuf};
 use tokio::sync::OwnedSemaphorePermit;
 use tokio_util::task::TaskTracker;
@@ -25,7 +26,7 @@ use crate::http::{Background, BackgroundBody, BackgroundLayer};
 use crate::latch::Latch;
 use crate::runner::Runner;
 
-use super::timer::ConnectionTimer;
+use super::head::{HeadClock, HeadTimeout, MarkIdle};
 
 type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
@@ -58,18 +59,15 @@ impl Connections {
         // than by hyper-util's auto one, which sniffs again behind a
         // second prefix wrapper and runs a state machine of its own around
         // every poll.
-        //
-        // The HTTP/1 timer is set per connection, in `serve`: each
-        // connection has its own `ConnectionTimer` (see `timer.rs`).
         let mut http1 = http1::Builder::new();
         http1
             // A client that sends its request and then shuts its side down
             // (or closes at once) still has it handled and answered.
             .half_close(true)
             .keep_alive(true)
-            // Also the keep-alive idle timeout: hyper starts it whenever it
-            // waits for a request head, the next one included.
-            .header_read_timeout(header_read_timeout);
+            // Ours instead, cheaper: see `head.rs`. (Said explicitly: with
+            // no timer, hyper's default would warn on every connection.)
+            .header_read_timeout(None::<Duration>);
         let mut http2 = http2::Builder::new(TokioExecutor::new());
         http2
             .timer(TokioTimer::new())
@@ -102,20 +100,18 @@ impl Connections {
         B::Data: Send,
         B::Error: Into<BoxError>,
     {
-        let service = Hyper(self.layer.layer(service));
+        let service = self.layer.layer(service);
         let closing = self.closing.clone();
         let cut = self.cut.clone();
-        // A clone of the builder (a few fields and an `Arc`) per connection,
-        // for a timer of its own.
-        let mut http1 = self.http1.clone();
-        http1.timer(ConnectionTimer::default());
+        let http1 = self.http1.clone();
         let http2 = self.http2.clone();
         let header_read_timeout = self.header_read_timeout;
         self.tracker.spawn(async move {
             let _permit = permit;
-            // Until the first bytes say which protocol the client speaks,
-            // hyper has no timer running: the header-read timeout covers
-            // this wait too.
+            let accepted = tokio::time::Instant::now();
+            // The header-read timeout covers the wait for the first bytes,
+            // which say which protocol the client speaks, and over HTTP/1
+            // runs on from `accepted` to the first head.
             let sniffed = tokio::select! {
                 biased;
                 () = closing.wait() => return,
@@ -136,13 +132,29 @@ impl Connections {
             let h2 = io.is_h2();
             let io = TokioIo::new(io);
             let served = if h2 {
-                drive(http2.serve_connection(io, service), &closing, &cut).await
-            } else {
+                // An open HTTP/2 connection is pinged instead.
+                let service = Hyper::new(service, None);
+                let connection = http2.serve_connection(io, service);
+                drive(connection, std::future::pending(), &closing, &cut).await
+            } else if let Some(timeout) = header_read_timeout {
+                let clock = HeadClock::new_at(accepted);
+                let head = HeadTimeout::new(clock.clone(), timeout);
+                let service = Hyper::new(service, Some(clock));
                 let connection = http1.serve_connection(io, service).with_upgrades();
-                drive(connection, &closing, &cut).await
+                drive(connection, head, &closing, &cut).await
+            } else {
+                let service = Hyper::new(service, None);
+                let connection = http1.serve_connection(io, service).with_upgrades();
+                drive(connection, std::future::pending(), &closing, &cut).await
             };
-            if let Some(Err(error)) = served {
-                tracing::trace!("connection closed with an error: {error}");
+            match served {
+                Served::Ended(Ok(())) | Served::Cut => {}
+                Served::Ended(Err(error)) => {
+                    tracing::trace!("connection closed with an error: {error}");
+                }
+                Served::HeadTimedOut => {
+                    tracing::debug!("no request head within the header read timeout");
+                }
             }
         });
     }
@@ -182,26 +194,42 @@ impl Connections {
     }
 }
 
-/// Serves `connection` until it ends; once `closing` is set, asks it to
-/// close after its in-flight requests, and drops it (closing the socket)
-/// if `cut` is set before it has. `None` if it was cut.
+/// How [`drive`] ended.
+enum Served {
+    /// The connection ended, closed by either side or failed.
+    Ended(hyper::Result<()>),
+    /// Dropped at the end of the grace period.
+    Cut,
+    /// Dropped: no request head within the header read timeout.
+    HeadTimedOut,
+}
+
+/// Serves `connection` until it ends, or `head` (the header read timeout)
+/// completes; once `closing` is set, asks it to close after its in-flight
+/// requests, and drops it (closing the socket) if `cut` is set before it
+/// has.
 async fn drive<C: Connection>(
     connection: C,
+    head: impl Future<Output = ()>,
     closing: &Latch,
     cut: &Latch,
-) -> Option<hyper::Result<()>> {
+) -> Served {
     let mut connection = pin!(connection);
+    let mut head = pin!(head);
+    // `head` after the connection, each time: see `HeadTimeout`.
     tokio::select! {
         biased;
-        served = connection.as_mut() => Some(served),
+        served = connection.as_mut() => Served::Ended(served),
         () = closing.wait() => {
             connection.as_mut().graceful_shutdown();
             tokio::select! {
                 biased;
-                served = connection.as_mut() => Some(served),
-                () = cut.wait() => None,
+                served = connection.as_mut() => Served::Ended(served),
+                () = cut.wait() => Served::Cut,
+                () = head => Served::HeadTimedOut,
             }
         }
+        () = head.as_mut() => Served::HeadTimedOut,
     }
 }
 
@@ -248,20 +276,62 @@ async fn within<F: std::future::Future>(limit: Option<Duration>, future: F) -> O
 
 /// The app as a hyper service, behind the executing layer: it takes
 /// hyper's request body as axum's `Body`, as `axum::serve` does (axum would
-/// box it anyway), and leaves the response body as the app made it.
-#[derive(Clone)]
-struct Hyper<S>(Background<S>);
+/// box it anyway), and leaves the response body as the app made it. With a
+/// clock (HTTP/1 with a header read timeout), it tells the clock when a
+/// request head is in and when its response is done.
+struct Hyper<S> {
+    service: Background<S>,
+    clock: Option<Arc<HeadClock>>,
+}
+
+impl<S> Hyper<S> {
+    fn new(service: Background<S>, clock: Option<Arc<HeadClock>>) -> Self {
+        Self { service, clock }
+    }
+}
 
 impl<S, B> hyper::service::Service<http::Request<Incoming>> for Hyper<S>
 where
     S: Service<Request, Response = http::Response<B>, Error = Infallible> + Clone,
 {
-    type Response = http::Response<BackgroundBody<B>>;
+    type Response = http::Response<MarkIdle<BackgroundBody<B>>>;
     type Error = Infallible;
-    type Future = Oneshot<Background<S>, Request>;
+    type Future = MarkingIdle<Oneshot<Background<S>, Request>>;
 
     fn call(&self, request: http::Request<Incoming>) -> Self::Future {
-        self.0.clone().oneshot(request.map(axum::body::Body::new))
+        if let Some(clock) = &self.clock {
+            clock.busy();
+        }
+        MarkingIdle {
+            inner: self
+                .service
+                .clone()
+                .oneshot(request.map(axum::body::Body::new)),
+            clock: self.clock.clone(),
+        }
+    }
+}
+
+pin_project! {
+    /// A response future whose response body marks the connection idle.
+    struct MarkingIdle<F> {
+        #[pin]
+        inner: F,
+        clock: Option<Arc<HeadClock>>,
+    }
+}
+
+impl<F, B> Future for MarkingIdle<F>
+where
+    F: Future<Output = Result<http::Response<B>, Infallible>>,
+{
+    type Output = Result<http::Response<MarkIdle<B>>, Infallible>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let this = self.project();
+        let Ok(response) = ready!(this.inner.poll(cx));
+        let clock = this.clock.take();
+        Poll::Ready(Ok(response.map(|body| MarkIdle::new(body, clock))))
     }
 }
 

@@ -8,8 +8,8 @@
 //! instructions of a whole request, measured with `bench/profile.sh`).
 
 mod connection;
+mod head;
 mod incoming;
-mod timer;
 
 use std::convert::Infallible;
 use std::fmt;
