@@ -414,6 +414,51 @@ async fn the_header_read_timeout_closes_slow_and_idle_connections() {
 }
 
 #[tokio::test]
+async fn the_header_read_timeout_spares_busy_connections_and_restarts_after_each_response() {
+    const TIMEOUT: Duration = Duration::from_millis(300);
+    let app = Router::new().route("/", get(|| async { "ok" })).route(
+        "/slow",
+        get(|| async {
+            tokio::time::sleep(3 * TIMEOUT).await;
+            "slow"
+        }),
+    );
+    let (listener, addr) = bind().await;
+    let (fire, signal) = signal();
+    let server = tokio::spawn(
+        serve(listener, app, Runner::new())
+            .header_read_timeout(TIMEOUT)
+            .with_graceful_shutdown(signal)
+            .into_future(),
+    );
+    let mut stream = TcpStream::connect(addr).await.unwrap();
+    // A handler slower than the timeout: no head is awaited meanwhile.
+    stream
+        .write_all(b"GET /slow HTTP/1.1\r\nHost: test\r\n\r\n")
+        .await
+        .unwrap();
+    let answer = read_response(&mut stream).await;
+    assert!(answer.ends_with("slow"), "{answer}");
+    // Requests, each within the timeout of the last response, for longer
+    // than the timeout in all: the deadline follows them.
+    for _ in 0..6 {
+        tokio::time::sleep(TIMEOUT / 2).await;
+        stream
+            .write_all(b"GET / HTTP/1.1\r\nHost: test\r\n\r\n")
+            .await
+            .unwrap();
+        let answer = read_response(&mut stream).await;
+        assert!(answer.ends_with("ok"), "{answer}");
+    }
+    // Then idle: closed, not before the timeout.
+    let idle = Instant::now();
+    let rest = read_until_closed(&mut stream, Duration::from_secs(5)).await;
+    assert!(rest.is_empty(), "{rest:?}");
+    assert!(idle.elapsed() >= TIMEOUT - Duration::from_millis(50));
+    stop(fire, server).await;
+}
+
+#[tokio::test]
 async fn past_the_connection_cap_connections_wait_and_open_ones_are_served() {
     let probe = Probe::new();
     let (listener, addr) = bind().await;
