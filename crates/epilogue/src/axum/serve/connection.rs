@@ -137,8 +137,8 @@ impl Connections {
                 let connection = http2.serve_connection(io, service);
                 drive(connection, std::future::pending(), &closing, &cut).await
             } else if let Some(timeout) = header_read_timeout {
-                let clock = HeadClock::new_at(accepted);
-                let head = HeadTimeout::new(clock.clone(), timeout);
+                let clock = Arc::new(HeadClock::default());
+                let head = HeadTimeout::new(clock.clone(), accepted, timeout);
                 let service = Hyper::new(service, Some(clock));
                 let connection = http1.serve_connection(io, service).with_upgrades();
                 drive(connection, head, &closing, &cut).await
