@@ -1,6 +1,6 @@
 //! `epilogue::axum::serve` over real sockets: what it takes (any listener,
 //! any make-service, `ConnectInfo`), HTTP/2, requests whose client
-//! half-closes or leaves, and the protections (header read timeout,
+//! half-closes or leaves, HTTP/1 upgrades, and the protections (header read timeout,
 //! connection cap, stalled connections at the deadline).
 
 mod common;
@@ -256,6 +256,65 @@ async fn http2_with_prior_knowledge_is_answered_and_its_task_runs() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn http1_upgrades_hand_the_connection_over() {
+    // Echoes, over the upgraded connection, what the client sends.
+    async fn upgrade(mut request: axum::extract::Request) -> axum::response::Response {
+        let upgraded = hyper::upgrade::on(&mut request);
+        tokio::spawn(async move {
+            let mut io = TokioIo::new(upgraded.await.unwrap());
+            let mut buf = [0; 64];
+            let n = io.read(&mut buf).await.unwrap();
+            io.write_all(&buf[..n]).await.unwrap();
+        });
+        axum::response::Response::builder()
+            .status(StatusCode::SWITCHING_PROTOCOLS)
+            .header("connection", "upgrade")
+            .header("upgrade", "echo")
+            .body(axum::body::Body::empty())
+            .unwrap()
+    }
+    let (listener, addr) = bind().await;
+    let (fire, signal) = signal();
+    let server = tokio::spawn(
+        serve(
+            listener,
+            Router::new().route("/upgrade", get(upgrade)),
+            Runner::new(),
+        )
+        .with_graceful_shutdown(signal)
+        .into_future(),
+    );
+    let mut stream = TcpStream::connect(addr).await.unwrap();
+    stream
+        .write_all(
+            b"GET /upgrade HTTP/1.1\r\nHost: test\r\nConnection: upgrade\r\nUpgrade: echo\r\n\r\n",
+        )
+        .await
+        .unwrap();
+    let mut head = Vec::new();
+    let mut byte = [0; 1];
+    while !head.ends_with(b"\r\n\r\n") {
+        let n = tokio::time::timeout(PATIENCE, stream.read(&mut byte))
+            .await
+            .expect("no response head in time")
+            .unwrap();
+        assert_eq!(n, 1, "closed before the response head");
+        head.push(byte[0]);
+    }
+    let head = String::from_utf8(head).unwrap();
+    assert!(head.starts_with("HTTP/1.1 101"), "{head}");
+    stream.write_all(b"ping").await.unwrap();
+    let mut echoed = [0; 4];
+    tokio::time::timeout(PATIENCE, stream.read_exact(&mut echoed))
+        .await
+        .expect("no echo in time")
+        .unwrap();
+    assert_eq!(&echoed, b"ping");
+    let report = stop(fire, server).await;
+    assert!(report.drained);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_request_whose_client_half_closes_is_answered_and_its_task_runs() {
     const REQUESTS: usize = 20;
     let mut probe = Probe::new();
@@ -351,6 +410,51 @@ async fn the_header_read_timeout_closes_slow_and_idle_connections() {
         );
     }
     assert!(started.elapsed() < Duration::from_secs(5));
+    stop(fire, server).await;
+}
+
+#[tokio::test]
+async fn the_header_read_timeout_spares_busy_connections_and_restarts_after_each_response() {
+    const TIMEOUT: Duration = Duration::from_millis(300);
+    let app = Router::new().route("/", get(|| async { "ok" })).route(
+        "/slow",
+        get(|| async {
+            tokio::time::sleep(3 * TIMEOUT).await;
+            "slow"
+        }),
+    );
+    let (listener, addr) = bind().await;
+    let (fire, signal) = signal();
+    let server = tokio::spawn(
+        serve(listener, app, Runner::new())
+            .header_read_timeout(TIMEOUT)
+            .with_graceful_shutdown(signal)
+            .into_future(),
+    );
+    let mut stream = TcpStream::connect(addr).await.unwrap();
+    // A handler slower than the timeout: no head is awaited meanwhile.
+    stream
+        .write_all(b"GET /slow HTTP/1.1\r\nHost: test\r\n\r\n")
+        .await
+        .unwrap();
+    let answer = read_response(&mut stream).await;
+    assert!(answer.ends_with("slow"), "{answer}");
+    // Requests, each within the timeout of the last response, for longer
+    // than the timeout in all: the deadline follows them.
+    for _ in 0..6 {
+        tokio::time::sleep(TIMEOUT / 2).await;
+        stream
+            .write_all(b"GET / HTTP/1.1\r\nHost: test\r\n\r\n")
+            .await
+            .unwrap();
+        let answer = read_response(&mut stream).await;
+        assert!(answer.ends_with("ok"), "{answer}");
+    }
+    // Then idle: closed, not before the timeout.
+    let idle = Instant::now();
+    let rest = read_until_closed(&mut stream, Duration::from_secs(5)).await;
+    assert!(rest.is_empty(), "{rest:?}");
+    assert!(idle.elapsed() >= TIMEOUT - Duration::from_millis(50));
     stop(fire, server).await;
 }
 

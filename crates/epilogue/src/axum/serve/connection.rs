@@ -2,16 +2,18 @@
 //! gracefully on shutdown and cut at the deadline.
 
 use std::convert::Infallible;
+use std::future::Future;
 use std::io;
 use std::pin::{pin, Pin};
 use std::sync::Arc;
-use std::task::{Context, Poll};
+use std::task::{ready, Context, Poll};
 use std::time::{Duration, Instant};
 
 use axum::extract::Request;
 use hyper::body::Incoming;
+use hyper::server::conn::{http1, http2};
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
-use hyper_util::server::conn::auto;
+use pin_project_lite::pin_project;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, ReadBuf};
 use tokio::sync::OwnedSemaphorePermit;
 use tokio_util::task::TaskTracker;
@@ -23,6 +25,8 @@ use tower_service::Service;
 use crate::http::{Background, BackgroundBody, BackgroundLayer};
 use crate::latch::Latch;
 use crate::runner::Runner;
+
+use super::head::{HeadClock, HeadTimeout, MarkIdle};
 
 type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
@@ -42,26 +46,30 @@ pub(super) struct Connections {
     tracker: TaskTracker,
     closing: Arc<Latch>,
     cut: Arc<Latch>,
-    builder: Arc<auto::Builder<TokioExecutor>>,
+    http1: http1::Builder,
+    http2: Arc<http2::Builder<TokioExecutor>>,
     layer: BackgroundLayer,
     header_read_timeout: Option<Duration>,
 }
 
 impl Connections {
     pub(super) fn new(runner: &Runner, header_read_timeout: Option<Duration>) -> Self {
-        let mut builder = auto::Builder::new(TokioExecutor::new());
-        builder
-            .http1()
-            .timer(TokioTimer::new())
+        // Our sniff already knows the protocol, so each connection is
+        // served by hyper's HTTP/1 or HTTP/2 connection directly rather
+        // than by hyper-util's auto one, which sniffs again behind a
+        // second prefix wrapper and runs a state machine of its own around
+        // every poll.
+        let mut http1 = http1::Builder::new();
+        http1
             // A client that sends its request and then shuts its side down
             // (or closes at once) still has it handled and answered.
             .half_close(true)
             .keep_alive(true)
-            // Also the keep-alive idle timeout: hyper starts it whenever it
-            // waits for a request head, the next one included.
-            .header_read_timeout(header_read_timeout);
-        builder
-            .http2()
+            // Ours instead, cheaper: see `head.rs`. (Said explicitly: with
+            // no timer, hyper's default would warn on every connection.)
+            .header_read_timeout(None::<Duration>);
+        let mut http2 = http2::Builder::new(TokioExecutor::new());
+        http2
             .timer(TokioTimer::new())
             // WebSockets over HTTP/2 (RFC 8441), as axum::serve allows.
             .enable_connect_protocol()
@@ -71,7 +79,8 @@ impl Connections {
             tracker: TaskTracker::new(),
             closing: Arc::default(),
             cut: Arc::default(),
-            builder: Arc::new(builder),
+            http1,
+            http2: Arc::new(http2),
             layer: BackgroundLayer::new(runner.clone()),
             header_read_timeout,
         }
@@ -91,16 +100,18 @@ impl Connections {
         B::Data: Send,
         B::Error: Into<BoxError>,
     {
-        let service = Hyper(self.layer.layer(service));
+        let service = self.layer.layer(service);
         let closing = self.closing.clone();
         let cut = self.cut.clone();
-        let builder = self.builder.clone();
+        let http1 = self.http1.clone();
+        let http2 = self.http2.clone();
         let header_read_timeout = self.header_read_timeout;
         self.tracker.spawn(async move {
             let _permit = permit;
-            // Until the first bytes say which protocol the client speaks,
-            // hyper has no timer running: the header-read timeout covers
-            // this wait too.
+            let accepted = tokio::time::Instant::now();
+            // The header-read timeout covers the wait for the first bytes,
+            // which say which protocol the client speaks, and over HTTP/1
+            // runs on from `accepted` to the first head.
             let sniffed = tokio::select! {
                 biased;
                 () = closing.wait() => return,
@@ -118,23 +129,32 @@ impl Connections {
                     return;
                 }
             };
-            let mut connection =
-                pin!(builder.serve_connection_with_upgrades(TokioIo::new(io), service));
-            let served = tokio::select! {
-                biased;
-                served = connection.as_mut() => served,
-                () = closing.wait() => {
-                    connection.as_mut().graceful_shutdown();
-                    tokio::select! {
-                        biased;
-                        served = connection.as_mut() => served,
-                        // Dropping the connection closes the socket.
-                        () = cut.wait() => return,
-                    }
-                }
+            let h2 = io.is_h2();
+            let io = TokioIo::new(io);
+            let served = if h2 {
+                // An open HTTP/2 connection is pinged instead.
+                let service = Hyper::new(service, None);
+                let connection = http2.serve_connection(io, service);
+                drive(connection, std::future::pending(), &closing, &cut).await
+            } else if let Some(timeout) = header_read_timeout {
+                let clock = Arc::new(HeadClock::default());
+                let head = HeadTimeout::new(clock.clone(), accepted, timeout);
+                let service = Hyper::new(service, Some(clock));
+                let connection = http1.serve_connection(io, service).with_upgrades();
+                drive(connection, head, &closing, &cut).await
+            } else {
+                let service = Hyper::new(service, None);
+                let connection = http1.serve_connection(io, service).with_upgrades();
+                drive(connection, std::future::pending(), &closing, &cut).await
             };
-            if let Err(error) = served {
-                tracing::trace!("connection closed with an error: {error}");
+            match served {
+                Served::Ended(Ok(())) | Served::Cut => {}
+                Served::Ended(Err(error)) => {
+                    tracing::trace!("connection closed with an error: {error}");
+                }
+                Served::HeadTimedOut => {
+                    tracing::debug!("no request head within the header read timeout");
+                }
             }
         });
     }
@@ -174,6 +194,78 @@ impl Connections {
     }
 }
 
+/// How [`drive`] ended.
+enum Served {
+    /// The connection ended, closed by either side or failed.
+    Ended(hyper::Result<()>),
+    /// Dropped at the end of the grace period.
+    Cut,
+    /// Dropped: no request head within the header read timeout.
+    HeadTimedOut,
+}
+
+/// Serves `connection` until it ends, or `head` (the header read timeout)
+/// completes; once `closing` is set, asks it to close after its in-flight
+/// requests, and drops it (closing the socket) if `cut` is set before it
+/// has.
+async fn drive<C: Connection>(
+    connection: C,
+    head: impl Future<Output = ()>,
+    closing: &Latch,
+    cut: &Latch,
+) -> Served {
+    let mut connection = pin!(connection);
+    let mut head = pin!(head);
+    // `head` after the connection, each time: see `HeadTimeout`.
+    tokio::select! {
+        biased;
+        served = connection.as_mut() => Served::Ended(served),
+        () = closing.wait() => {
+            connection.as_mut().graceful_shutdown();
+            tokio::select! {
+                biased;
+                served = connection.as_mut() => Served::Ended(served),
+                () = cut.wait() => Served::Cut,
+                () = head => Served::HeadTimedOut,
+            }
+        }
+        () = head.as_mut() => Served::HeadTimedOut,
+    }
+}
+
+/// A hyper server connection, HTTP/1 or HTTP/2: each has its own
+/// `graceful_shutdown`.
+trait Connection: Future<Output = hyper::Result<()>> {
+    fn graceful_shutdown(self: Pin<&mut Self>);
+}
+
+impl<I, S, B> Connection for http1::UpgradeableConnection<I, S>
+where
+    S: hyper::service::HttpService<Incoming, ResBody = B>,
+    S::Error: Into<BoxError>,
+    I: hyper::rt::Read + hyper::rt::Write + Unpin + Send + 'static,
+    B: http_body::Body + 'static,
+    B::Error: Into<BoxError>,
+{
+    fn graceful_shutdown(self: Pin<&mut Self>) {
+        http1::UpgradeableConnection::graceful_shutdown(self);
+    }
+}
+
+impl<I, S, B> Connection for http2::Connection<I, S, TokioExecutor>
+where
+    S: hyper::service::HttpService<Incoming, ResBody = B>,
+    S::Error: Into<BoxError>,
+    I: hyper::rt::Read + hyper::rt::Write + Unpin,
+    B: http_body::Body + 'static,
+    B::Error: Into<BoxError>,
+    TokioExecutor: hyper::rt::bounds::Http2ServerConnExec<S::Future, B>,
+{
+    fn graceful_shutdown(self: Pin<&mut Self>) {
+        http2::Connection::graceful_shutdown(self);
+    }
+}
+
 /// `future`'s output, or `None` if `limit` passes first.
 async fn within<F: std::future::Future>(limit: Option<Duration>, future: F) -> Option<F::Output> {
     match limit {
@@ -184,20 +276,62 @@ async fn within<F: std::future::Future>(limit: Option<Duration>, future: F) -> O
 
 /// The app as a hyper service, behind the executing layer: it takes
 /// hyper's request body as axum's `Body`, as `axum::serve` does (axum would
-/// box it anyway), and leaves the response body as the app made it.
-#[derive(Clone)]
-struct Hyper<S>(Background<S>);
+/// box it anyway), and leaves the response body as the app made it. With a
+/// clock (HTTP/1 with a header read timeout), it tells the clock when a
+/// request head is in and when its response is done.
+struct Hyper<S> {
+    service: Background<S>,
+    clock: Option<Arc<HeadClock>>,
+}
+
+impl<S> Hyper<S> {
+    fn new(service: Background<S>, clock: Option<Arc<HeadClock>>) -> Self {
+        Self { service, clock }
+    }
+}
 
 impl<S, B> hyper::service::Service<http::Request<Incoming>> for Hyper<S>
 where
     S: Service<Request, Response = http::Response<B>, Error = Infallible> + Clone,
 {
-    type Response = http::Response<BackgroundBody<B>>;
+    type Response = http::Response<MarkIdle<BackgroundBody<B>>>;
     type Error = Infallible;
-    type Future = Oneshot<Background<S>, Request>;
+    type Future = MarkingIdle<Oneshot<Background<S>, Request>>;
 
     fn call(&self, request: http::Request<Incoming>) -> Self::Future {
-        self.0.clone().oneshot(request.map(axum::body::Body::new))
+        if let Some(clock) = &self.clock {
+            clock.busy();
+        }
+        MarkingIdle {
+            inner: self
+                .service
+                .clone()
+                .oneshot(request.map(axum::body::Body::new)),
+            clock: self.clock.clone(),
+        }
+    }
+}
+
+pin_project! {
+    /// A response future whose response body marks the connection idle.
+    struct MarkingIdle<F> {
+        #[pin]
+        inner: F,
+        clock: Option<Arc<HeadClock>>,
+    }
+}
+
+impl<F, B> Future for MarkingIdle<F>
+where
+    F: Future<Output = Result<http::Response<B>, Infallible>>,
+{
+    type Output = Result<http::Response<MarkIdle<B>>, Infallible>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let this = self.project();
+        let Ok(response) = ready!(this.inner.poll(cx));
+        let clock = this.clock.take();
+        Poll::Ready(Ok(response.map(|body| MarkIdle::new(body, clock))))
     }
 }
 
@@ -237,6 +371,13 @@ struct Prefixed<I> {
     inner: I,
 }
 
+impl<I> Prefixed<I> {
+    /// Whether the client began with the HTTP/2 preface (prior knowledge).
+    fn is_h2(&self) -> bool {
+        self.prefix[..self.end] == H2_PREFACE[..]
+    }
+}
+
 impl<I: AsyncRead + Unpin> AsyncRead for Prefixed<I> {
     fn poll_read(
         self: Pin<&mut Self>,
@@ -245,12 +386,23 @@ impl<I: AsyncRead + Unpin> AsyncRead for Prefixed<I> {
     ) -> Poll<io::Result<()>> {
         let this = self.get_mut();
         if this.start < this.end {
-            let n = (this.end - this.start).min(buf.remaining());
-            buf.put_slice(&this.prefix[this.start..this.start + n]);
-            this.start += n;
+            this.read_prefix(buf);
             return Poll::Ready(Ok(()));
         }
         Pin::new(&mut this.inner).poll_read(cx, buf)
+    }
+}
+
+impl<I> Prefixed<I> {
+    /// Out of line: only a connection's first read or two take it, and
+    /// every later read passes straight through (inline, it cost each read
+    /// about 14 instructions in `bench/profile.sh`).
+    #[cold]
+    #[inline(never)]
+    fn read_prefix(&mut self, buf: &mut ReadBuf<'_>) {
+        let n = (self.end - self.start).min(buf.remaining());
+        buf.put_slice(&self.prefix[self.start..self.start + n]);
+        self.start += n;
     }
 }
 
@@ -303,6 +455,7 @@ mod tests {
             client.write_all(sent).await.unwrap();
             client.shutdown().await.unwrap();
             let mut io = sniff(server).await.unwrap().expect("bytes were sent");
+            assert_eq!(io.is_h2(), sent.starts_with(H2_PREFACE), "{sent:?}");
             let mut received = Vec::new();
             io.read_to_end(&mut received).await.unwrap();
             assert_eq!(received, sent);

@@ -8,6 +8,7 @@
 //! instructions of a whole request, measured with `bench/profile.sh`).
 
 mod connection;
+mod head;
 mod incoming;
 
 use std::convert::Infallible;
