@@ -12,16 +12,14 @@ use crate::stats::Stats;
 #[non_exhaustive]
 pub struct ShutdownReport {
     /// Every accepted task ended (succeeded, failed, panicked, timed out or
-    /// was skipped) before the deadline.
+    /// was skipped) before the deadline, and none was cut off.
     pub drained: bool,
     /// Tasks that ran to an end while the shutdown waited (succeeded, failed,
     /// panicked, timed out or skipped; the cut-off ones are in `cut_off`).
     pub finished_during_drain: u64,
-    /// The names of the tasks stopped by the deadline or never started, in
-    /// the order they were cut off, since the last report (groups started
-    /// outside a runtime are cut off, and named, too). Empty when `drained`
-    /// unless such a group was; also empty when the deadline passed with
-    /// nothing left to cut off.
+    /// The names of the tasks stopped by a deadline or never started, in the
+    /// order they were cut off, since the last report (groups started
+    /// outside a runtime are cut off, and named, too). Empty when `drained`.
     pub cut_off: Vec<String>,
     /// How long the shutdown took.
     pub elapsed: Duration,
@@ -45,18 +43,19 @@ pub(super) async fn drain(state: &State, grace: Duration) -> ShutdownReport {
     );
     // `timeout` saturates: a grace of `Duration::MAX` waits without end.
     let waited = tokio::time::timeout(grace, state.tracker().wait()).await;
-    // Everything may also have ended because the tasks were cut off early
-    // (a second signal): that is not a drain.
-    let drained = waited.is_ok() && !state.deadline().is_set();
-    if !drained {
+    if waited.is_err() {
         state.deadline().set();
         let _ = tokio::time::timeout(CUT_OFF_BOOKKEEPING, state.tracker().wait()).await;
     }
+    // Drained: everything ended, and nothing was cut off on the way (by this
+    // deadline, or by an earlier one such as a second signal).
+    let cut_off = state.take_cut_off();
+    let drained = waited.is_ok() && cut_off.is_empty();
     let stats = state.stats();
     let report = ShutdownReport {
         drained,
         finished_during_drain: finished(&stats) - finished(&before),
-        cut_off: state.take_cut_off(),
+        cut_off,
         elapsed: started.elapsed(),
         stats,
     };

@@ -160,8 +160,10 @@ impl Connections {
     }
 
     /// Asks every connection to close once its in-flight requests are
-    /// answered, and waits for them until `deadline` (`None`: no deadline),
-    /// then cuts those left. Returns whether they all closed in time.
+    /// answered, and waits for them until `deadline` (`None`: no deadline).
+    /// Returns whether they all closed in time; the caller cuts those left,
+    /// once the runner's deadline is set, so that the tasks their dropped
+    /// bodies start are cut off too.
     pub(super) async fn close(&self, deadline: Option<Instant>) -> bool {
         self.closing.set();
         self.tracker.close();
@@ -177,9 +179,8 @@ impl Connections {
         if !closed {
             tracing::warn!(
                 open = self.tracker.len(),
-                "connections still open at the end of the grace period; closing them"
+                "connections still open at the end of the grace period"
             );
-            self.cut().await;
         }
         closed
     }
@@ -191,6 +192,15 @@ impl Connections {
         self.cut.set();
         self.tracker.close();
         let _ = tokio::time::timeout(CUT_MARGIN, self.tracker.wait()).await;
+    }
+}
+
+impl Drop for Connections {
+    // Dropping `serve`'s future drops the connections too, at their next
+    // poll: they run on tasks of their own, which would outlive it.
+    fn drop(&mut self) {
+        self.closing.set();
+        self.cut.set();
     }
 }
 

@@ -117,11 +117,11 @@ type Signal = Pin<Box<dyn Future<Output = ()> + Send>>;
 /// [`with_graceful_shutdown`](Serve::with_graceful_shutdown) says otherwise)
 /// it:
 ///
-/// 1. stops accepting connections and stops admitting background work
-///    (requests to task-bearing routes get `503`);
-/// 2. finishes the requests in flight (their tasks are accepted) and closes
-///    every connection, HTTP/2 ones with a `GOAWAY`;
-/// 3. waits for every accepted task;
+/// 1. stops accepting connections;
+/// 2. finishes the requests in flight (they are admitted as usual, and
+///    their tasks accepted) and closes every connection, HTTP/2 ones with a
+///    `GOAWAY`;
+/// 3. stops admitting background work, and waits for every accepted task;
 /// 4. returns the [`ShutdownReport`].
 ///
 /// Steps 2 and 3 share the grace period (30 s by default,
@@ -150,9 +150,9 @@ type Signal = Pin<Box<dyn Future<Output = ()> + Send>>;
 /// # Cancel safety
 ///
 /// Dropping this future (or the task awaiting it) before it completes drops
-/// the listener and every open connection at once, and does **not** drain
-/// the runner: accepted tasks keep running on the runtime, unwaited, and
-/// tasks of responses cut short still start. Call
+/// the listener, and every open connection at its next poll, and does
+/// **not** drain the runner: accepted tasks keep running on the runtime,
+/// unwaited, and tasks of responses cut short still start. Call
 /// [`Runner::shutdown`] yourself if you stop serving that way.
 ///
 /// # Differences from `axum::serve`
@@ -319,7 +319,8 @@ where
             connections.serve(io, service, permit);
         }
         let fired = Instant::now();
-        runner.close();
+        // Requests in flight are admitted as usual: the runner closes once
+        // their connections have.
         drop(listener);
         // `None`: a grace too long for `Instant`, that is, no deadline.
         let deadline = fired.checked_add(grace).filter(|_| grace < FOREVER);
@@ -336,7 +337,10 @@ where
         tokio::select! {
             closed = connections.close(deadline) => {
                 if !closed {
-                    tracing::warn!("the grace period ended before every connection closed");
+                    // The deadline first: the bodies dropped with their
+                    // connections start tasks, which must be cut off.
+                    runner.cut_off_now();
+                    connections.cut().await;
                 }
             }
             () = &mut second => {
@@ -346,6 +350,7 @@ where
                 connections.cut().await;
             }
         }
+        runner.close();
         let remaining = match deadline {
             Some(deadline) => deadline.saturating_duration_since(Instant::now()),
             None => grace,
