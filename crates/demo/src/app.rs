@@ -270,8 +270,8 @@ async fn metrics(
 /// `GET /stats`: the runner's counters, and its limits under `limits`
 /// (every counter stays at the top level).
 async fn stats(Extract(state): Extract<State>) -> Json<serde_json::Value> {
-    let mut stats = serde_json::to_value(state.runner.stats())
-        .expect("Stats serialises to a JSON object");
+    let mut stats =
+        serde_json::to_value(state.runner.stats()).expect("Stats serialises to a JSON object");
     let limits =
         serde_json::to_value(state.runner.limits()).expect("Limits serialises to a JSON object");
     if let Some(fields) = stats.as_object_mut() {
