@@ -109,6 +109,7 @@ pub fn router(state: State) -> Router {
         .route("/outbox", get(outbox_list))
         .route("/stats", get(stats))
         .route("/metrics", get(metrics))
+        .route("/dashboard", get(dashboard))
         .route("/healthz", get(healthz))
         .with_state(state);
     with_middleware(routes)
@@ -266,9 +267,31 @@ async fn metrics(
     )
 }
 
-/// `GET /stats`: the runner's counters.
-async fn stats(Extract(state): Extract<State>) -> Json<epilogue::Stats> {
-    Json(state.runner.stats())
+/// `GET /stats`: the runner's counters, and its limits under `limits`
+/// (every counter stays at the top level).
+async fn stats(Extract(state): Extract<State>) -> Json<serde_json::Value> {
+    let mut stats =
+        serde_json::to_value(state.runner.stats()).expect("Stats serialises to a JSON object");
+    let limits =
+        serde_json::to_value(state.runner.limits()).expect("Limits serialises to a JSON object");
+    if let Some(fields) = stats.as_object_mut() {
+        fields.insert("limits".to_owned(), limits);
+    }
+    Json(stats)
+}
+
+/// The page of `GET /dashboard`: self-contained, it polls `GET /stats`.
+const DASHBOARD: &str = include_str!("dashboard.html");
+
+/// `GET /dashboard`: a live view of `/stats` for a person on call.
+async fn dashboard() -> ([(header::HeaderName, &'static str); 2], &'static str) {
+    (
+        [
+            (header::CONTENT_TYPE, "text/html; charset=utf-8"),
+            (header::CACHE_CONTROL, "no-cache"),
+        ],
+        DASHBOARD,
+    )
 }
 
 #[cfg(test)]
