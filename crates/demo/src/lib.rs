@@ -32,6 +32,10 @@ pub fn init_logging() {
 /// # Errors
 ///
 /// When a recorder is installed already.
+///
+/// # Panics
+///
+/// Outside a tokio runtime, which the upkeep runs on.
 pub fn install_metrics() -> Result<metrics_exporter_prometheus::PrometheusHandle, String> {
     use metrics_exporter_prometheus::{Matcher, PrometheusBuilder};
 
