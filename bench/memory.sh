@@ -42,18 +42,10 @@ queued_delay_ms=30000 sleeping_delay_ms=20000
 tool=("$python" "$here/lib/memtool.py")
 
 (cd "$root" && cargo build --release -p epilogue-demo) >&2
-target_dir=$(cd "$root" && cargo metadata --format-version 1 --no-deps |
-  "$python" -c 'import json, sys; print(json.load(sys.stdin)["target_directory"])')
+target_dir=$(target_directory "$root")
 demo=$target_dir/release/epilogue-demo
 work=$(mktemp -d -t epilogue-memory.XXXXXX)
-pid=
-cleanup() {
-  if [[ -n $pid ]]; then kill -KILL "$pid" 2>/dev/null || true; wait "$pid" 2>/dev/null || true; fi
-  rm -rf "$work"
-}
-trap cleanup EXIT
-trap 'exit 130' INT
-trap 'exit 143' TERM
+kill_server_on_exit "$work"
 
 port=
 start_demo() { # start_demo ARGS...: a fresh data directory, port in $port

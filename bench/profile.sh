@@ -22,19 +22,11 @@ cpus=$(nproc)
 server_cpu=0 client_cpu=$((cpus >= 2 ? 1 : 0))
 
 (cd "$root" && cargo build --release -p epilogue-demo -p bench-baseline) >&2
-target_dir=$(cd "$root" && cargo metadata --format-version 1 --no-deps |
-  "$python" -c 'import json, sys; print(json.load(sys.stdin)["target_directory"])')
+target_dir=$(target_directory "$root")
 out=$target_dir/bench/profile-$(date +%Y%m%d-%H%M%S)
 mkdir -p "$out"
 work=$(mktemp -d -t epilogue-profile.XXXXXX)
-pid=
-cleanup() {
-  if [[ -n $pid ]]; then kill -KILL "$pid" 2>/dev/null || true; wait "$pid" 2>/dev/null || true; fi
-  rm -rf "$work"
-}
-trap cleanup EXIT
-trap 'exit 130' INT
-trap 'exit 143' TERM
+kill_server_on_exit "$work"
 
 profile() { # profile SERVER LABEL REQUESTS
   local server=$1 label=$2 requests=$3 cmd

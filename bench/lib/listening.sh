@@ -1,4 +1,4 @@
-# Sourced by run.sh and profile.sh.
+# Sourced by run.sh, profile.sh and memory.sh: starting and stopping servers.
 
 # listening_port STDOUT PID: prints the port that the server PID announced
 # on its STDOUT file ("listening on http://HOST:PORT"), waiting up to 30 s.
@@ -15,4 +15,20 @@ listening_port() {
     sleep 0.05
   done
   return 1
+}
+
+# target_directory ROOT: prints cargo's target directory for the workspace.
+target_directory() {
+  (cd "$1" && cargo metadata --format-version 1 --no-deps |
+    "${PYTHON:-python3}" -c 'import json, sys; print(json.load(sys.stdin)["target_directory"])')
+}
+
+# kill_server_on_exit WORK: on exit, kills the server whose PID is in $pid
+# (if any) and removes the scratch directory WORK.
+kill_server_on_exit() {
+  pid=
+  scratch=$1
+  trap 'if [[ -n $pid ]]; then kill -KILL "$pid" 2>/dev/null || true; wait "$pid" 2>/dev/null || true; fi; rm -rf "$scratch"' EXIT
+  trap 'exit 130' INT
+  trap 'exit 143' TERM
 }

@@ -165,11 +165,7 @@ impl Builder {
     ///
     /// When `n` is 0: no group could ever run.
     pub fn max_running(mut self, n: usize) -> Self {
-        assert!(
-            n > 0,
-            "max_running must be at least 1, or no task could ever run"
-        );
-        self.config.max_running = n.min(Self::MAX_LIMIT);
+        self.config.max_running = permits("max_running", n);
         self
     }
 
@@ -193,11 +189,7 @@ impl Builder {
     ///
     /// When `n` is 0: no blocking task could ever run.
     pub fn max_blocking(mut self, n: usize) -> Self {
-        assert!(
-            n > 0,
-            "max_blocking must be at least 1, or no blocking task could ever run"
-        );
-        self.config.max_blocking = n.min(Self::MAX_LIMIT);
+        self.config.max_blocking = permits("max_blocking", n);
         self
     }
 
@@ -224,6 +216,16 @@ impl Builder {
             state: Arc::new(State::new(self.config)),
         }
     }
+}
+
+/// A number of semaphore permits from a user: at least one, at most what
+/// tokio can count.
+fn permits(what: &str, n: usize) -> usize {
+    assert!(
+        n > 0,
+        "{what} must be at least 1, or no task could ever run"
+    );
+    n.min(Builder::MAX_LIMIT)
 }
 
 impl Runner {
