@@ -52,6 +52,11 @@ const SOAK_REQUESTS: usize = 20_000;
 /// Clients sending at once, each one request after the other.
 const CLIENTS: usize = 48;
 
+/// The longest pause of a client between two requests (each pause is drawn
+/// between none and this): enough traffic to keep the demo at its limits
+/// for a few seconds, not so much that nearly every request is refused.
+const MAX_PAUSE_MS: u64 = 200;
+
 /// How long all the traffic may take, by default and in a soak.
 const TRAFFIC_LIMIT: Duration = Duration::from_secs(60);
 const SOAK_TRAFFIC_LIMIT: Duration = Duration::from_secs(600);
@@ -128,9 +133,10 @@ fn mix(mut x: u64) -> u64 {
     x ^ (x >> 31)
 }
 
-/// The route and mode of request `id`: half the requests to each route;
-/// half wait, a quarter close at once, a quarter half-close.
-fn choose(seed: u64, id: usize) -> (Route, Mode) {
+/// The route and mode of request `id`, and the client's pause after it:
+/// half the requests to each route; half wait, a quarter close at once, a
+/// quarter half-close.
+fn choose(seed: u64, id: usize) -> (Route, Mode, Duration) {
     let x = mix(seed ^ mix(id as u64));
     let route = if x & 1 == 0 {
         Route::Chaos
@@ -142,7 +148,8 @@ fn choose(seed: u64, id: usize) -> (Route, Mode) {
         2 => Mode::Close,
         _ => Mode::HalfClose,
     };
-    (route, mode)
+    let pause = Duration::from_millis((x >> 8) % (MAX_PAUSE_MS + 1));
+    (route, mode, pause)
 }
 
 /// What the chaos task of `email` must end with, after the retry policy:
@@ -319,7 +326,7 @@ async fn under_chaos_at_its_limits_every_accepted_request_gets_its_tasks_once() 
                 if id >= requests {
                     return;
                 }
-                let (route, mode) = choose(seed, id);
+                let (route, mode, pause) = choose(seed, id);
                 let answer = send(addr, route, mode, id).await;
                 let record = Sent {
                     route,
@@ -327,6 +334,7 @@ async fn under_chaos_at_its_limits_every_accepted_request_gets_its_tasks_once() 
                     answer,
                 };
                 sent.lock().unwrap().insert(id, record);
+                tokio::time::sleep(pause).await;
             }
         });
     }
