@@ -468,6 +468,29 @@ mod tests {
         assert!(disk.bytes.is_empty());
     }
 
+    #[test]
+    fn chaos_outcomes_are_a_function_of_the_email_and_attempt_and_mixed() {
+        let mut counts = std::collections::BTreeMap::new();
+        for n in 0..10_000 {
+            let email = format!("user{n}@example.com");
+            for attempt in 0..3 {
+                let outcome = chaos_outcome(&email, attempt);
+                assert_eq!(outcome, chaos_outcome(&email, attempt));
+                *counts.entry(outcome).or_insert(0u32) += 1;
+            }
+        }
+        // 30 % / 23 % / 23 % / 24 % of 30 000, give or take.
+        for (outcome, share) in [
+            (ChaosOutcome::Succeed, 9_000),
+            (ChaosOutcome::Fail, 6_900),
+            (ChaosOutcome::Panic, 6_900),
+            (ChaosOutcome::Hang, 7_200),
+        ] {
+            let n = counts[&outcome];
+            assert!(n.abs_diff(share) < 600, "{outcome:?}: {n} of 30 000");
+        }
+    }
+
     fn printable(value: &str) -> String {
         let mut line = String::new();
         push_printable(&mut line, value);
