@@ -2,6 +2,8 @@
 //! documentation.
 
 use std::io;
+use std::sync::atomic::AtomicU32;
+use std::sync::Arc;
 use std::time::Duration;
 
 use axum::extract::{DefaultBodyLimit, FromRef, Query, State as Extract};
@@ -22,7 +24,8 @@ use tracing::Span;
 use crate::config::Config;
 use crate::input::{ApiError, Credentials, MAX_BODY_BYTES};
 use crate::tasks::{
-    fail, send_email_notification, write_in_file, AuditLog, Email, FailMode, Outbox,
+    chaos, fail, send_email_notification, write_in_file, AuditLog, Email, FailMode, Outbox,
+    CHAOS_BACKOFF, CHAOS_RETRIES, CHAOS_TIMEOUT,
 };
 
 /// What the handlers share.
@@ -104,6 +107,7 @@ pub fn router(state: State) -> Router {
         .route("/response/list", post(response_list))
         .route("/response/add-task", post(response_add_task))
         .route("/fail", post(failing))
+        .route("/chaos", post(chaos_route))
         // The extractor admits the request itself.
         .route("/extractor", post(extractor))
         .route("/outbox", get(outbox_list))
@@ -245,6 +249,30 @@ async fn failing(
     ]);
     let (status, body) = created("Created");
     Ok((status, tasks, body))
+}
+
+/// `POST /chaos`: a task whose every attempt succeeds, fails, panics or
+/// hangs past its timeout, as [`crate::tasks::chaos_outcome`] draws it, with
+/// retries; then an email that is sent whatever the first task did.
+async fn chaos_route(
+    _: Admitted,
+    Extract(state): Extract<State>,
+    user: Credentials,
+) -> (StatusCode, BackgroundTasks, Json<Message>) {
+    let attempts = Arc::new(AtomicU32::new(0));
+    let timeout = CHAOS_TIMEOUT.saturating_add(state.outbox.delay());
+    let tasks = BackgroundTasks::from([
+        BackgroundTask::new(chaos, (state.outbox.clone(), user.email.clone(), attempts))
+            .name("chaos")
+            .retry(CHAOS_RETRIES, CHAOS_BACKOFF)
+            .timeout(timeout),
+        BackgroundTask::new(
+            send_email_notification,
+            (state.outbox, Some(user.email), "Chaos over."),
+        ),
+    ]);
+    let (status, body) = created("Created");
+    (status, tasks, body)
 }
 
 /// `GET /outbox`: the most recent emails, in the order sent.

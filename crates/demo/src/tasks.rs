@@ -15,6 +15,7 @@ use std::fs::{self, File, OpenOptions};
 use std::io::{self, Write};
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -54,6 +55,11 @@ impl Outbox {
             delay,
             sent: Mutex::new((file, VecDeque::new())),
         })))
+    }
+
+    /// The simulated time to send one email.
+    pub fn delay(&self) -> Duration {
+        self.0.delay
     }
 
     /// The most recent emails, oldest first.
@@ -183,6 +189,88 @@ pub async fn fail(mode: FailMode) -> Result<(), String> {
     match mode {
         FailMode::Error => Err("the mail server refused the message (simulated)".to_owned()),
         FailMode::Panic => panic!("a background task panicked (simulated)"),
+    }
+}
+
+/// What the `chaos` task's email says when an attempt of it succeeds.
+pub const CHAOS_SURVIVED: &str = "Chaos survived.";
+
+/// How many more times `POST /chaos`'s task is tried after a failed attempt.
+pub const CHAOS_RETRIES: u32 = 2;
+
+/// The wait before its first retry (doubled before the next one).
+pub const CHAOS_BACKOFF: Duration = Duration::from_millis(10);
+
+/// Its timeout per attempt, past the email delay.
+pub const CHAOS_TIMEOUT: Duration = Duration::from_millis(50);
+
+/// How long an attempt that hangs sleeps, past the email delay: a hundred
+/// times its timeout, so that it is always stopped by it, however late the
+/// clock is read.
+pub const CHAOS_HANG: Duration = Duration::from_secs(5);
+
+/// What one attempt of the `chaos` task does.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum ChaosOutcome {
+    /// Sends its email: `email(to=email, "Chaos survived.")`.
+    Succeed,
+    /// Returns an error.
+    Fail,
+    /// Panics.
+    Panic,
+    /// Sleeps [`CHAOS_HANG`] (and the email delay), far past its timeout.
+    Hang,
+}
+
+/// What attempt `attempt` (0 for the first) of the chaos task of `email`
+/// does: drawn from a small PRNG (splitmix64) seeded with the FNV-1a hash
+/// of the email and the attempt number. Random-looking across emails and
+/// attempts, and a pure function of them, so that whoever knows the email
+/// knows what each attempt does: 30 % succeed, the rest fail, panic or hang
+/// in equal parts.
+pub fn chaos_outcome(email: &str, attempt: u32) -> ChaosOutcome {
+    let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
+    for byte in email.bytes() {
+        hash ^= u64::from(byte);
+        hash = hash.wrapping_mul(0x0000_0100_0000_01b3);
+    }
+    let mut x = hash.wrapping_add(
+        u64::from(attempt)
+            .wrapping_add(1)
+            .wrapping_mul(0x9e37_79b9_7f4a_7c15),
+    );
+    x = (x ^ (x >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+    x = (x ^ (x >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+    x ^= x >> 31;
+    match x % 100 {
+        0..30 => ChaosOutcome::Succeed,
+        30..53 => ChaosOutcome::Fail,
+        53..76 => ChaosOutcome::Panic,
+        _ => ChaosOutcome::Hang,
+    }
+}
+
+/// The task of `POST /chaos`: each attempt draws what it does with
+/// [`chaos_outcome`] from `to` and its attempt number, counted by `attempts`
+/// (shared by every attempt's copy of the arguments).
+pub async fn chaos(outbox: Outbox, to: String, attempts: Arc<AtomicU32>) -> Result<(), String> {
+    let attempt = attempts.fetch_add(1, Ordering::Relaxed);
+    match chaos_outcome(&to, attempt) {
+        ChaosOutcome::Succeed => send_email_notification(outbox, Some(to), CHAOS_SURVIVED)
+            .await
+            .map_err(|e| e.to_string()),
+        ChaosOutcome::Fail => Err(format!(
+            "attempt {}: the mail server refused the message (simulated)",
+            attempt + 1
+        )),
+        ChaosOutcome::Panic => panic!(
+            "attempt {}: a background task panicked (simulated)",
+            attempt + 1
+        ),
+        ChaosOutcome::Hang => {
+            tokio::time::sleep(CHAOS_HANG.saturating_add(outbox.delay())).await;
+            Err("woke up long after its timeout".to_owned())
+        }
     }
 }
 
@@ -378,6 +466,29 @@ mod tests {
         let mut disk = SmallDisk::new(0, false);
         assert!(append_record(&mut disk, b"line\n").is_err());
         assert!(disk.bytes.is_empty());
+    }
+
+    #[test]
+    fn chaos_outcomes_are_a_function_of_the_email_and_attempt_and_mixed() {
+        let mut counts = std::collections::BTreeMap::new();
+        for n in 0..10_000 {
+            let email = format!("user{n}@example.com");
+            for attempt in 0..3 {
+                let outcome = chaos_outcome(&email, attempt);
+                assert_eq!(outcome, chaos_outcome(&email, attempt));
+                *counts.entry(outcome).or_insert(0u32) += 1;
+            }
+        }
+        // 30 % / 23 % / 23 % / 24 % of 30 000, give or take.
+        for (outcome, share) in [
+            (ChaosOutcome::Succeed, 9_000),
+            (ChaosOutcome::Fail, 6_900),
+            (ChaosOutcome::Panic, 6_900),
+            (ChaosOutcome::Hang, 7_200),
+        ] {
+            let n = counts[&outcome];
+            assert!(n.abs_diff(share) < 600, "{outcome:?}: {n} of 30 000");
+        }
     }
 
     fn printable(value: &str) -> String {

@@ -42,7 +42,7 @@ const POLL_EVERY: Duration = Duration::from_millis(25);
 pub const PASSWORD: &str = "hunter2-SECRET-pw";
 
 /// Every POST route that carries tasks (`/fail` with a valid mode).
-pub const TASK_ROUTES: [&str; 7] = [
+pub const TASK_ROUTES: [&str; 8] = [
     "/handler/single",
     "/handler/list",
     "/response/single",
@@ -50,6 +50,7 @@ pub const TASK_ROUTES: [&str; 7] = [
     "/response/add-task",
     "/extractor",
     "/fail?mode=error",
+    "/chaos",
 ];
 
 /// What every POST route takes.
