@@ -190,6 +190,25 @@ impl BackgroundTasks {
         self.mode == Mode::Concurrent
     }
 
+    /// `self`, then `next`: one sequence in which each group keeps its own
+    /// mode. Without an allocation when either is empty, or when `self` is
+    /// sequential already.
+    pub(crate) fn then(mut self, next: BackgroundTasks) -> BackgroundTasks {
+        if next.is_empty() {
+            return self;
+        }
+        if self.is_empty() {
+            return next;
+        }
+        if self.mode != Mode::Sequential {
+            let mut sequence = BackgroundTasks::new();
+            sequence.merge(self);
+            self = sequence;
+        }
+        self.merge(next);
+        self
+    }
+
     /// Removes every task, so that dropping the group afterwards is silent.
     pub fn clear(&mut self) {
         self.steps.clear();
@@ -310,6 +329,18 @@ mod tests {
         assert_eq!(sequence.task_names(), ["a", "b", "c", "d"]);
         assert_eq!(sequence.steps.len(), 3, "the concurrent set is one step");
         assert!(!sequence.is_concurrent());
+    }
+
+    #[test]
+    fn then_makes_a_sequence_of_two_groups_each_in_its_mode() {
+        let mut set = BackgroundTasks::concurrent();
+        set.push(named("a")).push(named("b"));
+        let alone = BackgroundTasks::new().then(set.clone());
+        assert!(alone.is_concurrent(), "a lone group keeps its mode");
+        let sequence = set.then(BackgroundTasks::from([named("c")]));
+        assert!(!sequence.is_concurrent());
+        assert_eq!(sequence.steps.len(), 2, "the set, then c");
+        assert_eq!(sequence.task_names(), ["a", "b", "c"]);
     }
 
     #[test]

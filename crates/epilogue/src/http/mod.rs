@@ -87,15 +87,10 @@ use scope::Attached;
 pub fn attach(extensions: &mut http::Extensions, tasks: impl Into<crate::BackgroundTasks>) {
     let tasks = tasks.into();
     match extensions.get_mut::<Attached>() {
-        Some(attached) => {
-            attached.0.merge(tasks);
-        }
+        // Each group keeps its own mode, one after the other.
+        Some(attached) => attached.0 = attached.0.take().then(tasks),
         None => {
-            // A plain sequence: the first group attached keeps its own mode
-            // as a step, and the next ones come after it.
-            let mut attached = crate::BackgroundTasks::new();
-            attached.merge(tasks);
-            extensions.insert(Attached(attached));
+            extensions.insert(Attached(tasks));
         }
     }
 }

@@ -100,10 +100,8 @@ impl Scope {
             self.0.runner.abandon(tasks);
             return;
         }
-        let mut route = BackgroundTasks::new();
-        route.merge(tasks);
-        route.merge(state.route.take());
-        state.route = route;
+        let inner = state.route.take();
+        state.route = tasks.then(inner);
     }
 
     fn add_extracted(&self, tasks: BackgroundTasks) {
@@ -127,15 +125,12 @@ impl Scope {
     pub(crate) fn finish(&self, status: StatusCode, response: BackgroundTasks) -> Option<Deferred> {
         let mut state = self.lock();
         state.closed = true;
-        // A plain sequence of the three: each group keeps its own mode as a
-        // step of it (a concurrent route group does not make the response's
-        // tasks concurrent too).
-        let mut tasks = BackgroundTasks::new();
-        tasks.merge(state.route.take());
-        tasks.merge(response);
+        // A sequence of the three, each group in its own mode (a concurrent
+        // route group does not make the response's tasks concurrent too).
+        let mut tasks = state.route.take().then(response);
         let extracted = state.extracted.take();
         if state.always || status.as_u16() < 400 {
-            tasks.merge(extracted);
+            tasks = tasks.then(extracted);
         } else {
             self.0.runner.abandon(extracted);
         }
