@@ -44,6 +44,18 @@ fn signal() -> (
     })
 }
 
+/// Serves `app` on a free port until the test fires the returned signal.
+async fn start(app: Router) -> (SocketAddr, oneshot::Sender<()>, JoinHandle<ShutdownReport>) {
+    let (listener, addr) = bind().await;
+    let (fire, signal) = signal();
+    let server = tokio::spawn(
+        serve(listener, app, Runner::new())
+            .with_graceful_shutdown(signal)
+            .into_future(),
+    );
+    (addr, fire, server)
+}
+
 /// Fires the signal and waits for the report.
 async fn stop(stop: oneshot::Sender<()>, handle: JoinHandle<ShutdownReport>) -> ShutdownReport {
     let _ = stop.send(());
@@ -222,13 +234,7 @@ async fn handlers_get_the_peer_address() {
 #[tokio::test]
 async fn http2_with_prior_knowledge_is_answered_and_its_task_runs() {
     let mut probe = Probe::new();
-    let (listener, addr) = bind().await;
-    let (fire, signal) = signal();
-    let server = tokio::spawn(
-        serve(listener, app(&probe.tx), Runner::new())
-            .with_graceful_shutdown(signal)
-            .into_future(),
-    );
+    let (addr, fire, server) = start(app(&probe.tx)).await;
     let stream = TcpStream::connect(addr).await.unwrap();
     let (mut sender, connection) =
         hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(stream))
@@ -318,13 +324,7 @@ async fn http1_upgrades_hand_the_connection_over() {
 async fn a_request_whose_client_half_closes_is_answered_and_its_task_runs() {
     const REQUESTS: usize = 20;
     let mut probe = Probe::new();
-    let (listener, addr) = bind().await;
-    let (fire, signal) = signal();
-    let server = tokio::spawn(
-        serve(listener, app(&probe.tx), Runner::new())
-            .with_graceful_shutdown(signal)
-            .into_future(),
-    );
+    let (addr, fire, server) = start(app(&probe.tx)).await;
     let clients: Vec<_> = (0..REQUESTS)
         .map(|_| {
             tokio::spawn(async move {
@@ -349,13 +349,7 @@ async fn a_request_whose_client_half_closes_is_answered_and_its_task_runs() {
 async fn a_request_whose_client_closes_right_after_sending_still_runs_its_task() {
     const REQUESTS: usize = 20;
     let mut probe = Probe::new();
-    let (listener, addr) = bind().await;
-    let (fire, signal) = signal();
-    let server = tokio::spawn(
-        serve(listener, app(&probe.tx), Runner::new())
-            .with_graceful_shutdown(signal)
-            .into_future(),
-    );
+    let (addr, fire, server) = start(app(&probe.tx)).await;
     for _ in 0..REQUESTS {
         let mut stream = TcpStream::connect(addr).await.unwrap();
         stream.write_all(POST_SLOW_TASK.as_bytes()).await.unwrap();
@@ -548,7 +542,6 @@ async fn stalled_connections_are_closed_at_the_end_of_the_grace_period() {
 #[tokio::test]
 async fn a_custom_signal_drains_accepted_tasks_and_stops_accepting() {
     let mut probe = Probe::new();
-    let (listener, addr) = bind().await;
     let app = Router::new()
         .route(
             "/slow",
@@ -561,12 +554,7 @@ async fn a_custom_signal_drains_accepted_tasks_and_stops_accepting() {
             .layer(admission()),
         )
         .with_state(probe.tx.clone());
-    let (fire, signal) = signal();
-    let server = tokio::spawn(
-        serve(listener, app, Runner::new())
-            .with_graceful_shutdown(signal)
-            .into_future(),
-    );
+    let (addr, fire, server) = start(app).await;
     let mut connection = Connection::open(addr).await;
     assert_eq!(connection.post_json("/slow", "").await.text(), "accepted");
     let report = stop(fire, server).await;

@@ -368,6 +368,7 @@ impl fmt::Debug for Runner {
 
 #[cfg(test)]
 mod tests {
+    use std::future::Future;
     use std::sync::atomic::{AtomicUsize, Ordering::SeqCst};
     use std::sync::{Arc, Mutex};
     use std::time::Duration;
@@ -783,21 +784,32 @@ mod tests {
         assert_eq!(*journal.lock().unwrap(), ["next"]);
     }
 
-    #[test]
-    fn a_blocking_task_that_gets_its_thread_after_the_deadline_never_runs() {
-        // One blocking thread, held by the service itself until after the
-        // deadline: the runner's blocking tasks wait in tokio's queue.
+    /// Runs `test` on a runtime whose one blocking thread is busy until
+    /// `test` is done: the runner's blocking tasks wait in tokio's queue.
+    /// Returns once every queued blocking task has had its thread.
+    fn with_the_blocking_thread_busy<F: Future<Output = ()>>(test: impl FnOnce() -> F) {
         let runtime = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(1)
             .max_blocking_threads(1)
             .enable_all()
             .build()
             .unwrap();
-        let runner = Runner::new();
-        let ran = Arc::new(AtomicUsize::new(0));
         runtime.block_on(async {
             let (release, released) = std::sync::mpsc::channel::<()>();
             let busy = tokio::task::spawn_blocking(move || released.recv());
+            test().await;
+            release.send(()).unwrap();
+            busy.await.unwrap().unwrap();
+        });
+        // Dropping the runtime waits for the blocking queue to empty.
+        drop(runtime);
+    }
+
+    #[test]
+    fn a_blocking_task_that_gets_its_thread_after_the_deadline_never_runs() {
+        let runner = Runner::new();
+        let ran = Arc::new(AtomicUsize::new(0));
+        with_the_blocking_thread_busy(|| async {
             for _ in 0..5 {
                 runner
                     .spawn(BackgroundTask::new(
@@ -811,12 +823,7 @@ mod tests {
             let report = runner.shutdown(Duration::from_millis(100)).await;
             assert!(!report.drained);
             assert_eq!(report.cut_off.len(), 5, "{report:?}");
-            release.send(()).unwrap();
-            busy.await.unwrap().unwrap();
         });
-        // Dropping the runtime waits for the blocking queue to empty: every
-        // queued task had its thread by now.
-        drop(runtime);
         assert_eq!(ran.load(SeqCst), 0, "a task reported cut off ran anyway");
     }
 
@@ -841,19 +848,10 @@ mod tests {
 
     #[test]
     fn a_blocking_attempt_given_up_before_its_thread_never_runs() {
-        // One blocking thread, busy: the attempts wait in tokio's queue past
-        // their timeout, and are retried.
-        let runtime = tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(1)
-            .max_blocking_threads(1)
-            .enable_all()
-            .build()
-            .unwrap();
         let runner = Runner::new();
         let calls = Arc::new(AtomicUsize::new(0));
-        runtime.block_on(async {
-            let (release, released) = std::sync::mpsc::channel::<()>();
-            let busy = tokio::task::spawn_blocking(move || released.recv());
+        with_the_blocking_thread_busy(|| async {
+            // Each attempt waits for a thread past its timeout, then is retried.
             runner
                 .spawn(
                     BackgroundTask::new(
@@ -869,10 +867,7 @@ mod tests {
             let report = runner.shutdown(Duration::from_secs(10)).await;
             assert!(report.drained, "{report:?}");
             assert_eq!((report.stats.timed_out, report.stats.retried), (1, 1));
-            release.send(()).unwrap();
-            busy.await.unwrap().unwrap();
         });
-        drop(runtime);
         assert_eq!(
             calls.load(SeqCst),
             0,
