@@ -10,7 +10,7 @@ mod common;
 
 use std::fs;
 
-use common::{signup, Demo, Scratch, PASSWORD, TASK_ROUTES};
+use common::{signup, Demo, Scratch, FULL_AFTER_TWO, PASSWORD, TASK_ROUTES};
 use reqwest::header::CONTENT_TYPE;
 use reqwest::StatusCode;
 use serde_json::json;
@@ -184,23 +184,8 @@ async fn rotated_or_deleted_files_are_opened_again() {
 
 #[tokio::test]
 async fn refusals_under_overload_are_not_error_lines() {
-    let scratch = Scratch::new();
-    let data_dir = scratch.path().join("data");
-    let mut command = Demo::command();
-    command
-        .args(["--addr", "127.0.0.1:0", "--data-dir"])
-        .arg(&data_dir)
-        .args([
-            "--max-running",
-            "1",
-            "--max-pending",
-            "1",
-            "--email-delay-ms",
-            "2500",
-        ])
-        // tower-http's per-response line, to know when the log has caught up.
-        .env("RUST_LOG", "info,tower_http=debug");
-    let demo = Demo::spawn(command, scratch, data_dir).await;
+    // tower-http's per-response line, to know when the log has caught up.
+    let demo = Demo::start_logging("info,tower_http=debug", FULL_AFTER_TWO).await;
     for user in ["running@example.com", "waiting@example.com"] {
         post_email(&demo, "/response/single", user)
             .await

@@ -7,21 +7,10 @@ mod common;
 
 use std::collections::BTreeSet;
 
-use common::{signup, Demo, Reply, TASK_ROUTES};
+use common::{signup, Demo, Reply, FULL_AFTER_TWO, TASK_ROUTES};
 use reqwest::StatusCode;
 use serde_json::json;
 use tokio::task::JoinSet;
-
-/// One group runs, one waits: the third request is refused. Each group
-/// takes 2.5 s, far longer than the dozen requests the test sends meanwhile.
-const FULL_AFTER_TWO: &[&str] = &[
-    "--max-running",
-    "1",
-    "--max-pending",
-    "1",
-    "--email-delay-ms",
-    "2500",
-];
 
 /// Asserts a refusal: 503, a `Retry-After` of whole seconds, a JSON error.
 fn assert_refused(reply: &Reply) {

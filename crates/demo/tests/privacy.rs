@@ -4,7 +4,7 @@
 
 mod common;
 
-use common::{signup, Demo, Reply, Scratch, PASSWORD, TASK_ROUTES};
+use common::{signup, Demo, Reply, PASSWORD, TASK_ROUTES};
 use reqwest::header::CONTENT_TYPE;
 use reqwest::StatusCode;
 use serde_json::json;
@@ -29,14 +29,7 @@ fn assert_reply_keeps_it(reply: &Reply) {
 
 #[tokio::test]
 async fn the_password_never_comes_out() {
-    let scratch = Scratch::new();
-    let data_dir = scratch.path().join("data");
-    let mut command = Demo::command();
-    command
-        .args(["--addr", "127.0.0.1:0", "--data-dir"])
-        .arg(&data_dir)
-        .env("RUST_LOG", "trace");
-    let mut demo = Demo::spawn(command, scratch, data_dir).await;
+    let mut demo = Demo::start_logging("trace", &[]).await;
     let mut replies = Vec::new();
 
     for path in TASK_ROUTES.into_iter().chain(["/fail?mode=panic"]) {

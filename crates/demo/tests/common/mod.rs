@@ -205,13 +205,19 @@ impl Demo {
     /// Starts the demo on `127.0.0.1:0` with a data directory that does not
     /// exist yet, and the extra `flags`.
     pub async fn start(flags: &[&str]) -> Self {
+        Self::start_logging("info", flags).await
+    }
+
+    /// [`Demo::start`], logging with the filter `rust_log` (`RUST_LOG`).
+    pub async fn start_logging(rust_log: &str, flags: &[&str]) -> Self {
         let scratch = Scratch::new();
         let data_dir = scratch.path().join("data");
         let mut command = Self::command();
         command
             .args(["--addr", "127.0.0.1:0", "--data-dir"])
             .arg(&data_dir)
-            .args(flags);
+            .args(flags)
+            .env("RUST_LOG", rust_log);
         Self::spawn(command, scratch, data_dir).await
     }
 
@@ -737,3 +743,14 @@ pub async fn run_to_exit(mut command: Command, scratch: &Scratch) -> Exited {
         stderr: process.stderr.text(),
     }
 }
+
+/// One group runs, one waits: the third request is refused. Each group
+/// takes 2.5 s, far longer than the dozen requests a test sends meanwhile.
+pub const FULL_AFTER_TWO: &[&str] = &[
+    "--max-running",
+    "1",
+    "--max-pending",
+    "1",
+    "--email-delay-ms",
+    "2500",
+];
