@@ -69,63 +69,37 @@ where
     }
 }
 
-// For `serve(listener, router)`: one router per connection, as axum does.
-impl<L> Service<IncomingStream<'_, L>> for Router<()>
-where
-    L: Listener,
-{
-    type Response = Self;
-    type Error = Infallible;
-    type Future = Ready<Result<Self, Infallible>>;
+/// A make-service that gives every connection `$service` (a copy of the
+/// value itself, made ready for requests): what axum's own `serve` does for
+/// the same types.
+macro_rules! per_connection {
+    ([$($param:ident),*] $ty:ty $(where $($bound:ident: Clone),*)?, |$this:ident| $service:expr) => {
+        impl<$($param,)* L: Listener> Service<IncomingStream<'_, L>> for $ty
+        $(where $($bound: Clone),*)?
+        {
+            type Response = Self;
+            type Error = Infallible;
+            type Future = Ready<Result<Self, Infallible>>;
 
-    fn poll_ready(&mut self, _cx: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
-        Poll::Ready(Ok(()))
-    }
+            fn poll_ready(&mut self, _cx: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
+                Poll::Ready(Ok(()))
+            }
 
-    fn call(&mut self, _stream: IncomingStream<'_, L>) -> Self::Future {
-        // `with_state` turns every route into a `Route` once, rather than
-        // once per request, as axum does.
-        ready(Ok(self.clone().with_state(())))
-    }
+            fn call(&mut self, _stream: IncomingStream<'_, L>) -> Self::Future {
+                let $this = self;
+                ready(Ok($service))
+            }
+        }
+    };
 }
 
+// For `serve(listener, router)`. `with_state` turns every route into a
+// `Route` once per connection, rather than once per request, as axum does.
+per_connection!([] Router<()>, |router| router.clone().with_state(()));
 // For `serve(listener, get(handler))`.
-impl<L> Service<IncomingStream<'_, L>> for MethodRouter<()>
-where
-    L: Listener,
-{
-    type Response = Self;
-    type Error = Infallible;
-    type Future = Ready<Result<Self, Infallible>>;
-
-    fn poll_ready(&mut self, _cx: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
-        Poll::Ready(Ok(()))
-    }
-
-    fn call(&mut self, _stream: IncomingStream<'_, L>) -> Self::Future {
-        ready(Ok(self.clone().with_state(())))
-    }
-}
-
+per_connection!([] MethodRouter<()>, |method_router| method_router.clone().with_state(()));
 // For `serve(listener, handler.into_service())` and `handler.with_state(..)`.
-impl<H, T, S, L> Service<IncomingStream<'_, L>> for HandlerService<H, T, S>
-where
-    H: Clone,
-    S: Clone,
-    L: Listener,
-{
-    type Response = Self;
-    type Error = Infallible;
-    type Future = Ready<Result<Self, Infallible>>;
-
-    fn poll_ready(&mut self, _cx: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
-        Poll::Ready(Ok(()))
-    }
-
-    fn call(&mut self, _stream: IncomingStream<'_, L>) -> Self::Future {
-        ready(Ok(self.clone()))
-    }
-}
+per_connection!([H, T, S] HandlerService<H, T, S> where H: Clone, S: Clone, |handler| handler.clone());
 
 // `ConnectInfo<SocketAddr>` over TCP.
 impl Connected<IncomingStream<'_, TcpListener>> for SocketAddr {
