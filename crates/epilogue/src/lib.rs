@@ -250,6 +250,9 @@ pub mod tasks;
 #[cfg(feature = "axum")]
 #[cfg_attr(docsrs, doc(cfg(feature = "axum")))]
 pub mod axum;
+#[cfg(any(feature = "sqlite", feature = "postgres"))]
+#[cfg_attr(docsrs, doc(cfg(any(feature = "sqlite", feature = "postgres"))))]
+pub mod durable;
 
 pub use runner::{Limits, Refused, Runner, ShutdownReport};
 #[cfg(feature = "signal")]

@@ -9,6 +9,8 @@
 
 #![allow(dead_code)] // each test file uses its own part
 
+pub mod postgres;
+
 use std::collections::HashMap;
 use std::fs;
 use std::io::{BufRead, BufReader, Read};

@@ -22,17 +22,40 @@ pin_project! {
     ///
     /// `size_hint` and `is_end_stream` are forwarded, so wrapping a body never
     /// turns a `Content-Length` response into a chunked one.
+    ///
+    /// It may also be epilogue's own short JSON answer in place of the
+    /// service's (`503` when durable tasks could not be stored): hence
+    /// `B::Data: From<&'static str>`, which `Bytes` is.
     pub struct BackgroundBody<B> {
         #[pin]
-        inner: B,
+        kind: Kind<B>,
         // Starts when dropped: the body needs no drop logic of its own.
         tasks: Option<Deferred>,
     }
 }
 
+pin_project! {
+    #[project = KindProj]
+    enum Kind<B> {
+        Inner { #[pin] body: B },
+        Own { text: Option<&'static str> },
+    }
+}
+
 impl<B> BackgroundBody<B> {
     pub(crate) fn new(inner: B, tasks: Option<Deferred>) -> Self {
-        Self { inner, tasks }
+        Self {
+            kind: Kind::Inner { body: inner },
+            tasks,
+        }
+    }
+
+    /// epilogue's own answer, in place of the service's body.
+    pub(crate) fn own(text: &'static str) -> Self {
+        Self {
+            kind: Kind::Own { text: Some(text) },
+            tasks: None,
+        }
     }
 
     /// Whether this body still holds tasks that have not started.
@@ -49,7 +72,11 @@ impl<B: Default> Default for BackgroundBody<B> {
     }
 }
 
-impl<B: Body> Body for BackgroundBody<B> {
+impl<B> Body for BackgroundBody<B>
+where
+    B: Body,
+    B::Data: From<&'static str>,
+{
     type Data = B::Data;
     type Error = B::Error;
 
@@ -57,12 +84,18 @@ impl<B: Body> Body for BackgroundBody<B> {
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Self::Data>, Self::Error>>> {
-        let mut this = self.project();
-        let frame = ready!(this.inner.as_mut().poll_frame(cx));
+        let this = self.project();
+        let mut body = match this.kind.project() {
+            KindProj::Inner { body } => body,
+            KindProj::Own { text } => {
+                return Poll::Ready(text.take().map(|text| Ok(Frame::data(text.into()))));
+            }
+        };
+        let frame = ready!(body.as_mut().poll_frame(cx));
         // The body has been handed on in full when it ends, fails, or its
         // last frame is out: hyper may never poll again after that frame.
         let done = match &frame {
-            Some(Ok(_)) => this.inner.is_end_stream(),
+            Some(Ok(_)) => body.is_end_stream(),
             None | Some(Err(_)) => true,
         };
         if done {
@@ -74,11 +107,17 @@ impl<B: Body> Body for BackgroundBody<B> {
     }
 
     fn is_end_stream(&self) -> bool {
-        self.inner.is_end_stream()
+        match &self.kind {
+            Kind::Inner { body } => body.is_end_stream(),
+            Kind::Own { text } => text.is_none(),
+        }
     }
 
     fn size_hint(&self) -> SizeHint {
-        self.inner.size_hint()
+        match &self.kind {
+            Kind::Inner { body } => body.size_hint(),
+            Kind::Own { text } => SizeHint::with_exact(text.map_or(0, |text| text.len() as u64)),
+        }
     }
 }
 

@@ -10,7 +10,9 @@ use tower_layer::Layer;
 use tower_service::Service;
 
 use super::body::BackgroundBody;
-use super::scope::{Attached, Scope};
+use super::scope::{Attached, Commit, CommitError, Scope};
+#[cfg(feature = "durable")]
+use crate::durable::Store;
 use crate::runner::Runner;
 
 /// Wraps a service so that the background tasks of its responses run once
@@ -74,12 +76,28 @@ use crate::runner::Runner;
 #[derive(Clone, Debug)]
 pub struct BackgroundLayer {
     runner: Runner,
+    #[cfg(feature = "durable")]
+    store: Option<Store>,
 }
 
 impl BackgroundLayer {
     /// A layer whose tasks run on `runner`.
     pub fn new(runner: Runner) -> Self {
-        Self { runner }
+        Self {
+            runner,
+            #[cfg(feature = "durable")]
+            store: None,
+        }
+    }
+
+    /// Stores the requests' durable tasks
+    /// ([`RequestTasks::add_durable`](super::RequestTasks::add_durable)) in
+    /// `store`, before each response is sent.
+    #[cfg(feature = "durable")]
+    #[cfg_attr(docsrs, doc(cfg(any(feature = "sqlite", feature = "postgres"))))]
+    pub fn durable(mut self, store: Store) -> Self {
+        self.store = Some(store);
+        self
     }
 }
 
@@ -89,7 +107,7 @@ impl<S> Layer<S> for BackgroundLayer {
     fn layer(&self, inner: S) -> Self::Service {
         Background {
             inner,
-            runner: self.runner.clone(),
+            layer: self.clone(),
         }
     }
 }
@@ -98,7 +116,17 @@ impl<S> Layer<S> for BackgroundLayer {
 #[derive(Clone, Debug)]
 pub struct Background<S> {
     inner: S,
-    runner: Runner,
+    layer: BackgroundLayer,
+}
+
+impl BackgroundLayer {
+    fn scope(&self) -> Scope {
+        #[cfg(feature = "durable")]
+        if let Some(store) = &self.store {
+            return Scope::with_store(self.runner.clone(), store.clone());
+        }
+        Scope::new(self.runner.clone())
+    }
 }
 
 inner_accessors!(Background<S>);
@@ -109,18 +137,19 @@ where
 {
     type Response = Response<BackgroundBody<ResBody>>;
     type Error = S::Error;
-    type Future = ResponseFuture<S::Future>;
+    type Future = ResponseFuture<S::Future, ResBody>;
 
     fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
         self.inner.poll_ready(cx)
     }
 
     fn call(&mut self, mut request: Request<ReqBody>) -> Self::Future {
-        let scope = Scope::new(self.runner.clone());
+        let scope = self.layer.scope();
         request.extensions_mut().insert(scope.clone());
         ResponseFuture {
             inner: self.inner.call(request),
             scope: Pending(Some(scope)),
+            commit: None,
         }
     }
 }
@@ -131,10 +160,12 @@ pin_project! {
     /// Dropped before the response is there (a timeout layer around it fired,
     /// the client went away before the answer), it abandons the request's
     /// tasks: a handler that never answered runs none of them.
-    pub struct ResponseFuture<F> {
+    pub struct ResponseFuture<F, B> {
         #[pin]
         inner: F,
         scope: Pending,
+        // The handler's response, held while its durable tasks are stored.
+        commit: Option<(Commit, Response<B>)>,
     }
 }
 
@@ -150,28 +181,70 @@ impl Drop for Pending {
     }
 }
 
-impl<F, ResBody, E> Future for ResponseFuture<F>
+impl<F, ResBody, E> Future for ResponseFuture<F, ResBody>
 where
     F: Future<Output = Result<Response<ResBody>, E>>,
 {
     type Output = Result<Response<BackgroundBody<ResBody>>, E>;
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
-        let this = self.project();
-        // On an error there is no response to follow: `Pending` abandons the
-        // scope, as for a handler that never answered.
-        let mut response = ready!(this.inner.poll(cx))?;
-        let scope = this
-            .scope
-            .0
-            .take()
-            .expect("ResponseFuture polled after completion");
-        let returned = response
-            .extensions_mut()
-            .remove::<Attached>()
-            .map(|mut attached| attached.0.take())
-            .unwrap_or_default();
-        let deferred = scope.finish(response.status(), returned);
-        Poll::Ready(Ok(response.map(|body| BackgroundBody::new(body, deferred))))
+        let mut this = self.project();
+        loop {
+            if let Some((commit, _)) = this.commit {
+                let stored = ready!(commit.as_mut().poll(cx));
+                let (_, response) = this.commit.take().expect("checked above");
+                return Poll::Ready(Ok(match stored {
+                    Ok(()) => finish(this.scope, response),
+                    Err(error) => unavailable(this.scope, response, &error),
+                }));
+            }
+            // On an error there is no response to follow: `Pending` abandons
+            // the scope, as for a handler that never answered.
+            let response = ready!(this.inner.as_mut().poll(cx))?;
+            let scope = this
+                .scope
+                .0
+                .as_ref()
+                .expect("ResponseFuture polled after completion");
+            match scope.commit(response.status()) {
+                // Its durable tasks are stored before the response leaves.
+                Some(commit) => *this.commit = Some((commit, response)),
+                None => return Poll::Ready(Ok(finish(this.scope, response))),
+            }
+        }
     }
+}
+
+/// Hands the response's tasks to the runner, to start with its body.
+fn finish<B>(pending: &mut Pending, mut response: Response<B>) -> Response<BackgroundBody<B>> {
+    let scope = pending
+        .0
+        .take()
+        .expect("ResponseFuture polled after completion");
+    let returned = response
+        .extensions_mut()
+        .remove::<Attached>()
+        .map(|mut attached| attached.0.take())
+        .unwrap_or_default();
+    let deferred = scope.finish(response.status(), returned);
+    response.map(|body| BackgroundBody::new(body, deferred))
+}
+
+/// The durable tasks could not be stored: the client is told so, and none
+/// of the request's tasks run.
+fn unavailable<B>(
+    pending: &mut Pending,
+    mut response: Response<B>,
+    error: &CommitError,
+) -> Response<BackgroundBody<B>> {
+    let scope = pending
+        .0
+        .take()
+        .expect("ResponseFuture polled after completion");
+    tracing::error!(%error, "durable tasks could not be stored; answering 503 in place of the handler's response");
+    if let Some(mut attached) = response.extensions_mut().remove::<Attached>() {
+        scope.runner().abandon(attached.0.take());
+    }
+    scope.abandon();
+    super::refusal::store_unavailable()
 }

@@ -6,6 +6,7 @@ use std::time::Duration;
 
 use http::{header, HeaderValue, Response, StatusCode};
 
+use super::body::BackgroundBody;
 use super::scope::ScopeError;
 use crate::runner::Refused;
 
@@ -42,6 +43,22 @@ impl<B: From<String>> Refusal<B> for JsonRefusal {
         }
         response
     }
+}
+
+/// `503` when a request's durable tasks could not be stored: the store's
+/// own error is logged, not shown to the client.
+pub(crate) fn store_unavailable<B>() -> Response<BackgroundBody<B>> {
+    let mut response = Response::new(BackgroundBody::own(
+        r#"{"error":"the durable task store is unavailable; nothing was stored, try again","reason":"store_unavailable"}"#,
+    ));
+    *response.status_mut() = StatusCode::SERVICE_UNAVAILABLE;
+    let headers = response.headers_mut();
+    headers.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
+    headers.insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+    response
 }
 
 /// Refusals as a gRPC client expects them: a trailers-only response, HTTP

@@ -19,6 +19,8 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use http::{Extensions, StatusCode};
 use tracing::Span;
 
+#[cfg(feature = "durable")]
+use crate::durable::{DurableError, DurableTask, Encoded, Store, TaskId};
 use crate::runner::{Deferred, Permit, Refused, Runner};
 use crate::task::{BackgroundTask, TaskFn};
 use crate::tasks::BackgroundTasks;
@@ -30,8 +32,22 @@ pub(crate) struct Scope(Arc<Shared>);
 
 struct Shared {
     runner: Runner,
+    /// Where this request's durable tasks are stored, if the executing
+    /// layer has a store.
+    #[cfg(feature = "durable")]
+    store: Option<Store>,
     state: Mutex<State>,
 }
+
+/// Storing a request's durable tasks, awaited by the executing layer
+/// before the response leaves.
+pub(crate) type Commit =
+    std::pin::Pin<Box<dyn std::future::Future<Output = Result<(), CommitError>> + Send>>;
+
+#[cfg(feature = "durable")]
+pub(crate) type CommitError = crate::durable::DurableError;
+#[cfg(not(feature = "durable"))]
+pub(crate) type CommitError = std::convert::Infallible;
 
 #[derive(Default)]
 struct State {
@@ -46,12 +62,26 @@ struct State {
     always: bool,
     /// The response was produced (or will never be): nothing more is added.
     closed: bool,
+    /// Durable tasks, stored once the handler has answered.
+    #[cfg(feature = "durable")]
+    durable: Vec<Encoded>,
 }
 
 impl Scope {
     pub(crate) fn new(runner: Runner) -> Self {
         Self(Arc::new(Shared {
             runner,
+            #[cfg(feature = "durable")]
+            store: None,
+            state: Mutex::new(State::default()),
+        }))
+    }
+
+    #[cfg(feature = "durable")]
+    pub(crate) fn with_store(runner: Runner, store: Store) -> Self {
+        Self(Arc::new(Shared {
+            runner,
+            store: Some(store),
             state: Mutex::new(State::default()),
         }))
     }
@@ -119,12 +149,44 @@ impl Scope {
         state.extracted.merge(tasks);
     }
 
+    /// Called once the response is there, before [`finish`](Self::finish):
+    /// the storing of the request's durable tasks, if it has any and the
+    /// response lets them run (like extracted tasks: a success, unless
+    /// `always`).
+    #[cfg(feature = "durable")]
+    pub(crate) fn commit(&self, status: StatusCode) -> Option<Commit> {
+        let mut state = self.lock();
+        if state.durable.is_empty() {
+            return None;
+        }
+        let tasks = std::mem::take(&mut state.durable);
+        if !(state.always || status.as_u16() < 400) {
+            return None;
+        }
+        drop(state);
+        let store = self.0.store.clone()?;
+        Some(Box::pin(async move { store.enqueue_encoded(&tasks).await }))
+    }
+
+    #[cfg(not(feature = "durable"))]
+    pub(crate) fn commit(&self, _status: StatusCode) -> Option<Commit> {
+        None
+    }
+
     /// Called once the response is there: accepts its tasks in order, in
     /// the request's room. The extracted ones run only after a success
     /// (status below 400) unless the handler asked for `always`.
     pub(crate) fn finish(&self, status: StatusCode, response: BackgroundTasks) -> Option<Deferred> {
         let mut state = self.lock();
         state.closed = true;
+        #[cfg(feature = "durable")]
+        if !state.durable.is_empty() {
+            tracing::error!(
+                tasks = state.durable.len(),
+                "durable tasks added while the request's others were being stored; they are not stored"
+            );
+            state.durable.clear();
+        }
         // A sequence of the three, each group in its own mode (a concurrent
         // route group does not make the response's tasks concurrent too).
         let mut tasks = state.route.take().then(response);
@@ -159,6 +221,8 @@ impl Scope {
         let extracted = state.extracted.take();
         let route = state.route.take();
         state.permit = None;
+        #[cfg(feature = "durable")]
+        state.durable.clear();
         drop(state);
         self.0.runner.abandon(extracted);
         self.0.runner.abandon(route);
@@ -234,6 +298,35 @@ impl RequestTasks {
     pub fn push(&self, tasks: impl Into<BackgroundTasks>) -> &Self {
         self.scope.add_extracted(tasks.into());
         self
+    }
+
+    /// Adds a durable task: it is stored, with the request's other durable
+    /// tasks in one transaction, once the handler has answered with a
+    /// success and before the response is sent. If it cannot be stored, the
+    /// client gets `503` in place of the handler's response, and none of
+    /// the request's tasks run. Its id is known now, for the response.
+    ///
+    /// # Errors
+    ///
+    /// [`DurableError::NoStore`](crate::durable::DurableError::NoStore)
+    /// if the executing layer has no store,
+    /// [`Encode`](crate::durable::DurableError::Encode) if the task does not
+    /// serialise, [`Closed`](crate::durable::DurableError::Closed) if the
+    /// response was already produced.
+    #[cfg(feature = "durable")]
+    pub fn add_durable<T: DurableTask>(&self, task: &T) -> Result<TaskId, DurableError> {
+        if self.scope.0.store.is_none() {
+            return Err(DurableError::NoStore);
+        }
+        let encoded = Encoded::new(task)?;
+        let id = encoded.id.clone();
+        let mut state = self.scope.lock();
+        if state.closed {
+            return Err(DurableError::Closed);
+        }
+        remember_span(&mut state);
+        state.durable.push(encoded);
+        Ok(id)
     }
 
     /// Runs this request's extracted tasks whatever the response's status,

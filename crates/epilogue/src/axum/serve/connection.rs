@@ -24,7 +24,6 @@ use tower_service::Service;
 
 use crate::http::{Background, BackgroundBody, BackgroundLayer};
 use crate::latch::Latch;
-use crate::runner::Runner;
 
 use super::head::{HeadClock, HeadTimeout, MarkIdle};
 
@@ -53,7 +52,7 @@ pub(super) struct Connections {
 }
 
 impl Connections {
-    pub(super) fn new(runner: &Runner, header_read_timeout: Option<Duration>) -> Self {
+    pub(super) fn new(layer: BackgroundLayer, header_read_timeout: Option<Duration>) -> Self {
         // Our sniff already knows the protocol, so each connection is
         // served by hyper's HTTP/1 or HTTP/2 connection directly rather
         // than by hyper-util's auto one, which sniffs again behind a
@@ -81,7 +80,7 @@ impl Connections {
             cut: Arc::default(),
             http1,
             http2: Arc::new(http2),
-            layer: BackgroundLayer::new(runner.clone()),
+            layer,
             header_read_timeout,
         }
     }
@@ -97,7 +96,7 @@ impl Connections {
             + 'static,
         S::Future: Send,
         B: http_body::Body + Send + 'static,
-        B::Data: Send,
+        B::Data: Send + From<&'static str>,
         B::Error: Into<BoxError>,
     {
         let service = self.layer.layer(service);

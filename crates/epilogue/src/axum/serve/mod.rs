@@ -27,6 +27,7 @@ use tokio::sync::Semaphore;
 use tower::ServiceExt;
 use tower_service::Service;
 
+use crate::http::BackgroundLayer;
 use crate::runner::Runner;
 use crate::ShutdownReport;
 
@@ -92,6 +93,7 @@ where
     Serve {
         listener,
         make_service,
+        layer: BackgroundLayer::new(runner.clone()),
         runner,
         signal: None,
         grace: Serve::<L, M, S>::DEFAULT_GRACE,
@@ -172,6 +174,7 @@ pub struct Serve<L, M, S> {
     listener: L,
     make_service: M,
     runner: Runner,
+    layer: BackgroundLayer,
     signal: Option<Signal>,
     grace: Duration,
     header_read_timeout: Option<Duration>,
@@ -236,6 +239,15 @@ impl<L, M, S> Serve<L, M, S> {
         self
     }
 
+    /// Stores the requests' durable tasks in `store` before each response
+    /// is sent; see [`BackgroundLayer::durable`].
+    #[cfg(feature = "durable")]
+    #[cfg_attr(docsrs, doc(cfg(any(feature = "sqlite", feature = "postgres"))))]
+    pub fn durable(mut self, store: crate::durable::Store) -> Self {
+        self.layer = self.layer.durable(store);
+        self
+    }
+
     /// The local address the listener is bound to.
     ///
     /// # Errors
@@ -274,7 +286,7 @@ where
     S: Service<Request, Response = http::Response<B>, Error = Infallible> + Clone + Send + 'static,
     S::Future: Send,
     B: http_body::Body + Send + 'static,
-    B::Data: Send,
+    B::Data: Send + From<&'static str>,
     B::Error: Into<BoxError>,
 {
     async fn run(self) -> ShutdownReport {
@@ -282,6 +294,7 @@ where
             mut listener,
             mut make_service,
             runner,
+            layer,
             signal,
             grace,
             header_read_timeout,
@@ -293,7 +306,7 @@ where
         let cap = Arc::new(Semaphore::new(
             max_connections.unwrap_or_else(default_max_connections),
         ));
-        let connections = Connections::new(&runner, header_read_timeout);
+        let connections = Connections::new(layer, header_read_timeout);
         loop {
             let (permit, io, remote_addr) = tokio::select! {
                 () = &mut signal => break,
@@ -378,7 +391,7 @@ where
     S: Service<Request, Response = http::Response<B>, Error = Infallible> + Clone + Send + 'static,
     S::Future: Send,
     B: http_body::Body + Send + 'static,
-    B::Data: Send,
+    B::Data: Send + From<&'static str>,
     B::Error: Into<BoxError>,
 {
     type Output = ShutdownReport;
