@@ -12,6 +12,7 @@ use axum::http::{header, StatusCode};
 use axum::routing::{get, post};
 use axum::{Json, Router};
 use epilogue::axum::{background, Admitted};
+use epilogue::durable::Store;
 use epilogue::http::RequestTasks;
 use epilogue::{BackgroundTask, BackgroundTasks, Runner};
 use metrics_exporter_prometheus::PrometheusHandle;
@@ -21,7 +22,8 @@ use tower_http::compression::CompressionLayer;
 use tower_http::trace::{DefaultOnFailure, OnFailure, TraceLayer};
 use tracing::Span;
 
-use crate::config::Config;
+use crate::config::TaskFlags;
+use crate::durable::{self, Uploads, MAX_UPLOAD_BYTES};
 use crate::input::{ApiError, Credentials, MAX_BODY_BYTES};
 use crate::tasks::{
     chaos, fail, send_email_notification, write_in_file, AuditLog, Email, FailMode, Outbox,
@@ -31,35 +33,68 @@ use crate::tasks::{
 /// What the handlers share.
 #[derive(Clone)]
 pub struct State {
-    outbox: Outbox,
-    log: AuditLog,
+    files: Files,
     runner: Runner,
     metrics: PrometheusHandle,
+    store: Store,
+}
+
+/// The files the tasks write, under the data directory.
+#[derive(Clone)]
+pub struct Files {
+    pub outbox: Outbox,
+    pub log: AuditLog,
+    pub uploads: Uploads,
+}
+
+impl Files {
+    /// Opens (creates) the data directory and the files in it.
+    ///
+    /// # Errors
+    ///
+    /// When one cannot be created or opened; the message names it.
+    pub fn open(flags: &TaskFlags) -> io::Result<Self> {
+        let dir = &flags.data_dir;
+        std::fs::create_dir_all(dir).map_err(|e| {
+            io::Error::new(e.kind(), format!("cannot create {}: {e}", dir.display()))
+        })?;
+        Ok(Self {
+            outbox: Outbox::open(dir, flags.email_delay())?,
+            log: AuditLog::open(dir, flags.log_delay())?,
+            uploads: Uploads::open(dir)?,
+        })
+    }
 }
 
 impl State {
     /// `metrics` renders what the process's recorder holds; the runner was
     /// built after it was installed.
-    pub fn open(config: &Config, runner: Runner, metrics: PrometheusHandle) -> io::Result<Self> {
-        std::fs::create_dir_all(&config.data_dir).map_err(|e| {
-            io::Error::new(
-                e.kind(),
-                format!("cannot create {}: {e}", config.data_dir.display()),
-            )
-        })?;
-        Ok(Self {
-            outbox: Outbox::open(&config.data_dir, config.email_delay())?,
-            log: AuditLog::open(&config.data_dir, config.log_delay())?,
+    pub fn new(files: Files, runner: Runner, metrics: PrometheusHandle, store: Store) -> Self {
+        Self {
+            files,
             runner,
             metrics,
-        })
+            store,
+        }
     }
 }
 
 // A handler that needs one part of the state takes only that part.
 impl FromRef<State> for Outbox {
     fn from_ref(state: &State) -> Self {
-        state.outbox.clone()
+        state.files.outbox.clone()
+    }
+}
+
+impl FromRef<State> for Uploads {
+    fn from_ref(state: &State) -> Self {
+        state.files.uploads.clone()
+    }
+}
+
+impl FromRef<State> for Store {
+    fn from_ref(state: &State) -> Self {
+        state.store.clone()
     }
 }
 
@@ -78,8 +113,8 @@ pub fn created(message: &'static str) -> Created {
 }
 
 pub fn router(state: State) -> Router {
-    let outbox = state.outbox.clone();
-    let log = state.log.clone();
+    let outbox = state.files.outbox.clone();
+    let log = state.files.log.clone();
     // Route-level tasks, copied for every request: Esmerald's
     // `@post(..., background=...)`.
     let account_created = BackgroundTask::new(
@@ -110,6 +145,17 @@ pub fn router(state: State) -> Router {
         .route("/chaos", post(chaos_route))
         // The extractor admits the request itself.
         .route("/extractor", post(extractor))
+        // Durable tasks: stored before the response is sent.
+        .route("/durable/register", post(durable::register))
+        .route("/durable/fail", post(durable::fail))
+        .route(
+            "/files",
+            post(durable::upload).layer(DefaultBodyLimit::max(MAX_UPLOAD_BYTES)),
+        )
+        .route("/files/{id}", get(durable::file_status))
+        .route("/durable/stats", get(durable::stats))
+        .route("/durable/dead", get(durable::dead))
+        .route("/durable/dead/{id}/retry", post(durable::retry))
         .route("/outbox", get(outbox_list))
         .route("/stats", get(stats))
         .route("/metrics", get(metrics))
@@ -183,12 +229,12 @@ async fn response_list(
         BackgroundTask::new(
             send_email_notification,
             (
-                state.outbox,
+                state.files.outbox,
                 Some(user.email.clone()),
                 "Thank you for registering.",
             ),
         ),
-        BackgroundTask::new(write_in_file, (state.log, Some(user.email))),
+        BackgroundTask::new(write_in_file, (state.files.log, Some(user.email))),
     ]);
     let (status, body) = created("Email sent");
     (status, tasks, body)
@@ -204,12 +250,12 @@ async fn response_add_task(
     tasks.add_task(
         send_email_notification,
         (
-            state.outbox,
+            state.files.outbox,
             Some(user.email.clone()),
             "Thank you for registering.",
         ),
     );
-    tasks.add_task(write_in_file, (state.log, Some(user.email)));
+    tasks.add_task(write_in_file, (state.files.log, Some(user.email)));
     let (status, body) = created("Email sent");
     (status, tasks, body)
 }
@@ -222,7 +268,7 @@ async fn extractor(
 ) -> Created {
     tasks.add_task(
         send_email_notification,
-        (state.outbox, Some(user.email), "Welcome."),
+        (state.files.outbox, Some(user.email), "Welcome."),
     );
     created("Email sent")
 }
@@ -244,7 +290,7 @@ async fn failing(
         BackgroundTask::new(fail, (mode,)),
         BackgroundTask::new(
             send_email_notification,
-            (state.outbox, None, "After failure"),
+            (state.files.outbox, None, "After failure"),
         ),
     ]);
     let (status, body) = created("Created");
@@ -260,15 +306,18 @@ async fn chaos_route(
     user: Credentials,
 ) -> (StatusCode, BackgroundTasks, Json<Message>) {
     let attempts = Arc::new(AtomicU32::new(0));
-    let timeout = CHAOS_TIMEOUT.saturating_add(state.outbox.delay());
+    let timeout = CHAOS_TIMEOUT.saturating_add(state.files.outbox.delay());
     let tasks = BackgroundTasks::from([
-        BackgroundTask::new(chaos, (state.outbox.clone(), user.email.clone(), attempts))
-            .name("chaos")
-            .retry(CHAOS_RETRIES, CHAOS_BACKOFF)
-            .timeout(timeout),
+        BackgroundTask::new(
+            chaos,
+            (state.files.outbox.clone(), user.email.clone(), attempts),
+        )
+        .name("chaos")
+        .retry(CHAOS_RETRIES, CHAOS_BACKOFF)
+        .timeout(timeout),
         BackgroundTask::new(
             send_email_notification,
-            (state.outbox, Some(user.email), "Chaos over."),
+            (state.files.outbox, Some(user.email), "Chaos over."),
         ),
     ]);
     let (status, body) = created("Created");
@@ -277,7 +326,7 @@ async fn chaos_route(
 
 /// `GET /outbox`: the most recent emails, in the order sent.
 async fn outbox_list(Extract(state): Extract<State>) -> Json<Vec<Email>> {
-    Json(state.outbox.recent())
+    Json(state.files.outbox.recent())
 }
 
 /// `GET /metrics`: the runner's counters, gauges and histograms in

@@ -8,13 +8,34 @@ use epilogue::Runner;
 
 /// Background tasks for Rust web services: the demo of epilogue.
 #[derive(clap::Parser, Debug)]
-#[command(version, about)]
+#[command(version, about, args_conflicts_with_subcommands = true)]
 pub struct Config {
+    /// Run durable tasks only, with no HTTP listener.
+    #[command(subcommand)]
+    pub command: Option<Command>,
+
     /// Listen address, HOST:PORT; port 0 picks a free port.
     #[arg(long, env = "EPILOGUE_ADDR", default_value = "127.0.0.1:3000")]
     pub addr: String,
 
-    /// Where outbox.jsonl and log.txt are written (created if missing).
+    #[command(flatten)]
+    pub tasks: TaskFlags,
+
+    /// Background groups running at once [default: the library's, 4096].
+    #[arg(long, env = "EPILOGUE_MAX_RUNNING", value_parser = clap::value_parser!(u64).range(1..))]
+    pub max_running: Option<u64>,
+
+    /// Accepted groups waiting to run; past it, new requests get 503
+    /// [default: the library's, 16384].
+    #[arg(long, env = "EPILOGUE_MAX_PENDING")]
+    pub max_pending: Option<u64>,
+}
+
+/// What the service and `worker` processes both take.
+#[derive(clap::Args, Debug, Clone)]
+pub struct TaskFlags {
+    /// Where outbox.jsonl, log.txt, uploads and the default store are
+    /// written (created if missing).
     #[arg(long, env = "EPILOGUE_DATA_DIR", default_value = "./data")]
     pub data_dir: PathBuf,
 
@@ -26,18 +47,27 @@ pub struct Config {
     #[arg(long, env = "EPILOGUE_LOG_DELAY_MS", default_value_t = 0)]
     pub log_delay_ms: u64,
 
-    /// Background groups running at once [default: the library's, 4096].
-    #[arg(long, env = "EPILOGUE_MAX_RUNNING", value_parser = clap::value_parser!(u64).range(1..))]
-    pub max_running: Option<u64>,
-
-    /// Accepted groups waiting to run; past it, new requests get 503
-    /// [default: the library's, 16384].
-    #[arg(long, env = "EPILOGUE_MAX_PENDING")]
-    pub max_pending: Option<u64>,
-
     /// How long SIGTERM/Ctrl-C waits for accepted tasks, in seconds.
     #[arg(long, env = "EPILOGUE_SHUTDOWN_GRACE_S", default_value_t = 30)]
     pub shutdown_grace_s: u64,
+
+    /// Where durable tasks are kept: sqlite://PATH, or
+    /// postgres://USER:PASS@HOST:PORT/DB for several processes or machines
+    /// [default: sqlite://DATA_DIR/tasks.db].
+    #[arg(long, env = "EPILOGUE_STORE")]
+    pub store: Option<String>,
+
+    /// Durable tasks run at once by this process; 0 = enqueue only.
+    #[arg(long, env = "EPILOGUE_WORKERS", default_value_t = 4)]
+    pub workers: usize,
+}
+
+/// The demo's subcommands.
+#[derive(clap::Subcommand, Debug)]
+pub enum Command {
+    /// Runs durable tasks from the store, with no HTTP listener; prints
+    /// "worker ready" once it is fetching, drains on SIGTERM.
+    Worker(TaskFlags),
 }
 
 impl Config {
@@ -51,7 +81,9 @@ impl Config {
         }
         builder.build()
     }
+}
 
+impl TaskFlags {
     pub fn email_delay(&self) -> Duration {
         Duration::from_millis(self.email_delay_ms)
     }
@@ -62,6 +94,13 @@ impl Config {
 
     pub fn shutdown_grace(&self) -> Duration {
         Duration::from_secs(self.shutdown_grace_s)
+    }
+
+    /// `--store`, or the SQLite file under the data directory.
+    pub fn store_url(&self) -> String {
+        self.store
+            .clone()
+            .unwrap_or_else(|| format!("sqlite://{}", self.data_dir.join("tasks.db").display()))
     }
 }
 

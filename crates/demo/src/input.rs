@@ -92,6 +92,11 @@ pub struct ApiError {
 }
 
 impl ApiError {
+    /// An error with this status and message.
+    pub fn new(status: StatusCode, message: String) -> Self {
+        Self { status, message }
+    }
+
     fn unprocessable(message: String) -> Self {
         Self {
             status: StatusCode::UNPROCESSABLE_ENTITY,

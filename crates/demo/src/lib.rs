@@ -4,6 +4,7 @@
 
 pub mod app;
 pub mod config;
+pub mod durable;
 pub mod input;
 pub mod tasks;
 

@@ -41,6 +41,16 @@ pub struct Email {
     to: Option<String>,
     message: &'static str,
     sent_at: String,
+    /// A durable task's id and attempt; absent for in-memory tasks.
+    #[serde(flatten, skip_serializing_if = "Option::is_none")]
+    durable: Option<DurableRun>,
+}
+
+/// Which durable task sent an email, and on which attempt.
+#[derive(Clone, Debug, Serialize)]
+pub struct DurableRun {
+    pub task_id: String,
+    pub attempt: u32,
 }
 
 impl Outbox {
@@ -77,6 +87,31 @@ pub async fn send_email_notification(
     to: Option<String>,
     message: &'static str,
 ) -> io::Result<()> {
+    outbox.send(to, message, None).await
+}
+
+impl Outbox {
+    /// Sends one email, from a durable task when `durable` says which.
+    ///
+    /// # Errors
+    ///
+    /// When the line cannot be written to `outbox.jsonl`.
+    pub async fn send(
+        &self,
+        to: Option<String>,
+        message: &'static str,
+        durable: Option<DurableRun>,
+    ) -> io::Result<()> {
+        send(self.clone(), to, message, durable).await
+    }
+}
+
+async fn send(
+    outbox: Outbox,
+    to: Option<String>,
+    message: &'static str,
+    durable: Option<DurableRun>,
+) -> io::Result<()> {
     if !outbox.0.delay.is_zero() {
         tokio::time::sleep(outbox.0.delay).await;
     }
@@ -84,6 +119,7 @@ pub async fn send_email_notification(
         to,
         message,
         sent_at: Utc::now().to_rfc3339_opts(SecondsFormat::Micros, true),
+        durable,
     };
     let mut line = serde_json::to_vec(&email)?;
     line.push(b'\n');

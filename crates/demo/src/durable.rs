@@ -1,0 +1,342 @@
+//! The durable half of the demo: tasks stored before the response, their
+//! routes, and the worker that runs them (in the service, or alone with
+//! `epilogue-demo worker`).
+
+use std::io::{self, Read, Write};
+use std::path::{Path as FilePath, PathBuf};
+
+use axum::body::Bytes;
+use axum::extract::rejection::{BytesRejection, QueryRejection};
+use axum::extract::{Path, Query, State};
+use axum::http::{header, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::Json;
+use epilogue::durable::{
+    BoxError, DurableError, DurableTask, Job, Store, TaskId, TaskStatus, WorkerBuilder,
+};
+use epilogue::http::RequestTasks;
+use serde::{Deserialize, Serialize};
+use serde_json::json;
+use sha2::{Digest, Sha256};
+
+use crate::input::{ApiError, Credentials};
+use crate::tasks::{DurableRun, Outbox};
+
+/// The largest upload `POST /files` takes: 10 MiB.
+pub const MAX_UPLOAD_BYTES: usize = 10 * 1024 * 1024;
+
+/// The most dead tasks `GET /durable/dead` lists.
+const DEAD_LISTED: u32 = 1000;
+
+/// `POST /durable/register`: a welcome email that survives a crash.
+#[derive(Serialize, Deserialize)]
+pub struct Welcome {
+    email: String,
+}
+
+impl DurableTask for Welcome {
+    const NAME: &'static str = "welcome_durable";
+    type State = Outbox;
+    type Output = ();
+
+    async fn run(self, job: Job, outbox: Outbox) -> Result<(), BoxError> {
+        outbox
+            .send(Some(self.email), "Welcome (durable).", Some(run_of(&job)))
+            .await?;
+        Ok(())
+    }
+}
+
+/// `POST /durable/fail?times=N`: fails its first `times` attempts, then
+/// sends an email.
+#[derive(Serialize, Deserialize)]
+pub struct Recovering {
+    times: u32,
+}
+
+impl DurableTask for Recovering {
+    const NAME: &'static str = "recovering_durable";
+    const MAX_ATTEMPTS: u32 = 5;
+    type State = Outbox;
+    type Output = ();
+
+    async fn run(self, job: Job, outbox: Outbox) -> Result<(), BoxError> {
+        if job.attempt() <= self.times {
+            return Err(format!(
+                "fails on purpose: attempt {} of the first {}",
+                job.attempt(),
+                self.times
+            )
+            .into());
+        }
+        outbox
+            .send(None, "Recovered (durable).", Some(run_of(&job)))
+            .await?;
+        Ok(())
+    }
+}
+
+/// `POST /files`: the upload's size, lines and SHA-256, computed from the
+/// file stored under the task's id.
+#[derive(Serialize, Deserialize)]
+pub struct ProcessFile;
+
+/// What [`ProcessFile`] finds.
+#[derive(Serialize)]
+pub struct FileSummary {
+    bytes: u64,
+    lines: u64,
+    sha256: String,
+}
+
+/// Where uploads are kept: `DATA_DIR/files/<task id>`.
+#[derive(Clone, Debug)]
+pub struct Uploads(PathBuf);
+
+impl Uploads {
+    /// Opens (creates) `dir/files`.
+    ///
+    /// # Errors
+    ///
+    /// When it cannot be created; the message names it.
+    pub fn open(dir: &FilePath) -> io::Result<Self> {
+        let dir = dir.join("files");
+        std::fs::create_dir_all(&dir).map_err(|e| {
+            io::Error::new(e.kind(), format!("cannot create {}: {e}", dir.display()))
+        })?;
+        Ok(Self(dir))
+    }
+
+    fn path(&self, id: &TaskId) -> PathBuf {
+        self.0.join(id.as_str())
+    }
+
+    /// Writes the upload whole and synced, under a temporary name first:
+    /// a file under its final name is complete.
+    fn store(&self, id: &TaskId, body: &[u8]) -> io::Result<()> {
+        let path = self.path(id);
+        let partial = path.with_extension("partial");
+        let mut file = std::fs::File::create(&partial)?;
+        file.write_all(body)?;
+        file.sync_all()?;
+        std::fs::rename(&partial, &path)?;
+        // The rename itself is durable once the directory is synced.
+        std::fs::File::open(&self.0)?.sync_all()
+    }
+}
+
+impl DurableTask for ProcessFile {
+    const NAME: &'static str = "process_file";
+    type State = Uploads;
+    type Output = FileSummary;
+
+    async fn run(self, job: Job, uploads: Uploads) -> Result<FileSummary, BoxError> {
+        let path = uploads.path(job.id());
+        let summary = tokio::task::spawn_blocking(move || summarise(&path)).await??;
+        Ok(summary)
+    }
+}
+
+fn summarise(path: &FilePath) -> io::Result<FileSummary> {
+    let mut file = std::fs::File::open(path)?;
+    let mut hash = Sha256::new();
+    let (mut bytes, mut lines) = (0u64, 0u64);
+    let mut chunk = vec![0; 64 * 1024];
+    loop {
+        let n = file.read(&mut chunk)?;
+        if n == 0 {
+            break;
+        }
+        let read = &chunk[..n];
+        hash.update(read);
+        bytes += n as u64;
+        lines += read.iter().filter(|&&b| b == b'\n').count() as u64;
+    }
+    let sha256 = hash.finalize().iter().map(|b| format!("{b:02x}")).collect();
+    Ok(FileSummary {
+        bytes,
+        lines,
+        sha256,
+    })
+}
+
+fn run_of(job: &Job) -> DurableRun {
+    DurableRun {
+        task_id: job.id().to_string(),
+        attempt: job.attempt(),
+    }
+}
+
+/// The worker for the demo's durable tasks.
+pub fn worker(
+    store: &Store,
+    outbox: Outbox,
+    uploads: Uploads,
+    concurrency: usize,
+) -> WorkerBuilder {
+    store
+        .worker()
+        .register::<Welcome>(outbox.clone())
+        .register::<Recovering>(outbox)
+        .register::<ProcessFile>(uploads)
+        .concurrency(concurrency)
+}
+
+/// `POST /durable/register`.
+pub async fn register(tasks: RequestTasks, user: Credentials) -> Result<Response, ApiError> {
+    let id = tasks
+        .add_durable(&Welcome { email: user.email })
+        .map_err(not_added)?;
+    Ok(created("Email sent", &id))
+}
+
+#[derive(Deserialize)]
+pub struct TimesQuery {
+    #[serde(default = "one")]
+    times: u32,
+}
+
+fn one() -> u32 {
+    1
+}
+
+/// `POST /durable/fail?times=N`.
+pub async fn fail(
+    tasks: RequestTasks,
+    query: Result<Query<TimesQuery>, QueryRejection>,
+    _: Credentials,
+) -> Result<Response, ApiError> {
+    let Query(TimesQuery { times }) = query.map_err(|rejection| {
+        ApiError::new(
+            StatusCode::BAD_REQUEST,
+            format!(
+                "{}; expected `?times=N` with N from 0 to 100",
+                rejection.body_text()
+            ),
+        )
+    })?;
+    if times > 100 {
+        return Err(ApiError::new(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "`times` must be from 0 to 100".to_owned(),
+        ));
+    }
+    let id = tasks
+        .add_durable(&Recovering { times })
+        .map_err(not_added)?;
+    Ok(created("Created", &id))
+}
+
+fn created(message: &str, id: &TaskId) -> Response {
+    (
+        StatusCode::CREATED,
+        Json(json!({ "message": message, "task_id": id })),
+    )
+        .into_response()
+}
+
+/// `POST /files`: 202 once the upload is on disk and its task is stored.
+pub async fn upload(
+    State(uploads): State<Uploads>,
+    tasks: RequestTasks,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<Response, ApiError> {
+    let body = body.map_err(|rejection| {
+        let message = if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE {
+            format!("the upload is larger than {} MiB", MAX_UPLOAD_BYTES >> 20)
+        } else {
+            rejection.body_text()
+        };
+        ApiError::new(rejection.status(), message)
+    })?;
+    let id = tasks.add_durable(&ProcessFile).map_err(not_added)?;
+    let stored = {
+        let (uploads, id) = (uploads.clone(), id.clone());
+        tokio::task::spawn_blocking(move || uploads.store(&id, &body)).await
+    };
+    // A failure here answers 500, so the task is not stored either.
+    if let Err(error) = stored.map_err(io::Error::other).and_then(|result| result) {
+        tracing::error!(%error, "cannot store an upload");
+        return Err(ApiError::new(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "the upload could not be stored".to_owned(),
+        ));
+    }
+    Ok((
+        StatusCode::ACCEPTED,
+        [(header::LOCATION, format!("/files/{id}"))],
+        Json(json!({ "id": id, "status": "queued" })),
+    )
+        .into_response())
+}
+
+/// `GET /files/{id}`.
+pub async fn file_status(
+    State(store): State<Store>,
+    Path(id): Path<String>,
+) -> Result<Json<serde_json::Value>, ApiError> {
+    let info = store.task(&id).await.map_err(unavailable)?;
+    let Some(info) = info.filter(|info| info.task.as_deref() == Some(ProcessFile::NAME)) else {
+        return Err(ApiError::new(
+            StatusCode::NOT_FOUND,
+            "no such file".to_owned(),
+        ));
+    };
+    let result = match info.status {
+        TaskStatus::Done => info.output.clone(),
+        _ => None,
+    };
+    Ok(Json(json!({
+        "id": info.task_id,
+        "status": info.status,
+        "attempts": info.attempts,
+        "result": result,
+    })))
+}
+
+/// `GET /durable/stats`.
+pub async fn stats(State(store): State<Store>) -> Result<Json<serde_json::Value>, ApiError> {
+    let stats = store.stats().await.map_err(unavailable)?;
+    Ok(Json(json!(stats)))
+}
+
+/// `GET /durable/dead`.
+pub async fn dead(State(store): State<Store>) -> Result<Json<serde_json::Value>, ApiError> {
+    let dead = store.dead(DEAD_LISTED).await.map_err(unavailable)?;
+    Ok(Json(json!(dead)))
+}
+
+/// `POST /durable/dead/{id}/retry`.
+pub async fn retry(
+    State(store): State<Store>,
+    Path(id): Path<String>,
+) -> Result<Response, ApiError> {
+    if !store.requeue(&id).await.map_err(unavailable)? {
+        return Err(ApiError::new(
+            StatusCode::NOT_FOUND,
+            "no dead task has this id".to_owned(),
+        ));
+    }
+    Ok((
+        StatusCode::ACCEPTED,
+        Json(json!({ "task_id": id, "status": "queued" })),
+    )
+        .into_response())
+}
+
+fn not_added(error: DurableError) -> ApiError {
+    tracing::error!(%error, "cannot add a durable task");
+    ApiError::new(
+        StatusCode::INTERNAL_SERVER_ERROR,
+        "the durable task could not be added".to_owned(),
+    )
+}
+
+/// The store could not be read or written: 503, and the other routes go on.
+fn unavailable(error: DurableError) -> ApiError {
+    tracing::error!(%error, "the durable store failed");
+    ApiError::new(
+        StatusCode::SERVICE_UNAVAILABLE,
+        "the durable task store is unavailable; try again".to_owned(),
+    )
+}
