@@ -275,7 +275,15 @@ async fn a_record_that_does_not_fit_leaves_no_fragment() {
     let mut command = Demo::command_with_file_size_limit(1);
     command
         .args(["--addr", "127.0.0.1:0", "--data-dir"])
-        .arg(&data_dir);
+        .arg(&data_dir)
+        // No file can hold a SQLite database here: the durable store is
+        // kept in memory, unused.
+        .args([
+            "--workers",
+            "0",
+            "--store",
+            "sqlite://hardening?mode=memory&cache=shared",
+        ]);
     let demo = Demo::spawn(command, scratch, data_dir).await;
     let outbox = demo.data_dir().join("outbox.jsonl");
     let log = demo.data_dir().join("log.txt");
