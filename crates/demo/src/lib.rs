@@ -12,12 +12,13 @@ use std::io::IsTerminal;
 
 use tracing_subscriber::EnvFilter;
 
-/// Logs to stderr, at `info` unless `RUST_LOG` says otherwise: stdout
-/// carries only the "listening on" line.
+/// Logs to stderr, at `info` unless `RUST_LOG` says otherwise (sqlx's
+/// notices of already-applied migrations at `warn`): stdout carries only
+/// the "listening on" line.
 pub fn init_logging() {
     tracing_subscriber::fmt()
         .with_env_filter(
-            EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info")),
+            EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info,sqlx=warn")),
         )
         .with_writer(std::io::stderr)
         .with_ansi(std::io::stderr().is_terminal())

@@ -15,12 +15,11 @@ use std::fs;
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
-use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use common::{eventually, eventually_within, signup, Demo, Scratch};
 use nix::sys::signal::{killpg, Signal};
-use nix::unistd::{geteuid, Pid};
+use nix::unistd::Pid;
 use reqwest::StatusCode;
 use serde_json::{json, Value};
 
@@ -36,37 +35,8 @@ const FAIL_ERROR: &str = "the mail server refused the message (simulated)";
 
 /// `/usr/bin/chromium`, installed first if it is missing.
 fn chromium() -> &'static Path {
-    static INSTALLING: Mutex<()> = Mutex::new(());
-    let _one_at_a_time = INSTALLING.lock().unwrap_or_else(|e| e.into_inner());
     let path = Path::new(CHROMIUM);
-    if path.exists() {
-        return path;
-    }
-    assert!(
-        geteuid().is_root(),
-        "{CHROMIUM} is missing and this test is not root, so it cannot install it: \
-         run `apt-get install -y chromium` as root (CI runs the tests as root)"
-    );
-    let apt_get = |args: &[&str]| {
-        Command::new("apt-get")
-            .args(args)
-            .env("DEBIAN_FRONTEND", "noninteractive")
-            .stdin(Stdio::null())
-            .output()
-            .unwrap_or_else(|e| panic!("cannot run apt-get to install Chromium: {e}"))
-    };
-    let mut installed = apt_get(&["install", "-y", "chromium"]);
-    if !installed.status.success() {
-        // A fresh image has no package lists yet.
-        apt_get(&["update"]);
-        installed = apt_get(&["install", "-y", "chromium"]);
-    }
-    assert!(
-        installed.status.success() && path.exists(),
-        "cannot install Chromium (`apt-get install -y chromium`: {}); the dashboard test needs {CHROMIUM}:\n{}",
-        installed.status,
-        String::from_utf8_lossy(&installed.stderr)
-    );
+    common::apt::ensure("chromium", "the dashboard test", || path.exists());
     path
 }
 

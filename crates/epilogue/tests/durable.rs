@@ -155,6 +155,58 @@ async fn a_stored_task_runs_once_and_its_output_is_kept() {
 }
 
 #[tokio::test]
+async fn every_connection_keeps_what_it_commits_and_a_task_stored_elsewhere_starts_soon() {
+    let scratch = Scratch::new("synchronous");
+    let store = Store::connect(&scratch.url()).await.unwrap();
+    let pool = store.sqlite_pool().unwrap();
+    // apalis-sqlite's `setup` turns it OFF; a 201 promises the task is on disk.
+    let mut connections = Vec::new();
+    for _ in 0..4 {
+        let mut connection = pool.acquire().await.unwrap();
+        let synchronous: i64 = sqlx::query_scalar("PRAGMA synchronous")
+            .fetch_one(&mut *connection)
+            .await
+            .unwrap();
+        let journal: String = sqlx::query_scalar("PRAGMA journal_mode")
+            .fetch_one(&mut *connection)
+            .await
+            .unwrap();
+        assert_eq!(
+            (synchronous, journal.as_str()),
+            (2, "wal"),
+            "FULL, in WAL mode"
+        );
+        connections.push(connection);
+    }
+    drop(connections);
+
+    // Another process's store: its enqueue cannot wake this worker, which
+    // finds the task by polling.
+    let (runs, mut ran) = mpsc::unbounded_channel();
+    let worker = store.worker().register::<Echo>(runs).start();
+    worker.ready().await;
+    let elsewhere = Store::connect(&scratch.url()).await.unwrap();
+    let stored = Instant::now();
+    elsewhere
+        .enqueue(&Echo {
+            text: "polled".into(),
+        })
+        .await
+        .unwrap();
+    let (_, text, _) = tokio::time::timeout(PATIENCE, ran.recv())
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(text, "polled");
+    assert!(
+        stored.elapsed() < Duration::from_secs(3),
+        "started {:?} after it was stored (polls every 250 ms)",
+        stored.elapsed()
+    );
+    worker.shutdown(Duration::from_secs(5)).await;
+}
+
+#[tokio::test]
 async fn failures_back_off_then_the_task_is_dead_and_a_requeue_gives_a_fresh_budget() {
     let scratch = Scratch::new("dead");
     let store = Store::connect(&scratch.url()).await.unwrap();

@@ -9,6 +9,7 @@
 
 #![allow(dead_code)] // each test file uses its own part
 
+pub mod apt;
 pub mod postgres;
 
 use std::collections::HashMap;
@@ -184,6 +185,19 @@ impl Process {
     }
 }
 
+impl Process {
+    /// `kill -9`, then waits until it is gone and its pipes are read.
+    fn kill9(&mut self) {
+        let pid = Pid::from_raw(i32::try_from(self.child.id()).expect("a pid fits in i32"));
+        // An error means it has exited already.
+        let _ = kill(pid, Signal::SIGKILL);
+        let _ = self.child.wait();
+        for reader in self.readers.drain(..) {
+            reader.join().expect("a pipe reader");
+        }
+    }
+}
+
 impl Drop for Process {
     fn drop(&mut self) {
         // Errors mean it has exited already.
@@ -221,6 +235,77 @@ impl Demo {
             .args(flags)
             .env("RUST_LOG", rust_log);
         Self::spawn(command, scratch, data_dir).await
+    }
+
+    /// Starts the demo again on the data directory of `scratch`
+    /// (`scratch/data`, as [`Demo::start`] makes it), from [`Demo::kill`]
+    /// or [`Demo::into_scratch`]: what a restart after a crash or a deploy
+    /// finds.
+    pub async fn start_in(scratch: Scratch, flags: &[&str]) -> Self {
+        let data_dir = scratch.path().join("data");
+        let mut command = Self::command();
+        command
+            .args(["--addr", "127.0.0.1:0", "--data-dir"])
+            .arg(&data_dir)
+            .args(flags);
+        Self::spawn(command, scratch, data_dir).await
+    }
+
+    /// `kill -9`, then waits for the process to be gone; its data directory
+    /// is kept, in the returned scratch, for [`Demo::start_in`].
+    pub fn kill(self) -> Scratch {
+        let Demo {
+            mut process,
+            _scratch: scratch,
+            ..
+        } = self;
+        process.kill9();
+        scratch
+    }
+
+    /// The data directory's scratch, once the process has exited (it is
+    /// killed if it has not): for [`Demo::start_in`].
+    pub fn into_scratch(self) -> Scratch {
+        let Demo {
+            process,
+            _scratch: scratch,
+            ..
+        } = self;
+        drop(process);
+        scratch
+    }
+
+    /// `GET /durable/stats`, which must answer 200.
+    pub async fn durable_stats(&self) -> DurableStats {
+        let reply = self.get("/durable/stats").await;
+        assert_eq!(reply.status, StatusCode::OK, "{reply:?}");
+        serde_json::from_value(reply.json()).expect("the fields of /durable/stats, as integers")
+    }
+
+    /// Waits until no durable task is queued, running or waiting for a
+    /// retry, for up to `limit`.
+    pub async fn durable_settled(&self, limit: Duration) -> DurableStats {
+        eventually_within(limit, "no durable task left to run", async || {
+            let stats = self.durable_stats().await;
+            stats.settled().then_some(stats)
+        })
+        .await
+    }
+
+    /// `POST path` with these raw bytes as the body.
+    pub async fn post_bytes(&self, path: &str, body: Vec<u8>) -> Reply {
+        Reply::of(
+            self.client
+                .post(self.url(path))
+                .header("content-type", "application/octet-stream")
+                .body(body),
+        )
+        .await
+    }
+
+    /// The HTTP client of the test, for requests the helpers do not make.
+    pub fn client(&self) -> &reqwest::Client {
+        &self.client
     }
 
     /// The binary, to be configured by the test: no `EPILOGUE_*` variable
@@ -336,10 +421,7 @@ impl Demo {
 
     /// The emails in `outbox.jsonl`, oldest first.
     pub fn outbox(&self) -> Vec<Email> {
-        complete_lines(&self.data_dir.join("outbox.jsonl"))
-            .iter()
-            .map(|line| Email::parse(line))
-            .collect()
+        outbox_in(&self.data_dir)
     }
 
     /// Every email sent, as `(message, to)`, sorted: for comparing what was
@@ -487,11 +569,16 @@ pub struct Email {
     pub to: Option<String>,
     pub message: String,
     pub sent_at: DateTime<FixedOffset>,
+    /// The durable task that sent it (`task_id`), absent for in-memory tasks.
+    pub task_id: Option<String>,
+    /// Which attempt of that durable task sent it, 1 for the first.
+    pub attempt: Option<u32>,
 }
 
 impl Email {
     /// Parses one email, strictly: exactly the fields `to` (a string or
-    /// null), `message` and `sent_at` (RFC 3339).
+    /// null), `message` and `sent_at` (RFC 3339), and for an email of a
+    /// durable task both `task_id` (a string) and `attempt` (at least 1).
     pub fn parse(line: &str) -> Self {
         let value: Value = serde_json::from_str(line)
             .unwrap_or_else(|e| panic!("an email that is not JSON ({e}): {line:?}"));
@@ -504,7 +591,25 @@ impl Email {
             .unwrap_or_else(|| panic!("an email that is not an object: {value}"));
         let mut keys: Vec<&str> = fields.keys().map(String::as_str).collect();
         keys.sort_unstable();
-        assert_eq!(keys, ["message", "sent_at", "to"], "{value}");
+        let durable = keys == ["attempt", "message", "sent_at", "task_id", "to"];
+        assert!(
+            durable || keys == ["message", "sent_at", "to"],
+            "unexpected fields {keys:?}: {value}"
+        );
+        let (task_id, attempt) = if durable {
+            let task_id = fields["task_id"]
+                .as_str()
+                .filter(|id| !id.is_empty())
+                .unwrap_or_else(|| panic!("`task_id` is not a non-empty string: {value}"));
+            let attempt = fields["attempt"]
+                .as_u64()
+                .and_then(|n| u32::try_from(n).ok())
+                .filter(|&n| n >= 1)
+                .unwrap_or_else(|| panic!("`attempt` is not an integer from 1: {value}"));
+            (Some(task_id.to_owned()), Some(attempt))
+        } else {
+            (None, None)
+        };
         let to = match &fields["to"] {
             Value::Null => None,
             Value::String(to) => Some(to.clone()),
@@ -522,7 +627,119 @@ impl Email {
             to,
             message,
             sent_at,
+            task_id,
+            attempt,
         }
+    }
+}
+
+/// The emails in `dir/outbox.jsonl`, oldest first; none when there is no
+/// such file.
+pub fn outbox_in(dir: &Path) -> Vec<Email> {
+    complete_lines(&dir.join("outbox.jsonl"))
+        .iter()
+        .map(|line| Email::parse(line))
+        .collect()
+}
+
+/// `GET /durable/stats`: how many durable tasks are in each state.
+#[derive(Clone, Copy, Debug, Default, Deserialize, PartialEq, Eq)]
+pub struct DurableStats {
+    pub queued: u64,
+    pub running: u64,
+    pub succeeded: u64,
+    pub retrying: u64,
+    pub dead: u64,
+}
+
+impl DurableStats {
+    /// Nothing left to run: none queued, running or waiting for a retry.
+    pub fn settled(&self) -> bool {
+        self.queued == 0 && self.running == 0 && self.retrying == 0
+    }
+
+    pub fn total(&self) -> u64 {
+        self.queued + self.running + self.succeeded + self.retrying + self.dead
+    }
+}
+
+/// A running `epilogue-demo worker` (no listener), killed when dropped.
+pub struct WorkerProcess {
+    process: Process,
+    data_dir: PathBuf,
+}
+
+impl WorkerProcess {
+    /// Starts `epilogue-demo worker --data-dir DATA_DIR [--store STORE]
+    /// FLAGS` (the directory is created first: the worker runs in it), and
+    /// waits for its `worker ready` line.
+    pub async fn start(store: Option<&str>, data_dir: &Path, flags: &[&str]) -> Self {
+        fs::create_dir_all(data_dir).expect("cannot create the worker's data directory");
+        let mut command = Demo::command();
+        command.arg("worker").arg("--data-dir").arg(data_dir);
+        if let Some(store) = store {
+            command.arg("--store").arg(store);
+        }
+        command.args(flags).current_dir(data_dir);
+        let mut process = Process::spawn(command);
+        eventually("the `worker ready` line on stdout", async || {
+            if let Some(status) = process.child.try_wait().expect("try_wait") {
+                panic!(
+                    "epilogue-demo worker exited ({status}) before it was ready; stderr:\n{}",
+                    process.stderr.text()
+                );
+            }
+            let stdout = process.stdout.text();
+            let line = stdout.strip_suffix('\n')?;
+            assert_eq!(line, "worker ready", "unexpected stdout of the worker");
+            Some(())
+        })
+        .await;
+        Self {
+            process,
+            data_dir: data_dir.to_owned(),
+        }
+    }
+
+    pub fn pid(&self) -> Pid {
+        Pid::from_raw(i32::try_from(self.process.child.id()).expect("a pid fits in i32"))
+    }
+
+    /// Sends SIGTERM.
+    pub fn terminate(&self) {
+        kill(self.pid(), Signal::SIGTERM).expect("cannot send SIGTERM");
+    }
+
+    /// `kill -9`, then waits until it is gone.
+    pub fn kill(&mut self) {
+        self.process.kill9();
+    }
+
+    /// Waits up to `limit` for the process to exit, then until its pipes
+    /// are read to the end.
+    pub async fn exit_status(&mut self, limit: Duration) -> ExitStatus {
+        let process = &mut self.process;
+        let status = eventually_within(limit, "epilogue-demo worker to exit", async || {
+            process.child.try_wait().expect("try_wait")
+        })
+        .await;
+        for reader in process.readers.drain(..) {
+            reader.join().expect("a pipe reader");
+        }
+        status
+    }
+
+    pub fn stdout(&self) -> String {
+        self.process.stdout.text()
+    }
+
+    pub fn stderr(&self) -> String {
+        self.process.stderr.text()
+    }
+
+    /// The emails in its data directory's `outbox.jsonl`.
+    pub fn outbox(&self) -> Vec<Email> {
+        outbox_in(&self.data_dir)
     }
 }
 

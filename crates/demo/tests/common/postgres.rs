@@ -301,6 +301,9 @@ impl Drop for Postgres {
 
 impl Tools {
     fn find() -> Tools {
+        super::apt::ensure("postgresql", "a test with a throwaway PostgreSQL", || {
+            bin_dir().is_some()
+        });
         let bin = bin_dir().unwrap_or_else(|| {
             panic!(
                 "no PostgreSQL server binaries (initdb, pg_ctl, postgres, psql) found on PATH \

@@ -129,17 +129,8 @@ pub(super) async fn claim(
         .map_err(engine)?;
     let claimed: Vec<Claimed> = tasks.into_iter().filter_map(Claimed::from_apalis).collect();
     if !claimed.is_empty() {
-        // Not apalis's `lock_tasks`: it skips a task whose `run_at` is
-        // this very second, which a task fetched now may still be.
         let ids: Vec<String> = claimed.iter().map(|c| c.id.to_string()).collect();
-        sqlx::query(
-            "UPDATE apalis.jobs SET status = 'Running', lock_at = NOW() \
-             WHERE id = ANY($1) AND lock_by = $2 AND status = 'Queued'",
-        )
-        .bind(&ids)
-        .bind(worker)
-        .execute(&mut *tx)
-        .await?;
+        queries::lock_tasks(&mut *tx, &ids, worker).await?;
     }
     tx.commit().await?;
     Ok(claimed)
