@@ -335,6 +335,11 @@ async fn metrics(
     Extract(state): Extract<State>,
 ) -> ([(header::HeaderName, &'static str); 1], String) {
     state.runner.record_metrics();
+    // A store that is down shows as `epilogue_durable_store_up 0`; the
+    // runner's metrics are still served.
+    if let Err(error) = state.store.record_metrics().await {
+        tracing::warn!(%error, "cannot read the durable store for /metrics");
+    }
     (
         [(
             header::CONTENT_TYPE,

@@ -351,6 +351,37 @@ async fn the_dashboard_shows_what_the_runner_reports_and_follows_it() {
     );
     assert_ne!(before, after);
 
+    // The durable queue, read from the store.
+    for n in 0..2 {
+        let created = demo
+            .post("/durable/register", &signup(&format!("q{n}@example.com")))
+            .await;
+        assert_eq!(created.status, StatusCode::CREATED, "{created:?}");
+    }
+    demo.post("/durable/fail?times=100", &signup("dead@example.com"))
+        .await;
+    let durable = eventually("the durable tasks to settle", async || {
+        let reply = demo.get("/durable/stats").await;
+        let stats = reply.json();
+        (stats["succeeded"] == json!(2)
+            && stats["queued"] == json!(0)
+            && stats["running"] == json!(0))
+        .then_some(stats)
+    })
+    .await;
+    let queue = dump_dom(&demo, &scratch, "durable", 3000).await;
+    for field in ["queued", "running", "retrying", "dead", "succeeded"] {
+        let shown = shown(&queue, &format!("durable_{field}"));
+        // The failing task moves between retrying and running while the
+        // page polls; the others are settled.
+        if matches!(field, "retrying" | "running") {
+            assert!(shown <= 1, "durable.{field}: {shown}");
+        } else {
+            assert_eq!(Some(shown), durable[field].as_u64(), "durable.{field}");
+        }
+    }
+    assert_eq!(shown(&queue, "durable_succeeded"), 2);
+
     // A screenshot, with requests coming in while the page polls.
     let traffic = tokio::spawn({
         let (list, fail) = (demo.url("/response/list"), demo.url("/fail?mode=error"));

@@ -90,3 +90,30 @@ async fn metrics_count_tasks_by_name_and_outcome() {
         other => panic!("not a histogram: {other:?}"),
     }
 }
+
+#[tokio::test]
+async fn metrics_show_the_durable_queue_by_state() {
+    let demo = Demo::start(&["--workers", "0"]).await;
+    for n in 0..3 {
+        let created = demo
+            .post("/durable/register", &signup(&format!("q{n}@example.com")))
+            .await;
+        assert_eq!(created.status, reqwest::StatusCode::CREATED, "{created:?}");
+    }
+    // No worker here: the three wait in the store.
+    let scrape = scrape(&demo).await;
+    let gauge = |state: &str| {
+        let sample = find(&scrape, "epilogue_durable_tasks", &[("state", state)])
+            .unwrap_or_else(|| panic!("no epilogue_durable_tasks{{state={state}}}"));
+        match sample.value {
+            Value::Gauge(n) => n,
+            ref other => panic!("not a gauge: {other:?}"),
+        }
+    };
+    assert_eq!(gauge("queued"), 3.0);
+    for state in ["running", "retrying", "dead", "succeeded"] {
+        assert_eq!(gauge(state), 0.0, "{state}");
+    }
+    let up = find(&scrape, "epilogue_durable_store_up", &[]).expect("the store's health");
+    assert!(matches!(up.value, Value::Gauge(n) if n == 1.0), "{up:?}");
+}

@@ -149,6 +149,33 @@ impl Store {
         with_backend!(self, pool => db::stats(pool).await)
     }
 
+    /// Sets the `epilogue_durable_tasks{state}` and
+    /// `epilogue_durable_store_up` gauges from the store (see the
+    /// [`metrics`](crate::metrics) module): call it before each scrape. It
+    /// queries the store, so it is not free.
+    ///
+    /// # Errors
+    ///
+    /// A store error if it cannot be read; `epilogue_durable_store_up` is
+    /// then 0 and the other gauges keep their last values.
+    #[cfg(feature = "metrics")]
+    #[cfg_attr(docsrs, doc(cfg(feature = "metrics")))]
+    pub async fn record_metrics(&self) -> Result<(), DurableError> {
+        let stats = self.stats().await;
+        metrics::gauge!("epilogue_durable_store_up").set(if stats.is_ok() { 1.0 } else { 0.0 });
+        let stats = stats?;
+        for (state, count) in [
+            ("queued", stats.queued),
+            ("running", stats.running),
+            ("retrying", stats.retrying),
+            ("dead", stats.dead),
+            ("succeeded", stats.succeeded),
+        ] {
+            metrics::gauge!("epilogue_durable_tasks", "state" => state).set(count as f64);
+        }
+        Ok(())
+    }
+
     /// The dead tasks, most recent first, at most `limit`.
     ///
     /// # Errors
