@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 
 use axum::routing::post;
 use axum::Router;
-use epilogue::durable::{BoxError, DurableTask, Job, Store, TaskInfo, TaskStatus};
+use epilogue::durable::{BoxError, DurableTask, DurableTasks, Job, Store, TaskInfo, TaskStatus};
 use epilogue::http::RequestTasks;
 use epilogue::{BackgroundTask, Runner};
 use serde::{Deserialize, Serialize};
@@ -592,3 +592,41 @@ async fn a_201_means_stored_and_a_store_that_fails_answers_503_and_runs_nothing(
 }
 
 use std::future::IntoFuture;
+
+async fn returned(status: String) -> (http::StatusCode, DurableTasks, String) {
+    let mut tasks = DurableTasks::new();
+    let id = tasks
+        .add(&Welcome {
+            email: status.clone(),
+        })
+        .unwrap();
+    let status = http::StatusCode::from_bytes(status.as_bytes()).unwrap();
+    (status, tasks, id.to_string())
+}
+
+#[tokio::test]
+async fn durable_tasks_returned_with_a_response_are_stored_whatever_its_status() {
+    let scratch = Scratch::new("returned");
+    let store = Store::connect(&scratch.url()).await.unwrap();
+    let app = Router::new().route("/returned", post(returned));
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let server = tokio::spawn(
+        epilogue::axum::serve(listener, app, Runner::new())
+            .durable(store.clone())
+            .with_graceful_shutdown(std::future::pending())
+            .into_future(),
+    );
+    let mut client = Connection::open(addr).await;
+    for status in ["202", "409"] {
+        let answer = client.post_json("/returned", status).await;
+        assert_eq!(answer.status.as_str(), status);
+        let info = store.task(answer.text()).await.unwrap();
+        assert_eq!(
+            info.map(|i| i.task),
+            Some(Some("welcome".to_owned())),
+            "stored before the {status}"
+        );
+    }
+    server.abort();
+}

@@ -40,7 +40,8 @@
 //! ```
 //!
 //! In a handler, add them to the request
-//! ([`RequestTasks::add_durable`](crate::http::RequestTasks::add_durable))
+//! ([`RequestTasks::add_durable`](crate::http::RequestTasks::add_durable)),
+//! or return them with the response ([`DurableTasks`], a response part),
 //! and give the store to the executing layer
 //! ([`BackgroundLayer::durable`](crate::http::BackgroundLayer::durable)): the
 //! layer stores them, in one transaction, once the handler has answered with
@@ -83,6 +84,7 @@
 //! `setup` turns it `OFF`, which can lose committed tasks on a power loss).
 
 mod error;
+mod group;
 mod job;
 #[cfg(feature = "postgres")]
 pub mod postgres;
@@ -98,6 +100,7 @@ use serde::de::DeserializeOwned;
 use serde::Serialize;
 
 pub use error::DurableError;
+pub use group::DurableTasks;
 pub use job::{Job, TaskId};
 pub(crate) use store::Encoded;
 pub use store::{DeadTask, DurableStats, Store, TaskInfo, TaskStatus};

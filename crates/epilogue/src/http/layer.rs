@@ -200,13 +200,14 @@ where
             }
             // On an error there is no response to follow: `Pending` abandons
             // the scope, as for a handler that never answered.
-            let response = ready!(this.inner.as_mut().poll(cx))?;
+            let mut response = ready!(this.inner.as_mut().poll(cx))?;
             let scope = this
                 .scope
                 .0
                 .as_ref()
                 .expect("ResponseFuture polled after completion");
-            match scope.commit(response.status()) {
+            let status = response.status();
+            match scope.commit(status, response.extensions_mut()) {
                 // Its durable tasks are stored before the response leaves.
                 Some(commit) => *this.commit = Some((commit, response)),
                 None => return Poll::Ready(Ok(finish(this.scope, response))),

@@ -95,6 +95,21 @@ pub fn attach(extensions: &mut http::Extensions, tasks: impl Into<crate::Backgro
     }
 }
 
+/// Adds durable `tasks` to those attached to a response's extensions, to be
+/// stored by the executing layer before the response is sent (see
+/// [`DurableTasks`](crate::durable::DurableTasks)). Cloning the extensions
+/// does not copy them.
+#[cfg(feature = "durable")]
+#[cfg_attr(docsrs, doc(cfg(any(feature = "sqlite", feature = "postgres"))))]
+pub fn attach_durable(extensions: &mut http::Extensions, tasks: crate::durable::DurableTasks) {
+    match extensions.get_mut::<scope::AttachedDurable>() {
+        Some(attached) => attached.0.append(tasks),
+        None => {
+            extensions.insert(scope::AttachedDurable(tasks));
+        }
+    }
+}
+
 /// The names of the tasks [`attach`]ed to a response, in the order they run.
 pub fn attached(extensions: &http::Extensions) -> Vec<String> {
     extensions

@@ -153,23 +153,35 @@ impl Scope {
     /// the storing of the request's durable tasks, if it has any and the
     /// response lets them run (like extracted tasks: a success, unless
     /// `always`).
+    ///
+    /// The durable tasks the response carries are stored whatever its
+    /// status, as the in-memory ones it carries run whatever its status.
     #[cfg(feature = "durable")]
-    pub(crate) fn commit(&self, status: StatusCode) -> Option<Commit> {
+    pub(crate) fn commit(&self, status: StatusCode, extensions: &mut Extensions) -> Option<Commit> {
+        let mut tasks = extensions
+            .remove::<AttachedDurable>()
+            .map(|mut attached| attached.0.take())
+            .unwrap_or_default();
         let mut state = self.lock();
-        if state.durable.is_empty() {
-            return None;
-        }
-        let tasks = std::mem::take(&mut state.durable);
-        if !(state.always || status.as_u16() < 400) {
-            return None;
+        let extracted = std::mem::take(&mut state.durable);
+        if state.always || status.as_u16() < 400 {
+            tasks.extend(extracted);
         }
         drop(state);
-        let store = self.0.store.clone()?;
-        Some(Box::pin(async move { store.enqueue_encoded(&tasks).await }))
+        if tasks.is_empty() {
+            return None;
+        }
+        let store = self.0.store.clone();
+        Some(Box::pin(async move {
+            store
+                .ok_or(DurableError::NoStore)?
+                .enqueue_encoded(&tasks)
+                .await
+        }))
     }
 
     #[cfg(not(feature = "durable"))]
-    pub(crate) fn commit(&self, _status: StatusCode) -> Option<Commit> {
+    pub(crate) fn commit(&self, _status: StatusCode, _: &mut Extensions) -> Option<Commit> {
         None
     }
 
@@ -390,6 +402,18 @@ pub(crate) struct Attached(pub(crate) BackgroundTasks);
 impl Clone for Attached {
     fn clone(&self) -> Self {
         Self(BackgroundTasks::new())
+    }
+}
+
+/// Durable tasks on their way out with a response, in its extensions; a
+/// clone carries none.
+#[cfg(feature = "durable")]
+pub(crate) struct AttachedDurable(pub(crate) crate::durable::DurableTasks);
+
+#[cfg(feature = "durable")]
+impl Clone for AttachedDurable {
+    fn clone(&self) -> Self {
+        Self(crate::durable::DurableTasks::new())
     }
 }
 
