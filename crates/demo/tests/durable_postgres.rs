@@ -165,9 +165,17 @@ async fn while_the_store_is_down_durable_routes_answer_503_and_the_others_work()
     assert_eq!(reply.status, StatusCode::SERVICE_UNAVAILABLE, "{reply:?}");
     let reply = demo.post_bytes("/files", b"abc\n".to_vec()).await;
     assert_eq!(reply.status, StatusCode::SERVICE_UNAVAILABLE, "{reply:?}");
-    for path in ["/durable/stats", "/durable/dead", &format!("/files/{before}")] {
+    for path in [
+        "/durable/stats",
+        "/durable/dead",
+        &format!("/files/{before}"),
+    ] {
         let reply = demo.get(path).await;
-        assert_eq!(reply.status, StatusCode::SERVICE_UNAVAILABLE, "{path}: {reply:?}");
+        assert_eq!(
+            reply.status,
+            StatusCode::SERVICE_UNAVAILABLE,
+            "{path}: {reply:?}"
+        );
         assert_json_content_type(reply.header("content-type"));
     }
 
@@ -193,13 +201,17 @@ async fn while_the_store_is_down_durable_routes_answer_503_and_the_others_work()
     })
     .await;
     // The worker is back too: the task runs.
-    let emails = eventually_within(LONG, "the task stored after the outage to run", async || {
-        let emails = demo.emails_saying(WELCOME);
-        emails
-            .iter()
-            .any(|email| email.task_id.as_deref() == Some(after.as_str()))
-            .then_some(emails)
-    })
+    let emails = eventually_within(
+        LONG,
+        "the task stored after the outage to run",
+        async || {
+            let emails = demo.emails_saying(WELCOME);
+            emails
+                .iter()
+                .any(|email| email.task_id.as_deref() == Some(after.as_str()))
+                .then_some(emails)
+        },
+    )
     .await;
     assert!(
         emails

@@ -520,6 +520,30 @@ impl DurableTask for Welcome {
     }
 }
 
+/// `app` served by `epilogue::axum::serve` with `store`, until `stop`.
+async fn serve(
+    app: Router,
+    runner: &Runner,
+    store: &Store,
+) -> (
+    std::net::SocketAddr,
+    tokio::sync::oneshot::Sender<()>,
+    tokio::task::JoinHandle<epilogue::ShutdownReport>,
+) {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let server = tokio::spawn(
+        epilogue::axum::serve(listener, app, runner.clone())
+            .durable(store.clone())
+            .with_graceful_shutdown(async move {
+                let _ = stopped.await;
+            })
+            .into_future(),
+    );
+    (addr, stop, server)
+}
+
 async fn register(tasks: RequestTasks, body: String) -> (http::StatusCode, String) {
     let id = tasks.add_durable(&Welcome { email: body }).unwrap();
     tasks.push(BackgroundTask::new(|| {}, ()).name("in memory"));
@@ -532,17 +556,7 @@ async fn a_201_means_stored_and_a_store_that_fails_answers_503_and_runs_nothing(
     let store = Store::connect(&scratch.url()).await.unwrap();
     let runner = Runner::new();
     let app = Router::new().route("/register", post(register));
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-    let server = tokio::spawn(
-        epilogue::axum::serve(listener, app, runner.clone())
-            .durable(store.clone())
-            .with_graceful_shutdown(async move {
-                let _ = stopped.await;
-            })
-            .into_future(),
-    );
+    let (addr, stop, server) = serve(app, &runner, &store).await;
     let mut client = Connection::open(addr).await;
 
     let created = client.post_json("/register", "ada@example.com").await;
@@ -609,14 +623,8 @@ async fn durable_tasks_returned_with_a_response_are_stored_whatever_its_status()
     let scratch = Scratch::new("returned");
     let store = Store::connect(&scratch.url()).await.unwrap();
     let app = Router::new().route("/returned", post(returned));
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    let server = tokio::spawn(
-        epilogue::axum::serve(listener, app, Runner::new())
-            .durable(store.clone())
-            .with_graceful_shutdown(std::future::pending())
-            .into_future(),
-    );
+    let runner = Runner::new();
+    let (addr, stop, server) = serve(app, &runner, &store).await;
     let mut client = Connection::open(addr).await;
     for status in ["202", "409"] {
         let answer = client.post_json("/returned", status).await;
@@ -628,5 +636,6 @@ async fn durable_tasks_returned_with_a_response_are_stored_whatever_its_status()
             "stored before the {status}"
         );
     }
-    server.abort();
+    let _ = stop.send(());
+    assert!(server.await.unwrap().drained);
 }

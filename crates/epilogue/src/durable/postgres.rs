@@ -5,7 +5,6 @@
 
 use std::time::Duration;
 
-use apalis_core::task::builder::TaskBuilder;
 use apalis_core::worker::context::WorkerContext;
 use apalis_postgres::queries;
 use sqlx::postgres::{PgPoolOptions, PgRow};
@@ -58,7 +57,7 @@ pub(super) async fn push(
     connection: &mut PgConnection,
     tasks: &[Encoded],
 ) -> Result<(), DurableError> {
-    let tasks = tasks.iter().map(to_apalis).collect();
+    let tasks = tasks.iter().map(Encoded::to_apalis).collect();
     queries::push_tasks(connection, QUEUE, tasks)
         .await
         .map_err(engine)
@@ -69,15 +68,6 @@ pub(super) async fn push_all(pool: &PgPool, tasks: &[Encoded]) -> Result<(), Dur
     push(&mut tx, tasks).await?;
     tx.commit().await?;
     Ok(())
-}
-
-fn to_apalis(task: &Encoded) -> apalis_postgres::PgTask {
-    TaskBuilder::new(task.payload.clone())
-        .task_id(apalis_core::task::task_id::TaskId::from_string(
-            task.id.as_str(),
-        ))
-        .max_attempts(task.max_attempts as usize)
-        .build()
 }
 
 pub(super) async fn register(

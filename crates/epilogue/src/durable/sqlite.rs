@@ -7,7 +7,6 @@ use std::str::FromStr;
 use std::time::Duration;
 
 use apalis_core::backend::WorkerFilter;
-use apalis_core::task::builder::TaskBuilder;
 use apalis_core::worker::context::WorkerContext;
 use apalis_sqlite::queries;
 use sqlx::sqlite::{
@@ -74,7 +73,7 @@ pub(super) async fn push(
     connection: &mut SqliteConnection,
     tasks: &[Encoded],
 ) -> Result<(), DurableError> {
-    let tasks: Vec<_> = tasks.iter().map(to_apalis).collect();
+    let tasks: Vec<_> = tasks.iter().map(Encoded::to_apalis).collect();
     queries::push_tasks(connection, QUEUE, &tasks)
         .await
         .map_err(engine)
@@ -85,15 +84,6 @@ pub(super) async fn push_all(pool: &SqlitePool, tasks: &[Encoded]) -> Result<(),
     push(&mut tx, tasks).await?;
     tx.commit().await?;
     Ok(())
-}
-
-fn to_apalis(task: &Encoded) -> apalis_sqlite::SqliteTask {
-    TaskBuilder::new(task.payload.clone())
-        .task_id(apalis_core::task::task_id::TaskId::from_string(
-            task.id.as_str(),
-        ))
-        .max_attempts(task.max_attempts as usize)
-        .build()
 }
 
 fn config(batch: usize, heartbeat: Duration) -> apalis_sqlite::Config {

@@ -277,6 +277,18 @@ impl Encoded {
     }
 }
 
+impl Encoded {
+    /// The task as apalis stores it, in either backend.
+    pub(crate) fn to_apalis(&self) -> apalis_core::task::Task<Vec<u8>> {
+        apalis_core::task::builder::TaskBuilder::new(self.payload.clone())
+            .task_id(apalis_core::task::task_id::TaskId::from_string(
+                self.id.as_str(),
+            ))
+            .max_attempts(self.max_attempts as usize)
+            .build()
+    }
+}
+
 /// A task this worker claimed.
 pub(crate) struct Claimed {
     pub(crate) id: TaskId,
