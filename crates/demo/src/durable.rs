@@ -76,10 +76,12 @@ impl DurableTask for Recovering {
     }
 }
 
-/// `POST /files`: the upload's size, lines and SHA-256, computed from the
-/// file stored under the task's id.
+/// `POST /files`: the upload's size, lines and SHA-256.
 #[derive(Serialize, Deserialize)]
-pub struct ProcessFile;
+pub struct ProcessFile {
+    /// The upload's name under `DATA_DIR/files`.
+    upload: String,
+}
 
 /// What [`ProcessFile`] finds.
 #[derive(Serialize)]
@@ -107,21 +109,35 @@ impl Uploads {
         Ok(Self(dir))
     }
 
-    fn path(&self, id: &TaskId) -> PathBuf {
-        self.0.join(id.as_str())
+    /// Where the upload `name` is; `None` for a name that is not one of
+    /// ours (it comes from the store: it must not reach outside the
+    /// directory).
+    fn path(&self, name: &str) -> Option<PathBuf> {
+        let ours = name.len() == 26 && name.bytes().all(|b| b.is_ascii_alphanumeric());
+        ours.then(|| self.0.join(name))
     }
 
     /// Writes the upload whole and synced, under a temporary name first:
-    /// a file under its final name is complete.
-    fn store(&self, id: &TaskId, body: &[u8]) -> io::Result<()> {
-        let path = self.path(id);
+    /// a file under its final name is complete. Returns its name.
+    fn store(&self, body: &[u8]) -> io::Result<String> {
+        let name = ulid::Ulid::new().to_string();
+        let path = self.0.join(&name);
         let partial = path.with_extension("partial");
         let mut file = std::fs::File::create(&partial)?;
         file.write_all(body)?;
         file.sync_all()?;
         std::fs::rename(&partial, &path)?;
         // The rename itself is durable once the directory is synced.
-        std::fs::File::open(&self.0)?.sync_all()
+        std::fs::File::open(&self.0)?.sync_all()?;
+        Ok(name)
+    }
+
+    fn remove(&self, name: &str) {
+        if let Some(path) = self.path(name) {
+            if let Err(error) = std::fs::remove_file(&path) {
+                tracing::error!(%error, path = %path.display(), "cannot remove an upload");
+            }
+        }
     }
 }
 
@@ -130,8 +146,10 @@ impl DurableTask for ProcessFile {
     type State = Uploads;
     type Output = FileSummary;
 
-    async fn run(self, job: Job, uploads: Uploads) -> Result<FileSummary, BoxError> {
-        let path = uploads.path(job.id());
+    async fn run(self, _: Job, uploads: Uploads) -> Result<FileSummary, BoxError> {
+        let path = uploads
+            .path(&self.upload)
+            .ok_or_else(|| format!("{:?} is not an upload's name", self.upload))?;
         let summary = tokio::task::spawn_blocking(move || summarise(&path)).await??;
         Ok(summary)
     }
@@ -236,9 +254,13 @@ fn created(message: &str, id: &TaskId) -> Response {
 }
 
 /// `POST /files`: 202 once the upload is on disk and its task is stored.
+///
+/// The task is stored here rather than by the executing layer: if the store
+/// cannot be written, the upload is removed before the 503, so that a 503
+/// leaves nothing behind.
 pub async fn upload(
     State(uploads): State<Uploads>,
-    tasks: RequestTasks,
+    State(store): State<Store>,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Response, ApiError> {
     let body = body.map_err(|rejection| {
@@ -249,19 +271,32 @@ pub async fn upload(
         };
         ApiError::new(rejection.status(), message)
     })?;
-    let id = tasks.add_durable(&ProcessFile).map_err(not_added)?;
     let stored = {
-        let (uploads, id) = (uploads.clone(), id.clone());
-        tokio::task::spawn_blocking(move || uploads.store(&id, &body)).await
+        let uploads = uploads.clone();
+        tokio::task::spawn_blocking(move || uploads.store(&body)).await
     };
-    // A failure here answers 500, so the task is not stored either.
-    if let Err(error) = stored.map_err(io::Error::other).and_then(|result| result) {
-        tracing::error!(%error, "cannot store an upload");
-        return Err(ApiError::new(
-            StatusCode::INTERNAL_SERVER_ERROR,
-            "the upload could not be stored".to_owned(),
-        ));
-    }
+    let upload = stored
+        .map_err(io::Error::other)
+        .and_then(|result| result)
+        .map_err(|error| {
+            tracing::error!(%error, "cannot store an upload");
+            ApiError::new(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "the upload could not be stored".to_owned(),
+            )
+        })?;
+    let id = match store
+        .enqueue(&ProcessFile {
+            upload: upload.clone(),
+        })
+        .await
+    {
+        Ok(id) => id,
+        Err(error) => {
+            let _ = tokio::task::spawn_blocking(move || uploads.remove(&upload)).await;
+            return Err(unavailable(error));
+        }
+    };
     Ok((
         StatusCode::ACCEPTED,
         [(header::LOCATION, format!("/files/{id}"))],

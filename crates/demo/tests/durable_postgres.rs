@@ -159,32 +159,39 @@ async fn while_the_store_is_down_durable_routes_answer_503_and_the_others_work()
         "the request is echoed: {}",
         reply.body
     );
-    let reply = demo
-        .post("/durable/fail?times=0", &signup("down@example.com"))
-        .await;
-    assert_eq!(reply.status, StatusCode::SERVICE_UNAVAILABLE, "{reply:?}");
-    let reply = demo.post_bytes("/files", b"abc\n".to_vec()).await;
-    assert_eq!(reply.status, StatusCode::SERVICE_UNAVAILABLE, "{reply:?}");
-    for path in [
-        "/durable/stats",
-        "/durable/dead",
-        &format!("/files/{before}"),
-    ] {
-        let reply = demo.get(path).await;
-        assert_eq!(
-            reply.status,
-            StatusCode::SERVICE_UNAVAILABLE,
-            "{path}: {reply:?}"
+    // The other durable routes at once (each waits for the pool's
+    // timeout), and the in-memory routes meanwhile: they do not need the
+    // store, nor wait for it.
+    let uploads = files_in(demo.data_dir());
+    let file = format!("/files/{before}");
+    let down = signup("down@example.com");
+    let in_memory = async {
+        let reply = demo.get("/healthz").await;
+        assert_eq!(reply.status, StatusCode::OK, "{reply:?}");
+        let reply = demo
+            .post("/response/single", &signup("memory@example.com"))
+            .await;
+        reply.assert_created(json!({ "message": "Email sent" }));
+        assert!(
+            reply.elapsed < Duration::from_secs(2),
+            "an in-memory route waited for the store: {reply:?}"
         );
+    };
+    let (fail, upload, stats, dead, file, ()) = tokio::join!(
+        demo.post("/durable/fail?times=0", &down),
+        demo.post_bytes("/files", b"abc\n".to_vec()),
+        demo.get("/durable/stats"),
+        demo.get("/durable/dead"),
+        demo.get(&file),
+        in_memory,
+    );
+    // Checked last, so that the rest is checked whatever this finds.
+    let uploads_after_503 = files_in(demo.data_dir());
+    for reply in [fail, upload, stats, dead, file] {
+        assert_eq!(reply.status, StatusCode::SERVICE_UNAVAILABLE, "{reply:?}");
         assert_json_content_type(reply.header("content-type"));
+        assert!(reply.json()["error"].is_string(), "{reply:?}");
     }
-
-    // The in-memory routes do not need the store.
-    let reply = demo.get("/healthz").await;
-    assert_eq!(reply.status, StatusCode::OK, "{reply:?}");
-    demo.post("/response/single", &signup("memory@example.com"))
-        .await
-        .assert_created(json!({ "message": "Email sent" }));
     demo.wait_for_emails("Thank you for registering.", 1).await;
 
     // Blocking, but nothing else runs on this test's runtime meanwhile.
@@ -221,4 +228,27 @@ async fn while_the_store_is_down_durable_routes_answer_503_and_the_others_work()
     );
     let stats = demo.durable_settled(PATIENCE).await;
     assert_eq!((stats.succeeded, stats.dead), (2, 0), "{stats:?}");
+
+    // "503 ... and store nothing": not the upload either.
+    assert_eq!(
+        uploads_after_503, uploads,
+        "an upload answered 503 was left in DATA_DIR/files"
+    );
+}
+
+/// The entries of `DATA_DIR/files` (none if it does not exist).
+fn files_in(data_dir: &std::path::Path) -> Vec<String> {
+    let mut names: Vec<String> = std::fs::read_dir(data_dir.join("files"))
+        .into_iter()
+        .flatten()
+        .map(|entry| {
+            entry
+                .expect("a directory entry")
+                .file_name()
+                .to_string_lossy()
+                .into_owned()
+        })
+        .collect();
+    names.sort();
+    names
 }

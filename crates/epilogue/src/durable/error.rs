@@ -14,14 +14,15 @@ pub enum DurableError {
     /// The engine refused an operation (a worker it does not know, say).
     #[error("the durable task engine failed: {0}")]
     Engine(String),
-    /// The store URL names no store this build supports.
+    /// The store URL names no store this build supports. Only its scheme
+    /// is kept: the rest may hold a password.
     #[error(
-        "unsupported store URL {url:?}: expected sqlite://PATH (feature `sqlite`) \
+        "unsupported store URL scheme {scheme:?}: expected sqlite://PATH (feature `sqlite`) \
          or postgres://USER:PASS@HOST:PORT/DB (feature `postgres`)"
     )]
     UnsupportedUrl {
-        /// The URL, as given.
-        url: String,
+        /// The URL's scheme, before its first `:`.
+        scheme: String,
     },
     /// A task's arguments could not be serialised.
     #[error("durable task {task} could not be serialised: {error}")]

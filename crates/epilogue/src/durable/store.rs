@@ -68,16 +68,15 @@ impl Store {
     /// [`DurableError::UnsupportedUrl`] for another scheme, or one whose
     /// feature is off; a store error if it cannot be opened or migrated.
     pub async fn connect(url: &str) -> Result<Self, DurableError> {
-        let backend = match url.split_once(':').map(|(scheme, _)| scheme) {
+        let scheme = url.split_once(':').map_or("", |(scheme, _)| scheme);
+        let backend = match scheme {
             #[cfg(feature = "sqlite")]
-            Some("sqlite") => Backend::Sqlite(super::sqlite::connect(url).await?),
+            "sqlite" => Backend::Sqlite(super::sqlite::connect(url).await?),
             #[cfg(feature = "postgres")]
-            Some("postgres" | "postgresql") => {
-                Backend::Postgres(super::postgres::connect(url).await?)
-            }
+            "postgres" | "postgresql" => Backend::Postgres(super::postgres::connect(url).await?),
             _ => {
                 return Err(DurableError::UnsupportedUrl {
-                    url: url.to_owned(),
+                    scheme: scheme.chars().take(32).collect(),
                 })
             }
         };
