@@ -152,6 +152,18 @@ async fn a_stored_task_runs_once_and_its_output_is_kept() {
     assert!(report.drained);
     assert_eq!(report.succeeded, 1);
     assert!(ran.try_recv().is_err(), "it ran once");
+
+    assert_eq!(
+        store.purge_done(Duration::from_secs(3600)).await.unwrap(),
+        0,
+        "too recent"
+    );
+    eventually("a second since it finished", || {
+        let store = store.clone();
+        async move { store.purge_done(Duration::ZERO).await.unwrap() == 1 }
+    })
+    .await;
+    assert_eq!(store.task(id.as_str()).await.unwrap(), None);
 }
 
 #[tokio::test]

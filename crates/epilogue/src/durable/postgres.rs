@@ -234,6 +234,18 @@ pub(super) async fn requeue(pool: &PgPool, id: &str) -> Result<bool, DurableErro
     Ok(done.rows_affected() == 1)
 }
 
+pub(super) async fn purge_done(pool: &PgPool, before: i64) -> Result<u64, DurableError> {
+    let done = sqlx::query(
+        "DELETE FROM apalis.jobs WHERE job_type = $1 AND status = 'Done' \
+         AND done_at < to_timestamp($2)",
+    )
+    .bind(QUEUE)
+    .bind(before as f64)
+    .execute(pool)
+    .await?;
+    Ok(done.rows_affected())
+}
+
 fn engine(error: apalis_postgres::Error) -> DurableError {
     match error {
         apalis_postgres::Error::Database(error) => DurableError::Store(error),

@@ -250,6 +250,16 @@ pub(super) async fn requeue(pool: &SqlitePool, id: &str) -> Result<bool, Durable
     Ok(done.rows_affected() == 1)
 }
 
+pub(super) async fn purge_done(pool: &SqlitePool, before: i64) -> Result<u64, DurableError> {
+    let done =
+        sqlx::query("DELETE FROM Jobs WHERE job_type = ?1 AND status = 'Done' AND done_at < ?2")
+            .bind(QUEUE)
+            .bind(before)
+            .execute(pool)
+            .await?;
+    Ok(done.rows_affected())
+}
+
 fn engine(error: apalis_sqlite::Error) -> DurableError {
     match error {
         apalis_sqlite::Error::Database(error) => DurableError::Store(error),

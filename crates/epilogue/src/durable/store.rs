@@ -207,6 +207,22 @@ impl Store {
         Ok(requeued)
     }
 
+    /// Deletes the tasks that finished (`Done`) more than `older_than`
+    /// ago, and returns how many. Finished tasks are kept until then, for
+    /// [`task`](Self::task) and the `succeeded` count; call it from time to
+    /// time so that the store (and the cost of each enqueue) does not grow
+    /// with everything ever done. Dead tasks are kept: they wait for a
+    /// person.
+    ///
+    /// # Errors
+    ///
+    /// A store error if it cannot be written.
+    pub async fn purge_done(&self, older_than: Duration) -> Result<u64, DurableError> {
+        let before =
+            unix_now().saturating_sub(i64::try_from(older_than.as_secs()).unwrap_or(i64::MAX));
+        with_backend!(self, pool => db::purge_done(pool, before).await)
+    }
+
     pub(crate) async fn register(
         &self,
         worker: &str,
