@@ -69,7 +69,9 @@ use crate::stats::Stats;
 use crate::tasks::BackgroundTasks;
 
 mod execute;
+mod lanes;
 mod permit;
+mod places;
 mod shutdown;
 mod state;
 
@@ -117,6 +119,7 @@ impl Default for Config {
             max_blocking: Builder::DEFAULT_MAX_BLOCKING,
             task_timeout: None,
             retry_after: Duration::from_secs(1),
+            lanes: None,
         }
     }
 }
@@ -207,6 +210,25 @@ impl Builder {
     /// rounded up to whole seconds on the wire).
     pub fn retry_after(mut self, retry_after: Duration) -> Self {
         self.config.retry_after = retry_after;
+        self
+    }
+
+    /// How many lanes poll the running groups: long-lived tokio tasks, each
+    /// owning many groups, so that a group waking up marks it ready inside
+    /// its lane instead of scheduling a tokio task of its own (see the
+    /// README's Performance section for what that buys under load).
+    /// Default: one per worker thread of the runtime the first group
+    /// starts on (`Handle::metrics().num_workers()`), so that background
+    /// work can use every core; fewer lanes batch more wake-ups per lane
+    /// but keep background work on fewer cores at a time. Blocking tasks
+    /// run on tokio's blocking pool whatever the number of lanes.
+    ///
+    /// # Panics
+    ///
+    /// When `n` is 0: no group could ever run.
+    pub fn lanes(mut self, n: usize) -> Self {
+        assert!(n > 0, "lanes must be at least 1, or no task could ever run");
+        self.config.lanes = Some(n);
         self
     }
 
@@ -345,7 +367,7 @@ impl Runner {
     /// [`shutdown`](Runner::shutdown) under way then returns at once with
     /// what was cut off.
     pub fn cut_off_now(&self) {
-        self.state.deadline().set();
+        self.state.pass_deadline();
     }
 }
 
@@ -747,7 +769,7 @@ mod tests {
     }
 
     #[test]
-    fn a_group_dropped_with_its_runtime_gives_its_running_place_back() {
+    fn a_group_dropped_with_its_runtime_gives_its_place_back_and_is_counted_cut_off() {
         let runner = Runner::builder().max_running(1).build();
         let journal = Journal::default();
         let runtime = || {
@@ -760,9 +782,60 @@ mod tests {
         runtime().block_on(async { runner.spawn(note(&journal, "dropped")).unwrap() });
         runtime().block_on(async {
             runner.spawn(note(&journal, "runs")).unwrap();
-            assert!(drain(&runner).await.drained);
+            let report = drain(&runner).await;
+            assert_eq!(report.cut_off, ["dropped"], "{report:?}");
+            let stats = report.stats;
+            assert_eq!(
+                (stats.accepted, stats.succeeded, stats.cut_off),
+                (2, 1, 1),
+                "{stats:?}"
+            );
+            assert_eq!(
+                (stats.pending, stats.running, stats.groups_running),
+                (0, 0, 0)
+            );
         });
         assert_eq!(*journal.lock().unwrap(), ["runs"]);
+    }
+
+    #[test]
+    fn groups_dropped_with_their_runtime_mid_task_and_queued_keep_counts_sane() {
+        let runner = Runner::builder().max_running(2).build();
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        runtime.block_on(async {
+            for _ in 0..3 {
+                let mut tasks = BackgroundTasks::new();
+                tasks.add_task(|| tokio::time::sleep(Duration::from_secs(60)), ());
+                tasks.add_task(|| async {}, ());
+                runner.spawn(tasks).unwrap();
+            }
+            // The two running groups are in their first task.
+            while runner.stats().running < 2 {
+                tokio::task::yield_now().await;
+            }
+        });
+        drop(runtime);
+        let stats = runner.stats();
+        assert_eq!(
+            (stats.accepted, stats.running, stats.cut_off),
+            (6, 0, 4),
+            "{stats:?}"
+        );
+        assert_eq!(
+            (stats.pending, stats.groups_running, stats.groups_admitted),
+            (2, 0, 1),
+            "the third group still waits for a place: {stats:?}"
+        );
+        let report = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap()
+            .block_on(runner.shutdown(Duration::from_millis(100)));
+        assert_eq!(report.stats.cut_off, 6, "{report:?}");
+        assert_eq!(report.stats.groups_admitted, 0, "{report:?}");
     }
 
     #[tokio::test]

@@ -9,7 +9,8 @@ use std::time::Instant;
 use tokio_util::task::task_tracker::TaskTrackerToken;
 use tracing::Span;
 
-use super::execute::{self, Accepted};
+use super::execute::Accepted;
+use super::places;
 use super::state::{Admission, State};
 use crate::tasks::BackgroundTasks;
 
@@ -93,10 +94,10 @@ impl Permit {
             parent.clone()
         };
         Deferred {
-            _token: self.token,
             group: Some(Accepted {
                 accepted_at: Instant::now(),
                 admission: self.admission,
+                token: self.token,
                 tasks,
                 span,
             }),
@@ -116,12 +117,11 @@ impl fmt::Debug for Permit {
 #[must_use = "a Deferred group starts when dropped; call start() to make that explicit"]
 pub struct Deferred {
     group: Option<Accepted>,
-    // Keeps the runner's tracker open while the group is not yet spawned.
-    _token: TaskTrackerToken,
 }
 
 impl Deferred {
-    /// Starts the group on its own tokio task. Outside a tokio runtime (one
+    /// Starts the group, or queues it behind the groups waiting for a
+    /// running place. Outside a tokio runtime (one
     /// that is shutting down, say) the group is counted as cut off instead,
     /// and an error is logged.
     pub fn start(mut self) {
@@ -130,7 +130,7 @@ impl Deferred {
 
     fn start_now(&mut self) {
         if let Some(group) = self.group.take() {
-            execute::spawn(group);
+            places::start(group);
         }
     }
 }

@@ -44,7 +44,7 @@ pub(super) async fn drain(state: &State, grace: Duration) -> ShutdownReport {
     // `timeout` saturates: a grace of `Duration::MAX` waits without end.
     let waited = tokio::time::timeout(grace, state.tracker().wait()).await;
     if waited.is_err() {
-        state.deadline().set();
+        state.pass_deadline();
         let _ = tokio::time::timeout(CUT_OFF_BOOKKEEPING, state.tracker().wait()).await;
     }
     // Drained: everything ended, and nothing was cut off on the way (by this

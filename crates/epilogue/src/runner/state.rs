@@ -9,6 +9,8 @@ use std::time::Duration;
 use tokio::sync::Semaphore;
 use tokio_util::task::TaskTracker;
 
+use super::lanes::Lanes;
+use super::places::Places;
 use crate::latch::Latch;
 use crate::stats::{Counters, Stats};
 
@@ -20,6 +22,8 @@ pub(super) struct Config {
     pub(super) max_blocking: usize,
     pub(super) task_timeout: Option<Duration>,
     pub(super) retry_after: Duration,
+    /// `None`: one per worker thread of the runtime.
+    pub(super) lanes: Option<usize>,
 }
 
 /// Everything the clones of one [`Runner`](super::Runner) share.
@@ -27,8 +31,10 @@ pub(super) struct Config {
 pub(crate) struct State {
     config: Config,
     tracker: TaskTracker,
-    /// Permits for groups that run now.
-    running: Arc<Semaphore>,
+    /// Places for groups that run now, and the queue of those waiting.
+    places: Places,
+    /// The tokio tasks that poll the running groups.
+    lanes: Lanes,
     /// Permits for plain-`fn` tasks on the blocking pool.
     blocking: Arc<Semaphore>,
     /// Groups holding a permit: admitted, waiting or running.
@@ -41,9 +47,13 @@ pub(crate) struct State {
     cut_off: Mutex<Vec<String>>,
 }
 
-/// One admitted group's room in the runner, given back when dropped.
+/// One admitted group's room in the runner, and once it started, its
+/// running place: both given back when dropped.
 #[derive(Debug)]
-pub(super) struct Admission(Arc<State>);
+pub(super) struct Admission {
+    state: Arc<State>,
+    running: bool,
+}
 
 impl Admission {
     /// Room for one more group, if there is any.
@@ -55,30 +65,51 @@ impl Admission {
                 (n < limit).then_some(n + 1)
             })
             .ok()?;
-        Some(Self(state.clone()))
+        Some(Self::new(state))
     }
 
     /// Room for one more group, whatever the limit.
     pub(super) fn over_limit(state: &Arc<State>) -> Self {
         state.admitted.fetch_add(1, Ordering::AcqRel);
-        Self(state.clone())
+        Self::new(state)
+    }
+
+    fn new(state: &Arc<State>) -> Self {
+        Self {
+            state: state.clone(),
+            running: false,
+        }
     }
 
     pub(super) fn state(&self) -> &Arc<State> {
-        &self.0
+        &self.state
+    }
+
+    /// The group took a running place (see `places`).
+    pub(super) fn set_running(&mut self) {
+        self.running = true;
+    }
+
+    /// The place was given back before the group started.
+    pub(super) fn clear_running(&mut self) {
+        self.running = false;
     }
 }
 
 impl Drop for Admission {
     fn drop(&mut self) {
-        self.0.admitted.fetch_sub(1, Ordering::AcqRel);
+        if self.running {
+            self.state.places.release(&self.state);
+        }
+        self.state.admitted.fetch_sub(1, Ordering::AcqRel);
     }
 }
 
 impl State {
     pub(super) fn new(config: Config) -> Self {
         Self {
-            running: Arc::new(Semaphore::new(config.max_running)),
+            places: Places::new(config.max_running),
+            lanes: Lanes::default(),
             blocking: Arc::new(Semaphore::new(config.max_blocking)),
             config,
             tracker: TaskTracker::new(),
@@ -111,7 +142,7 @@ impl State {
             limit.saturating_sub(semaphore.available_permits()) as u64
         };
         let mut stats = self.counters.snapshot();
-        stats.groups_running = in_use(&self.running, self.config.max_running);
+        stats.groups_running = self.places.running() as u64;
         stats.groups_admitted = self.admitted() as u64;
         stats.blocking_in_use = in_use(&self.blocking, self.config.max_blocking);
         stats
@@ -120,6 +151,16 @@ impl State {
     pub(super) fn close(&self) {
         self.closed.store(true, Ordering::Release);
         self.tracker.close();
+        self.lanes.retire();
+    }
+
+    /// The shutdown deadline has passed (or a second signal came): running
+    /// groups are dropped by their lanes, waiting ones are cut off here.
+    pub(super) fn pass_deadline(&self) {
+        self.deadline.set();
+        for group in self.places.take_waiting() {
+            group.cut_off();
+        }
     }
 
     pub(super) fn is_closed(&self) -> bool {
@@ -130,8 +171,12 @@ impl State {
         &self.tracker
     }
 
-    pub(super) fn running(&self) -> &Arc<Semaphore> {
-        &self.running
+    pub(super) fn places(&self) -> &Places {
+        &self.places
+    }
+
+    pub(super) fn lanes(&self) -> &Lanes {
+        &self.lanes
     }
 
     pub(super) fn blocking(&self) -> &Arc<Semaphore> {

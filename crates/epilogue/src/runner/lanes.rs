@@ -1,0 +1,453 @@
+//! Lanes: a few long-lived tokio tasks that poll every running group.
+//!
+//! Each group used to be a tokio task of its own. Under load that floods
+//! the scheduler: at 256 connections with 100 ms tasks, about 75 sleeping
+//! groups wake per millisecond, each scheduled on the worker's local run
+//! queue (256 slots), which overflows about 47 times a second and pushes
+//! connection tasks to the shared inject queue, served once every ~25
+//! polls: request p99 went from 6 to ~100 ms (issue 12). In a lane, a
+//! group's wake-up marks it ready in the lane's own set
+//! (`FuturesUnordered`), and the lane itself is scheduled once for however
+//! many of its groups woke.
+//!
+//! A lane takes new groups from its inbox (a locked `Vec`, swapped out
+//! whole each turn; a sender wakes the lane only when the inbox was empty,
+//! so a burst of groups costs one wake-up), polls its ready groups, each
+//! poll charged to tokio's cooperative budget so that a turn ends (and
+//! connections get their turn) after at most about 128 polls, and at the
+//! shutdown deadline drops what is left, which counts it as cut off.
+//!
+//! There is one lane per worker thread of the runtime by default (see
+//! [`Builder::lanes`](super::Builder::lanes)): tokio's work stealing moves
+//! whole lanes between workers, so one lane alone would keep all
+//! background work on one core at a time.
+
+use std::cell::Cell;
+use std::future::Future;
+use std::panic::AssertUnwindSafe;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll};
+
+use futures_util::stream::FuturesUnordered;
+use futures_util::task::AtomicWaker;
+use futures_util::StreamExt;
+use tokio::runtime::Handle;
+
+use super::execute::{self, Accepted};
+use super::state::State;
+use crate::latch::Latch;
+
+/// The lanes of one runtime, in the runner's state.
+#[derive(Debug, Default)]
+pub(super) struct Lanes {
+    set: Mutex<Option<LaneSet>>,
+}
+
+#[derive(Debug)]
+struct LaneSet {
+    runtime: tokio::runtime::Id,
+    inboxes: Box<[Arc<Inbox>]>,
+    next: AtomicUsize,
+}
+
+#[derive(Debug, Default)]
+struct Inbox {
+    groups: Mutex<Vec<Accepted>>,
+    waker: AtomicWaker,
+    /// The lane has ended (its runtime dropped it): it takes nothing more.
+    closed: AtomicBool,
+    /// The runner no longer sends here: the lane ends once it is idle.
+    retired: AtomicBool,
+}
+
+impl Inbox {
+    fn lock(&self) -> std::sync::MutexGuard<'_, Vec<Accepted>> {
+        self.groups.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn send(&self, group: Accepted) -> Result<(), Accepted> {
+        let mut groups = self.lock();
+        if self.closed.load(Ordering::Acquire) {
+            return Err(group);
+        }
+        groups.push(group);
+        let first = groups.len() == 1;
+        drop(groups);
+        // Later groups find the lane woken already.
+        if first {
+            self.waker.wake();
+        }
+        Ok(())
+    }
+
+    fn retire(&self) {
+        self.retired.store(true, Ordering::Release);
+        self.waker.wake();
+    }
+}
+
+impl Drop for LaneSet {
+    fn drop(&mut self) {
+        for inbox in self.inboxes.iter() {
+            inbox.retire();
+        }
+    }
+}
+
+/// Hands a group that holds a running place to a lane of the current
+/// runtime, starting the lanes if need be. `Err` outside a runtime.
+pub(super) fn send(state: &Arc<State>, group: Accepted) -> Result<(), Accepted> {
+    let Ok(handle) = Handle::try_current() else {
+        return Err(group);
+    };
+    let lanes = state.lanes();
+    let mut set = lanes.set.lock().unwrap_or_else(|e| e.into_inner());
+    let mut group = group;
+    // A second try on fresh lanes, when those of this runtime have ended.
+    for _ in 0..2 {
+        let current = set.as_ref().is_some_and(|set| set.runtime == handle.id());
+        if !current {
+            *set = Some(LaneSet::spawn(&handle, state));
+        }
+        let lanes = set.as_ref().expect("set above");
+        let n = lanes.inboxes.len();
+        let first = if n == 1 {
+            0
+        } else {
+            lanes.next.fetch_add(1, Ordering::Relaxed) % n
+        };
+        for i in 0..n {
+            match lanes.inboxes[(first + i) % n].send(group) {
+                Ok(()) => return Ok(()),
+                Err(back) => group = back,
+            }
+        }
+        *set = None;
+    }
+    Err(group)
+}
+
+impl Lanes {
+    /// Lets the lanes end once their groups are done: the runner is closed.
+    /// Work that still comes (promised work, see `Runner::defer_unadmitted`)
+    /// starts new lanes.
+    pub(super) fn retire(&self) {
+        self.set.lock().unwrap_or_else(|e| e.into_inner()).take();
+    }
+}
+
+impl LaneSet {
+    fn spawn(handle: &Handle, state: &State) -> Self {
+        let n = state
+            .config()
+            .lanes
+            .unwrap_or_else(|| handle.metrics().num_workers())
+            .max(1);
+        let inboxes: Box<[Arc<Inbox>]> = (0..n).map(|_| Arc::default()).collect();
+        for inbox in inboxes.iter() {
+            handle.spawn(lane(
+                inbox.clone(),
+                state.deadline_flag(),
+                execute::run_group,
+            ));
+        }
+        Self {
+            runtime: handle.id(),
+            inboxes,
+            next: AtomicUsize::new(0),
+        }
+    }
+}
+
+thread_local! {
+    static DROPPING: Cell<bool> = const { Cell::new(false) };
+}
+
+/// Whether this thread is dropping a lane (its runtime is going away): a
+/// place given back then is not handed to a waiting group, which would
+/// only be sent to a lane of the same dying runtime.
+pub(super) fn dropping() -> bool {
+    DROPPING.with(Cell::get)
+}
+
+/// The groups of one lane and its inbox; dropped with the lane's tokio
+/// task (its runtime going away), it closes the inbox and counts what it
+/// held as cut off.
+struct Lane<F> {
+    inbox: Arc<Inbox>,
+    /// Unboxed: one allocation per group, the set's own.
+    groups: FuturesUnordered<Budgeted<F>>,
+    intake: Vec<Accepted>,
+}
+
+impl<F> Drop for Lane<F> {
+    fn drop(&mut self) {
+        DROPPING.with(|d| d.set(true));
+        let left = {
+            let mut groups = self.inbox.lock();
+            self.inbox.closed.store(true, Ordering::Release);
+            std::mem::take(&mut *groups)
+        };
+        for group in left.into_iter().chain(self.intake.drain(..)) {
+            group.cut_off();
+        }
+        self.groups.clear();
+        DROPPING.with(|d| d.set(false));
+    }
+}
+
+pin_project_lite::pin_project! {
+    /// One group in a lane: each poll takes one unit of the lane's
+    /// cooperative budget, and a panic that escapes the group's own
+    /// isolation (a bug in the runner, or in a task's `Drop`) ends that
+    /// group only.
+    struct Budgeted<F> {
+        #[pin]
+        group: F,
+    }
+}
+
+impl<F: Future<Output = ()>> Future for Budgeted<F> {
+    type Output = ();
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<()> {
+        let coop = std::task::ready!(tokio::task::coop::poll_proceed(cx));
+        coop.made_progress();
+        let group = self.project().group;
+        match std::panic::catch_unwind(AssertUnwindSafe(|| group.poll(cx))) {
+            Ok(poll) => poll,
+            Err(_) => {
+                tracing::error!("a background group panicked outside its tasks; it is dropped");
+                Poll::Ready(())
+            }
+        }
+    }
+}
+
+/// A lane's tokio task. `start` is [`execute::run_group`]: taken as an
+/// argument so that the set can hold its future's unnamed type.
+fn lane<F>(
+    inbox: Arc<Inbox>,
+    deadline: Arc<Latch>,
+    start: fn(Accepted) -> F,
+) -> impl Future<Output = ()> + Send
+where
+    F: Future<Output = ()> + Send,
+{
+    // Made before the future, so that its drop closes the inbox even when
+    // the task is dropped unpolled (its runtime went away first).
+    let mut lane = Lane {
+        inbox,
+        groups: FuturesUnordered::new(),
+        intake: Vec::new(),
+    };
+    async move {
+        let mut deadline_passed = std::pin::pin!(deadline.wait());
+        std::future::poll_fn(|cx| lane.turn(cx, start, deadline_passed.as_mut())).await;
+    }
+}
+
+impl<F: Future<Output = ()>> Lane<F> {
+    fn turn(
+        &mut self,
+        cx: &mut Context<'_>,
+        start: fn(Accepted) -> F,
+        deadline: Pin<&mut crate::latch::Wait<'_>>,
+    ) -> Poll<()> {
+        self.inbox.waker.register(cx.waker());
+        std::mem::swap(&mut *self.inbox.lock(), &mut self.intake);
+        for group in self.intake.drain(..) {
+            self.groups.push(Budgeted {
+                group: start(group),
+            });
+        }
+        // Until no group is ready, or the budget is spent: then
+        // `FuturesUnordered` wakes the lane and returns `Pending`.
+        while let Poll::Ready(Some(())) = self.groups.poll_next_unpin(cx) {}
+        if deadline.poll(cx).is_ready() && !self.groups.is_empty() {
+            // The ready groups have just been polled: what is left waits,
+            // and is cut off.
+            self.groups.clear();
+        }
+        if self.groups.is_empty() && self.inbox.retired.load(Ordering::Acquire) {
+            let inbox = self.inbox.lock();
+            if inbox.is_empty() {
+                self.inbox.closed.store(true, Ordering::Release);
+                return Poll::Ready(());
+            }
+            drop(inbox);
+            cx.waker().wake_by_ref();
+        }
+        Poll::Pending
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering::SeqCst};
+    use std::sync::Arc;
+    use std::time::Duration;
+
+    use tokio::runtime::Handle;
+    use tokio::sync::watch;
+
+    use crate::{BackgroundTask, Runner};
+
+    fn alive_tasks() -> usize {
+        Handle::current().metrics().num_alive_tasks()
+    }
+
+    /// `n` groups that each wait until `go` turns true.
+    fn spawn_waiting(runner: &Runner, n: usize, go: &watch::Receiver<bool>) {
+        for _ in 0..n {
+            let task = BackgroundTask::new(
+                |mut go: watch::Receiver<bool>| async move {
+                    let _ = go.wait_for(|go| *go).await;
+                },
+                (go.clone(),),
+            );
+            runner.spawn(task).expect("room");
+        }
+    }
+
+    async fn until(mut done: impl FnMut() -> bool) {
+        while !done() {
+            tokio::task::yield_now().await;
+        }
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_thousand_running_groups_live_in_one_lane_per_worker() {
+        let runner = Runner::new();
+        let before = alive_tasks();
+        let (go, wait) = watch::channel(false);
+        spawn_waiting(&runner, 1000, &wait);
+        until(|| runner.stats().running == 1000).await;
+        let tasks = alive_tasks() - before;
+        assert_eq!(tasks, 2, "1000 running groups took {tasks} tokio tasks");
+        go.send(true).unwrap();
+        let report = runner.shutdown(Duration::from_secs(10)).await;
+        assert!(report.drained, "{report:?}");
+        assert_eq!(report.stats.succeeded, 1000);
+    }
+
+    #[tokio::test(flavor = "current_thread")]
+    async fn the_number_of_lanes_can_be_set_and_lanes_end_with_their_runner() {
+        let runner = Runner::builder().lanes(3).build();
+        let before = alive_tasks();
+        let (go, wait) = watch::channel(false);
+        spawn_waiting(&runner, 10, &wait);
+        until(|| runner.stats().running == 10).await;
+        assert_eq!(alive_tasks() - before, 3);
+        go.send(true).unwrap();
+        assert!(runner.shutdown(Duration::from_secs(10)).await.drained);
+        // Closed and idle: the lanes end.
+        until(|| alive_tasks() == before).await;
+    }
+
+    /// A group that is always ready again: it wakes itself at every poll
+    /// until `stop`, as a task looping over a busy channel would.
+    fn busy(stop: Arc<AtomicBool>, polls: Arc<AtomicUsize>) -> BackgroundTask {
+        BackgroundTask::new(
+            |stop: Arc<AtomicBool>, polls: Arc<AtomicUsize>| {
+                std::future::poll_fn(move |cx| {
+                    polls.fetch_add(1, SeqCst);
+                    if stop.load(SeqCst) {
+                        return std::task::Poll::Ready(());
+                    }
+                    cx.waker().wake_by_ref();
+                    std::task::Poll::Pending
+                })
+            },
+            (stop, polls),
+        )
+    }
+
+    #[tokio::test(flavor = "current_thread")]
+    async fn a_lane_full_of_busy_groups_leaves_turns_to_other_tasks() {
+        let runner = Runner::new();
+        let stop = Arc::new(AtomicBool::new(false));
+        let polls = Arc::new(AtomicUsize::new(0));
+        for _ in 0..1000 {
+            runner.spawn(busy(stop.clone(), polls.clone())).unwrap();
+        }
+        // A connection: a task that yields 100 times, each time behind the
+        // lane in the run queue. A lane that polled its ready groups until
+        // none was left would never let it through.
+        let connection = tokio::spawn({
+            let polls = polls.clone();
+            async move {
+                let mut seen = Vec::new();
+                for _ in 0..100 {
+                    tokio::task::yield_now().await;
+                    seen.push(polls.load(SeqCst));
+                }
+                seen
+            }
+        });
+        let seen = tokio::time::timeout(Duration::from_secs(10), connection)
+            .await
+            .expect("the connection task was starved")
+            .unwrap();
+        stop.store(true, SeqCst);
+        // Between two turns of the connection, the lane polled a bounded
+        // number of groups (tokio's budget: 128 per turn).
+        let most = seen.windows(2).map(|w| w[1] - w[0]).max().unwrap();
+        assert!(most > 0, "the lane never ran");
+        assert!(most <= 256, "{most} group polls in one turn of the lane");
+        let report = runner.shutdown(Duration::from_secs(10)).await;
+        assert!(report.drained, "{report:?}");
+    }
+
+    #[tokio::test(flavor = "current_thread")]
+    async fn a_panic_outside_any_task_ends_its_group_not_the_lane() {
+        // Cloned by the runner for each attempt but the last, outside the
+        // task's own isolation.
+        struct PanicOnClone;
+        impl Clone for PanicOnClone {
+            fn clone(&self) -> Self {
+                panic!("an argument that cannot be cloned");
+            }
+        }
+        let runner = Runner::new();
+        let (go, wait) = watch::channel(false);
+        // A group of the same lane, waiting while the other one panics.
+        spawn_waiting(&runner, 1, &wait);
+        let task = BackgroundTask::new(|_: PanicOnClone| async {}, (PanicOnClone,))
+            .retry(1, Duration::from_millis(1));
+        runner.spawn(task).unwrap();
+        until(|| runner.stats().cut_off == 1).await;
+        go.send(true).unwrap();
+        let report = runner.shutdown(Duration::from_secs(10)).await;
+        assert_eq!(report.stats.succeeded, 1, "the lane lived on: {report:?}");
+        assert_eq!(report.stats.groups_admitted, 0, "{report:?}");
+    }
+
+    #[tokio::test(flavor = "current_thread")]
+    async fn a_panic_while_the_deadline_drops_a_group_spares_the_others() {
+        struct PanicOnDrop;
+        impl Drop for PanicOnDrop {
+            fn drop(&mut self) {
+                panic!("a task's state that panics when dropped");
+            }
+        }
+        let runner = Runner::new();
+        for _ in 0..3 {
+            runner
+                .spawn(BackgroundTask::new(
+                    || async {
+                        let _state = PanicOnDrop;
+                        std::future::pending::<()>().await
+                    },
+                    (),
+                ))
+                .unwrap();
+        }
+        until(|| runner.stats().running == 3).await;
+        let report = runner.shutdown(Duration::from_millis(50)).await;
+        assert_eq!(report.cut_off.len(), 3, "{report:?}");
+        assert_eq!(report.stats.groups_admitted, 0, "{report:?}");
+    }
+}
