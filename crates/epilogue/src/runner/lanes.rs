@@ -29,15 +29,18 @@ use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
+use std::time::Instant;
 
 use futures_util::stream::FuturesUnordered;
 use futures_util::task::AtomicWaker;
 use futures_util::StreamExt;
 use tokio::runtime::Handle;
+use tracing::Span;
 
 use super::execute::{self, Accepted};
-use super::state::State;
+use super::state::{Admission, State};
 use crate::latch::Latch;
+use crate::tasks::BackgroundTasks;
 
 /// The lanes of one runtime, in the runner's state.
 #[derive(Debug, Default)]
@@ -204,6 +207,9 @@ pin_project_lite::pin_project! {
     /// isolation (a bug in the runner, or in a task's `Drop`) ends that
     /// group only.
     struct Budgeted<F> {
+        // The request's span (see `Permit::defer_in`), entered around each
+        // poll of the group.
+        span: Span,
         #[pin]
         group: F,
     }
@@ -215,7 +221,9 @@ impl<F: Future<Output = ()>> Future for Budgeted<F> {
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<()> {
         let coop = std::task::ready!(tokio::task::coop::poll_proceed(cx));
         coop.made_progress();
-        let group = self.project().group;
+        let this = self.project();
+        let _entered = this.span.enter();
+        let group = this.group;
         match std::panic::catch_unwind(AssertUnwindSafe(|| group.poll(cx))) {
             Ok(poll) => poll,
             Err(_) => {
@@ -231,7 +239,7 @@ impl<F: Future<Output = ()>> Future for Budgeted<F> {
 fn lane<F>(
     inbox: Arc<Inbox>,
     deadline: Arc<Latch>,
-    start: fn(Accepted) -> F,
+    start: fn(Admission, BackgroundTasks, Instant) -> F,
 ) -> impl Future<Output = ()> + Send
 where
     F: Future<Output = ()> + Send,
@@ -253,14 +261,21 @@ impl<F: Future<Output = ()>> Lane<F> {
     fn turn(
         &mut self,
         cx: &mut Context<'_>,
-        start: fn(Accepted) -> F,
+        start: fn(Admission, BackgroundTasks, Instant) -> F,
         deadline: Pin<&mut crate::latch::Wait<'_>>,
     ) -> Poll<()> {
         self.inbox.waker.register(cx.waker());
         std::mem::swap(&mut *self.inbox.lock(), &mut self.intake);
         for group in self.intake.drain(..) {
+            let Accepted {
+                admission,
+                tasks,
+                accepted_at,
+                span,
+            } = group;
             self.groups.push(Budgeted {
-                group: start(group),
+                span,
+                group: start(admission, tasks, accepted_at),
             });
         }
         // Until no group is ready, or the budget is spent: then

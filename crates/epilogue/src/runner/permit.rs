@@ -6,7 +6,6 @@ use std::fmt;
 use std::sync::Arc;
 use std::time::Instant;
 
-use tokio_util::task::task_tracker::TaskTrackerToken;
 use tracing::Span;
 
 use super::execute::Accepted;
@@ -35,10 +34,9 @@ pub enum Refused {
 /// Dropping it gives the room back.
 #[must_use = "a permit holds room in the runner until it is used or dropped"]
 pub struct Permit {
-    admission: Admission,
     // A shutdown waits for admitted work too: the request holding this
     // permit may still produce tasks.
-    token: TaskTrackerToken,
+    admission: Admission,
 }
 
 impl Permit {
@@ -51,10 +49,7 @@ impl Permit {
             })
         };
         match admitted {
-            Ok(admission) => Ok(Self {
-                admission,
-                token: state.tracker().token(),
-            }),
+            Ok(admission) => Ok(Self { admission }),
             Err(refused) => {
                 state.counters().refused();
                 Err(refused)
@@ -66,7 +61,6 @@ impl Permit {
     pub(super) fn over_limit(state: &Arc<State>) -> Self {
         Self {
             admission: Admission::over_limit(state),
-            token: state.tracker().token(),
         }
     }
 
@@ -97,7 +91,6 @@ impl Permit {
             group: Some(Accepted {
                 accepted_at: Instant::now(),
                 admission: self.admission,
-                token: self.token,
                 tasks,
                 span,
             }),

@@ -6,8 +6,7 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use tokio::sync::Semaphore;
-use tokio_util::task::TaskTracker;
+use tokio::sync::{Notify, Semaphore};
 
 use super::lanes::Lanes;
 use super::places::Places;
@@ -30,16 +29,19 @@ pub(super) struct Config {
 #[derive(Debug)]
 pub(crate) struct State {
     config: Config,
-    tracker: TaskTracker,
     /// Places for groups that run now, and the queue of those waiting.
     places: Places,
     /// The tokio tasks that poll the running groups.
     lanes: Lanes,
     /// Permits for plain-`fn` tasks on the blocking pool.
     blocking: Arc<Semaphore>,
-    /// Groups holding a permit: admitted, waiting or running.
+    /// Groups holding a permit: admitted, waiting or running. A shutdown
+    /// waits for it to reach 0 (a `TaskTracker` counted the same groups
+    /// again, with a token of 8 bytes in each).
     admitted: AtomicUsize,
     closed: AtomicBool,
+    /// Notified when `admitted` reaches 0 once closed.
+    idle: Notify,
     /// Passes when a shutdown's grace period ends, or at a second signal.
     deadline: Arc<Latch>,
     counters: Counters,
@@ -61,7 +63,7 @@ impl Admission {
         let limit = state.limit();
         state
             .admitted
-            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
+            .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| {
                 (n < limit).then_some(n + 1)
             })
             .ok()?;
@@ -70,7 +72,7 @@ impl Admission {
 
     /// Room for one more group, whatever the limit.
     pub(super) fn over_limit(state: &Arc<State>) -> Self {
-        state.admitted.fetch_add(1, Ordering::AcqRel);
+        state.admitted.fetch_add(1, Ordering::SeqCst);
         Self::new(state)
     }
 
@@ -101,7 +103,12 @@ impl Drop for Admission {
         if self.running {
             self.state.places.release(&self.state);
         }
-        self.state.admitted.fetch_sub(1, Ordering::AcqRel);
+        // SeqCst, as `close` and `wait_idle`: either this sees the runner
+        // closed, or the shutdown sees the count at 0.
+        let left = self.state.admitted.fetch_sub(1, Ordering::SeqCst) - 1;
+        if left == 0 && self.state.is_closed() {
+            self.state.idle.notify_waiters();
+        }
     }
 }
 
@@ -112,7 +119,7 @@ impl State {
             lanes: Lanes::default(),
             blocking: Arc::new(Semaphore::new(config.max_blocking)),
             config,
-            tracker: TaskTracker::new(),
+            idle: Notify::new(),
             admitted: AtomicUsize::new(0),
             closed: AtomicBool::new(false),
             deadline: Arc::default(),
@@ -149,9 +156,21 @@ impl State {
     }
 
     pub(super) fn close(&self) {
-        self.closed.store(true, Ordering::Release);
-        self.tracker.close();
+        self.closed.store(true, Ordering::SeqCst);
         self.lanes.retire();
+    }
+
+    /// Completes once the runner is closed and no group holds a permit.
+    pub(super) async fn wait_idle(&self) {
+        loop {
+            let notified = std::pin::pin!(self.idle.notified());
+            let mut notified = notified;
+            notified.as_mut().enable();
+            if self.is_closed() && self.admitted.load(Ordering::SeqCst) == 0 {
+                return;
+            }
+            notified.await;
+        }
     }
 
     /// The shutdown deadline has passed (or a second signal came): running
@@ -164,11 +183,7 @@ impl State {
     }
 
     pub(super) fn is_closed(&self) -> bool {
-        self.closed.load(Ordering::Acquire)
-    }
-
-    pub(super) fn tracker(&self) -> &TaskTracker {
-        &self.tracker
+        self.closed.load(Ordering::SeqCst)
     }
 
     pub(super) fn places(&self) -> &Places {
