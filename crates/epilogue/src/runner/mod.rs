@@ -9,7 +9,8 @@
 //! A `tokio_util::task::TaskTracker` fixes the first problem (it can be
 //! waited on) but neither bounds the work nor says what happened to it.
 //!
-//! A [`Runner`] is a `TaskTracker` plus the rest of what a service needs:
+//! A [`Runner`] waits for its work as a `TaskTracker` does, and adds the
+//! rest of what a service needs:
 //!
 //! - **bounds**: at most `max_running` groups run at once and at most
 //!   `max_pending` more wait; past that, [`admit`](Runner::admit) and
@@ -55,7 +56,9 @@
 //!
 //! `mod.rs` is the public face ([`Runner`], [`Builder`]); `state.rs` the
 //! shared state, private to it; `permit.rs` a group's room from admission to
-//! its start ([`Permit`], [`Deferred`]); `execute.rs` running one group;
+//! its start ([`Permit`], [`Deferred`]); `places.rs` the running places and
+//! the queue of groups waiting for one; `lanes.rs` the few long-lived tokio
+//! tasks that poll every running group; `execute.rs` running one group;
 //! `shutdown.rs` the drain and its [`ShutdownReport`].
 
 use std::fmt;
@@ -158,10 +161,9 @@ impl Builder {
 
     /// How many groups may run at once (default 4096, at most
     /// [`MAX_LIMIT`](Builder::MAX_LIMIT)). A group takes a free running
-    /// permit when its response has been sent, so free permits go in that
-    /// order; groups past the limit wait for one, in the order tokio first
-    /// runs their tasks (roughly, not strictly, the order they were
-    /// accepted). Async groups are cheap; this bound is for what the tasks
+    /// place when its response has been sent; groups past the limit wait in
+    /// a queue, in the order they were started, and take the places as they
+    /// free up. Async groups are cheap; this bound is for what the tasks
     /// talk to (a mail server, a database pool).
     ///
     /// # Panics
@@ -261,7 +263,8 @@ impl Runner {
         Builder::default()
     }
 
-    /// Admits `tasks` and starts them now, on their own tokio task.
+    /// Admits `tasks` and starts them now (in a lane, see
+    /// [`Builder::lanes`]), or queues them if `max_running` groups run.
     ///
     /// # Errors
     ///
