@@ -6,6 +6,7 @@ Records (tab-separated):
   meta    KEY VALUE
   load    CASE SERVER CONNS REP RPS P50_US P99_US CPU_US_PER_REQ REQUESTS ERRORS OTHERS_PCT STEAL_PCT
   instr   SERVER REP N INSTR(N) INSTR(6N) DELAY_MS
+  burst   SERVER REP IDLE_P99_US BURST_P99_US BURST_SECS TASK_PHASE_P99_US
   skip    SERVER REASON
 Every figure printed is the median over the runs of the same point; every
 ratio is against a reference measured in the same results file.
@@ -21,13 +22,15 @@ LABELS = {
     "starlette": "Starlette",
     "fastapi": "FastAPI",
     "lilya": "Lilya",
+    "list": "epilogue-demo, /response/list",
+    "blocking": "  the same, blocking task",
 }
 RUST = ["demo", "spawn", "none"]
 PEERS = ["starlette", "fastapi", "lilya"]
 
 
 def load(path):
-    meta, runs, instr, skips = {}, defaultdict(list), defaultdict(list), {}
+    meta, runs, instr, skips, bursts = {}, defaultdict(list), defaultdict(list), {}, defaultdict(list)
     with open(path, encoding="utf-8") as f:
         for line in f:
             cols = line.rstrip("\n").split("\t")
@@ -46,9 +49,12 @@ def load(path):
                 delay = int(cols[6]) if len(cols) > 6 else 0
                 if small > 0 and large > 0:
                     instr[(key, delay)].append((large - small) / (5 * n))
+            elif cols[0] == "burst":
+                bursts[cols[1]].append({"idle": float(cols[3]), "burst": float(cols[4]), "secs": float(cols[5]),
+                                        "tasks": float(cols[6])})
             elif cols[0] == "skip":
                 skips[cols[1]] = cols[2]
-    return meta, runs, instr, skips
+    return meta, runs, instr, skips, bursts
 
 
 def median_point(samples):
@@ -86,7 +92,7 @@ def table(header, rows, sep_after=None):
 
 
 def main():
-    meta, runs, instr, skips = load(sys.argv[1])
+    meta, runs, instr, skips, bursts = load(sys.argv[1])
     point = {k: median_point(v) for k, v in runs.items()}
     get = lambda case, key, conns: point.get((case, key, conns))  # noqa: E731
     conns_seen = sorted({c for (case, _, c) in point if case.startswith("delay")})
@@ -142,6 +148,42 @@ def main():
                     row[1] += f" ({p['err']} errors)"
                 rows.append(row)
         print(table(header, rows, sep_after={6}))
+
+    # Case 2b: blocking tasks, against the same route without the sleep.
+    blocking_rows = []
+    for conns in conns_seen:
+        ref = get("blocking", "list", conns)
+        for key in ("list", "blocking"):
+            p = get("blocking", key, conns)
+            if p is None:
+                continue
+            row = [str(conns), LABELS[key], fmt_int(p["rps"]), f"{p['p50']:.0f}", f"{p['p99']:.0f}", f"{p['cpu']:.1f}",
+                   f"{p['others']:.0f}", ratio(p["rps"], ref and ref["rps"]), ratio(p["p99"], ref and ref["p99"])]
+            if p["err"]:
+                row[1] += f" ({p['err']} errors)"
+            blocking_rows.append(row)
+    if blocking_rows:
+        print()
+        print("Case 2b: blocking tasks, POST /response/list (an email, then write_in_file on the blocking pool);")
+        print("        x = this / the same route without the thread sleep, interleaved with it")
+        header = ["conns", "server", "req/s", "p50 us", "p99 us", "CPU us/req", "others %", "req/s x", "p99 x"]
+        print(table(header, blocking_rows, sep_after={6}))
+
+    # Case 2c: the burst.
+    burst_point = {
+        key: {k: statistics.median(b[k] for b in v) for k in ("idle", "burst", "secs", "tasks")}
+        for key, v in bursts.items() if v
+    }
+    if burst_point:
+        print()
+        print(f"Case 2c: a burst, requests written at once, each with a 100 ms task; GET /healthz probed back to back on")
+        print("        one connection: idle, over the whole burst (its requests served, then its tasks waking, until")
+        print("        0.5 s after the last answer) and over its task phase alone (from the last answer to 0.5 s later)")
+        header = ["", "server", "idle p99 us", "burst p99 us", "x idle", "task phase p99 us", "x idle", "answered in s"]
+        rows = [["", LABELS[key], f"{b['idle']:.0f}", f"{b['burst']:.0f}", ratio(b["burst"], b["idle"]),
+                 f"{b['tasks']:.0f}", ratio(b["tasks"], b["idle"]), f"{b['secs']:.2f}"]
+                for key, b in sorted(burst_point.items(), key=lambda kb: RUST.index(kb[0]))]
+        print(table(header, rows, sep_after={1}))
 
     # Case 3.
     demo_py = point.get(("python", "demo", 64)) or next(
@@ -229,6 +271,19 @@ def main():
                 if d and d0:
                     target(f"req/s with {case[5:]} ms tasks / without, epilogue, {conns} conns", d["rps"] / d0["rps"], 0.95, ">=")
                     target(f"p99 with {case[5:]} ms tasks / without, epilogue, {conns} conns", d["p99"] / d0["p99"], 1.1, "<=")
+    for conns in conns_seen:
+        b, ref = get("blocking", "blocking", conns), get("blocking", "list", conns)
+        if b and ref:
+            target(f"req/s with blocking tasks / without, epilogue, {conns} conns", b["rps"] / ref["rps"], 0.95, ">=")
+            target(f"p99 with blocking tasks / without, epilogue, {conns} conns", b["p99"] / ref["p99"], 1.1, "<=")
+    if "demo" in burst_point:
+        b = burst_point["demo"]
+        target("/healthz p99 during a burst / idle, epilogue", b["burst"] / b["idle"], 2.0, "<=")
+        target("/healthz p99 during a burst's task phase / idle, epilogue", b["tasks"] / b["idle"], 2.0, "<=")
+        if "spawn" in burst_point:
+            s_ = burst_point["spawn"]
+            lines.append(f"          (axum + tokio::spawn: {s_['burst'] / s_['idle']:.2f} whole burst,"
+                         f" {s_['tasks'] / s_['idle']:.2f} task phase)")
     if demo_py:
         for key in PEERS:
             p = next((p for (case, k, _), p in point.items() if case == "python" and k == key), None)

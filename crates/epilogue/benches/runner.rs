@@ -17,10 +17,17 @@
 //! - groups are spawned from inside a worker of a one-worker multi-thread
 //!   runtime (as a handler spawns them in a server pinned to one core), in
 //!   batches of [`BATCH`]: spawn the batch, then wait for every group of it;
-//! - the time reported is per group: a batch's time divided by its size.
+//! - the time reported is per group: a batch's time divided by its size;
+//! - every variant starts from the same state: its runner (or tracker) is
+//!   made once per benchmark, outside the timing (the runner's lanes
+//!   start with its first batch and stay), and each measurement first runs
+//!   one untimed batch, so that the allocator's caches and the worker's
+//!   queues are warm for every variant alike.
 //!
 //! For the runner the group is built per spawn with `BackgroundTasks::add_task`
 //! (a handler builds it per request), so its cost includes boxing each task.
+//! `bench/lib/criterion_ratios.py` prints each runner time against
+//! `tokio::spawn`'s, and issue 12's target (at most 1.3x for async groups).
 
 use std::hint::black_box;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -135,38 +142,49 @@ async fn raw_group(kind: Kind, tasks: usize, done: Arc<Done>) {
     }
 }
 
-/// Spawns and waits for `iters` groups in batches; returns the time taken.
-async fn run(variant: Variant, kind: Kind, tasks: usize, iters: u64) -> Duration {
-    let runner = Runner::new();
-    let tracker = TaskTracker::new();
+/// One batch of `batch` groups, spawned then waited for.
+async fn batch(
+    variant: Variant,
+    kind: Kind,
+    tasks: usize,
+    batch: u64,
+    runner: &Runner,
+    tracker: &TaskTracker,
+) {
+    let done = Done::new(batch);
+    for _ in 0..batch {
+        match variant {
+            Variant::Runner => runner_group(runner, kind, tasks, &done),
+            Variant::TokioSpawn => {
+                tokio::spawn(raw_group(kind, tasks, done.clone()));
+            }
+            Variant::TaskTracker => {
+                tracker.spawn(raw_group(kind, tasks, done.clone()));
+            }
+        }
+    }
+    done.wait().await;
+}
+
+/// Spawns and waits for `iters` groups in batches, after one untimed
+/// batch; returns the time taken.
+async fn run(
+    variant: Variant,
+    kind: Kind,
+    tasks: usize,
+    iters: u64,
+    runner: Runner,
+    tracker: TaskTracker,
+) -> Duration {
+    batch(variant, kind, tasks, BATCH, &runner, &tracker).await;
     let start = Instant::now();
     let mut left = iters;
     while left > 0 {
-        let batch = left.min(BATCH);
-        let done = Done::new(batch);
-        for _ in 0..batch {
-            match variant {
-                Variant::Runner => runner_group(&runner, kind, tasks, &done),
-                Variant::TokioSpawn => {
-                    tokio::spawn(raw_group(kind, tasks, done.clone()));
-                }
-                Variant::TaskTracker => {
-                    tracker.spawn(raw_group(kind, tasks, done.clone()));
-                }
-            }
-        }
-        done.wait().await;
-        left -= batch;
+        let n = left.min(BATCH);
+        batch(variant, kind, tasks, n, &runner, &tracker).await;
+        left -= n;
     }
-    let elapsed = start.elapsed();
-    if let Variant::Runner = variant {
-        // Outside the timed part: every task ran, and ran well.
-        let report = runner.shutdown(Duration::from_secs(10)).await;
-        let stats = runner.stats();
-        assert!(report.drained);
-        assert_eq!(stats.succeeded, iters * tasks as u64, "{stats:?}");
-    }
-    elapsed
+    start.elapsed()
 }
 
 fn runtime() -> Runtime {
@@ -185,16 +203,32 @@ fn bench(c: &mut Criterion) {
             let mut group = c.benchmark_group(format!("group of {tasks} {} task(s)", kind.name()));
             group.throughput(Throughput::Elements(1));
             for variant in [Variant::TokioSpawn, Variant::TaskTracker, Variant::Runner] {
+                let runner = Runner::builder().max_running(1 << 20).build();
+                let tracker = TaskTracker::new();
+                let mut groups = 0;
                 group.bench_function(BenchmarkId::from_parameter(variant.name()), |b| {
                     b.iter_custom(|iters| {
+                        groups += iters + BATCH;
+                        let (runner, tracker) = (runner.clone(), tracker.clone());
                         // Spawned from inside a worker, as a handler does.
                         rt.block_on(async {
-                            tokio::spawn(run(variant, kind, tasks, iters))
+                            tokio::spawn(run(variant, kind, tasks, iters, runner, tracker))
                                 .await
                                 .expect("the benchmark task does not panic")
                         })
                     })
                 });
+                if let Variant::Runner = variant {
+                    // Outside the timed part: every task ran, and ran well.
+                    let report = rt.block_on(runner.shutdown(Duration::from_secs(10)));
+                    assert!(report.drained);
+                    assert_eq!(
+                        report.stats.succeeded,
+                        groups * tasks as u64,
+                        "{:?}",
+                        report.stats
+                    );
+                }
             }
             group.finish();
         }

@@ -8,8 +8,9 @@
 //!
 //! - a [`BackgroundTask`] is a function (`async fn` or plain `fn`) and its
 //!   arguments; a [`BackgroundTasks`] is an ordered group of them;
-//! - a [`Runner`] owns all background work of the application: it runs each
-//!   group on its own tokio task, bounds how many run and wait, isolates
+//! - a [`Runner`] owns all background work of the application: it runs the
+//!   groups in a few long-lived tokio tasks (lanes, one per worker thread),
+//!   bounds how many run and wait, isolates
 //!   failures and panics, and [drains](Runner::shutdown) on shutdown;
 //! - [`http::BackgroundLayer`] wraps any tower service and starts a
 //!   response's tasks once its body has been handed to the server;
@@ -185,7 +186,8 @@
 //!   added) run **in order, one after another**, once the response body has
 //!   been handed to the server, or dropped because the client went away.
 //! - Running them never delays the response, nor the next request on the same
-//!   keep-alive connection: a group runs on its own tokio task.
+//!   keep-alive connection: a group runs in one of the runner's lanes, tokio
+//!   tasks of their own that yield to connections after every few groups.
 //! - A failing or panicking task is reported (a `tracing` event with the
 //!   task's name, never its arguments, inside the request's span) and the
 //!   next task of the group still runs, unless the group was made with

@@ -117,27 +117,12 @@ impl BackgroundTask {
         self
     }
 
-    /// The name, without a copy when it is the default or a `&'static str`.
-    pub(crate) fn name_cow(&self) -> Cow<'static, str> {
-        self.name.clone()
-    }
-
-    pub(crate) fn retry_policy(&self) -> Retry {
-        self.retry
-    }
-
-    pub(crate) fn timeout_policy(&self) -> Option<Duration> {
-        self.timeout
-    }
-
-    /// One attempt that leaves the task in place for another one.
-    pub(crate) fn attempt(&self) -> Run {
-        self.job.clone_box().run()
-    }
-
-    /// The last attempt: the arguments move into the call, no clone.
-    pub(crate) fn into_run(self) -> Run {
-        self.job.run()
+    /// The task taken apart for its attempts, so that they keep its name
+    /// and policies once the last attempt has taken its job.
+    pub(crate) fn into_parts_for_attempts(
+        self,
+    ) -> (Cow<'static, str>, JobBox, Retry, Option<Duration>) {
+        (self.name, JobBox(self.job), self.retry, self.timeout)
     }
 
     #[cfg(test)]
@@ -173,6 +158,21 @@ pub(crate) type TaskResult = Result<(), String>;
 
 pub(crate) use private::Run;
 use private::{Invoke, Job};
+
+/// A task's function and arguments, its types erased.
+pub(crate) struct JobBox(Box<dyn Job>);
+
+impl JobBox {
+    /// One attempt that leaves the job in place for another one.
+    pub(crate) fn attempt(&self) -> Run {
+        self.0.clone_box().run()
+    }
+
+    /// The last attempt: the arguments move into the call, no clone.
+    pub(crate) fn into_run(self) -> Run {
+        self.0.run()
+    }
+}
 
 /// A plain function with its arguments, ready for the blocking pool.
 pub(crate) type BlockingCall = Box<dyn FnOnce() -> TaskResult + Send>;

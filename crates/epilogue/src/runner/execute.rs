@@ -1,5 +1,10 @@
 //! Running one accepted group: its steps in order (or at once), each task
 //! isolated, timed, retried and counted.
+//!
+//! A group is a plain future here; [`lanes`](super::lanes) polls it. What
+//! a group has not finished when its future is dropped (the shutdown
+//! deadline, or its runtime going away) is counted as cut off by the drops
+//! below, so counts add up however a group ends.
 
 use std::any::Any;
 use std::borrow::Cow;
@@ -13,24 +18,40 @@ use std::time::{Duration, Instant};
 
 use futures_util::future::Either;
 use futures_util::FutureExt;
-use tokio::sync::OwnedSemaphorePermit;
 use tokio::task::Unconstrained;
 use tokio::time::Sleep;
-use tracing::{Instrument, Span};
+use tracing::Span;
 
 use super::state::{Admission, State};
-use crate::latch;
 use crate::stats::Outcome;
-use crate::task::{BackgroundTask, BlockingCall, Retry, Run, TaskResult};
+use crate::task::{BackgroundTask, BlockingCall, JobBox, Run, TaskResult};
 use crate::tasks::{BackgroundTasks, Mode, Step};
 
 /// A group accepted by the runner, with all it needs to run.
 pub(super) struct Accepted {
-    /// Held until the group is done: its room in the runner.
+    /// Held until the group is done: its room in the runner (and, once it
+    /// started, its running place).
     pub(super) admission: Admission,
     pub(super) tasks: BackgroundTasks,
     pub(super) accepted_at: Instant,
     pub(super) span: Span,
+}
+
+impl std::fmt::Debug for Accepted {
+    // The tasks' names only: the state holds accepted groups itself.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Accepted")
+            .field("tasks", &self.tasks.task_names())
+            .finish_non_exhaustive()
+    }
+}
+
+impl Accepted {
+    /// Counts the group's tasks as cut off: it will never run.
+    pub(super) fn cut_off(self) {
+        cut_off_pending(self.admission.state(), &self.tasks);
+        self.tasks.discard();
+    }
 }
 
 /// How a step ended, as far as the steps after it care; ordered from best
@@ -43,75 +64,19 @@ enum Flow {
     Cut,
 }
 
-/// Starts `group` on its own tokio task, tracked by the runner. Outside a
-/// runtime, the group is counted as cut off.
-pub(super) fn spawn(group: Accepted) {
-    let state = group.admission.state().clone();
-    match tokio::runtime::Handle::try_current() {
-        Ok(handle) => {
-            // Taken here rather than in the task: free running permits go in
-            // the order groups are accepted, whatever order tokio first
-            // polls their tasks in.
-            let running = state.running().clone().try_acquire_owned().ok();
-            // Boxed: moving a box into the task is cheaper than copying
-            // the group's future into it (measured with bench/profile.sh).
-            let future = Box::pin(run_group(group, running));
-            state.tracker().spawn_on(future, &handle);
-        }
-        Err(_) => {
-            tracing::error!(
-                tasks = group.tasks.len(),
-                "background group accepted outside a tokio runtime; cut off"
-            );
-            cut_off_pending(&state, &group.tasks);
-            group.tasks.discard();
-        }
-    }
-}
-
-/// The body of a group's tokio task. `running` is the running permit the
-/// group took when it was started, if one was free.
-fn run_group(
-    group: Accepted,
-    running: Option<OwnedSemaphorePermit>,
+/// The future of a group that holds a running place; its lane keeps the
+/// group's span and enters it around each poll (see `lanes::Budgeted`), so
+/// the future does not carry it.
+///
+/// Not an `async fn`: as one, the same future is 240 bytes instead of 224.
+#[allow(clippy::manual_async_fn)]
+pub(super) fn run_group(
+    admission: Admission,
+    tasks: BackgroundTasks,
+    accepted_at: Instant,
 ) -> impl Future<Output = ()> + Send {
-    let Accepted {
-        admission,
-        tasks,
-        accepted_at,
-        span,
-    } = group;
     async move {
-        let state = admission.state();
-        let _running = match running {
-            Some(permit) => permit,
-            // Boxed, as every path most groups never take: the group's
-            // future is as large as its largest path.
-            None => match Box::pin(wait_for_running_permit(state, &tasks)).await {
-                Some(permit) => permit,
-                None => return tasks.discard(),
-            },
-        };
-        run_steps(state, tasks, accepted_at).instrument(span).await;
-    }
-}
-
-/// Waits for a running permit, or for the shutdown deadline, which cuts the
-/// group off.
-async fn wait_for_running_permit(
-    state: &State,
-    tasks: &BackgroundTasks,
-) -> Option<OwnedSemaphorePermit> {
-    let deadline = std::pin::pin!(state.deadline().wait());
-    let permit = std::pin::pin!(state.running().clone().acquire_owned());
-    // The deadline first (`select` polls its first future first): a permit
-    // freed by a cut-off group must not start more work after the deadline.
-    match futures_util::future::select(deadline, permit).await {
-        Either::Left(((), _)) => {
-            cut_off_pending(state, tasks);
-            None
-        }
-        Either::Right((permit, _)) => Some(permit.expect("the running semaphore is never closed")),
+        run_steps(admission.state(), tasks, accepted_at).await;
     }
 }
 
@@ -123,11 +88,30 @@ fn run_steps(
     accepted_at: Instant,
 ) -> impl Future<Output = Flow> + Send + '_ {
     let mode = group.mode;
-    let steps = std::mem::take(&mut group.steps);
-    if mode == Mode::Concurrent {
-        Either::Left(run_concurrent(state, steps, accepted_at))
+    let mut steps = std::mem::take(&mut group.steps);
+    if steps.len() == 1 {
+        // The usual group, one task: its list is freed before the task
+        // starts rather than kept while it runs (96 bytes per sleeping
+        // group), and its future is the task's alone.
+        let step = steps.pop().expect("one step");
+        drop(steps);
+        Either::Left(run_step(state, step, accepted_at))
     } else {
-        Either::Right(run_in_order(state, steps.into_iter(), mode, accepted_at))
+        // Boxed: the common group, one task, should not carry the space of
+        // a list's future (the test `a_groups_future_stays_small`).
+        Either::Right(Box::pin(run_many(state, steps, mode, accepted_at)) as BoxFlow<'_>)
+    }
+}
+
+async fn run_many(state: &State, steps: Vec<Step>, mode: Mode, accepted_at: Instant) -> Flow {
+    if mode == Mode::Concurrent {
+        run_concurrent(state, steps, accepted_at).await
+    } else {
+        let steps = Unstarted {
+            state,
+            steps: steps.into_iter(),
+        };
+        run_in_order(steps, mode, accepted_at).await
     }
 }
 
@@ -139,29 +123,44 @@ async fn run_concurrent(state: &State, steps: Vec<Step>, accepted_at: Instant) -
     flows.into_iter().max().unwrap_or(Flow::Ok)
 }
 
-async fn run_in_order(
-    state: &State,
-    mut steps: std::vec::IntoIter<Step>,
-    mode: Mode,
-    accepted_at: Instant,
-) -> Flow {
+/// The steps of a group not started yet; those left when it is dropped
+/// (its group's future was) are counted as cut off.
+struct Unstarted<'a> {
+    state: &'a State,
+    steps: std::vec::IntoIter<Step>,
+}
+
+impl Unstarted<'_> {
+    fn take_rest(&mut self) -> BackgroundTasks {
+        BackgroundTasks::from_steps(self.steps.by_ref().collect())
+    }
+}
+
+impl Drop for Unstarted<'_> {
+    fn drop(&mut self) {
+        if self.steps.len() > 0 {
+            let rest = self.take_rest();
+            cut_off_pending(self.state, &rest);
+            rest.discard();
+        }
+    }
+}
+
+async fn run_in_order(mut steps: Unstarted<'_>, mode: Mode, accepted_at: Instant) -> Flow {
+    let state = steps.state;
     let mut result = Flow::Ok;
-    while let Some(step) = steps.next() {
+    while let Some(step) = steps.steps.next() {
         match run_step(state, step, accepted_at).await {
             Flow::Ok => {}
             Flow::Failed if mode == Mode::StopOnError => {
-                let rest = BackgroundTasks::from_steps(steps.collect());
+                let rest = steps.take_rest();
                 state.counters().skipped(rest.len() as u64);
                 rest.discard();
                 return Flow::Failed;
             }
             Flow::Failed => result = Flow::Failed,
-            Flow::Cut => {
-                let rest = BackgroundTasks::from_steps(steps.collect());
-                cut_off_pending(state, &rest);
-                rest.discard();
-                return Flow::Cut;
-            }
+            // The rest is counted when `steps` is dropped.
+            Flow::Cut => return Flow::Cut,
         }
     }
     result
@@ -188,14 +187,14 @@ fn run_nested(state: &State, group: BackgroundTasks, accepted_at: Instant) -> Bo
 
 /// Counts tasks that will never start because the deadline passed, and keeps
 /// their names for the shutdown report.
-fn cut_off_pending(state: &State, tasks: &BackgroundTasks) {
+pub(super) fn cut_off_pending(state: &State, tasks: &BackgroundTasks) {
     state.counters().cut_off_pending(tasks.len() as u64);
     tasks.visit_names(&mut |name| state.record_cut_off(name));
 }
 
 /// Not an `async fn`, which would keep the task both as its argument and
-/// inside its attempts: this future is part of every group's, and the
-/// group's is boxed.
+/// inside its attempts: this future is part of every group's, and thousands
+/// of groups wait at once.
 fn run_task(
     state: &State,
     task: BackgroundTask,
@@ -208,13 +207,19 @@ fn run_task(
     }
     let started = Instant::now();
     state.counters().started(started - accepted_at);
-    // Only when DEBUG is on: see `Permit::defer_in`.
-    let span = if tracing::enabled!(tracing::Level::DEBUG) {
-        tracing::debug_span!("epilogue.task", task = task.task_name())
-    } else {
-        Span::none()
+    // Only when DEBUG is on: see `Permit::defer_in`. Boxed, as every
+    // group's future would otherwise hold the room of a span (40 bytes)
+    // that is almost never there.
+    let span = tracing::enabled!(tracing::Level::DEBUG).then(|| {
+        Box::new(tracing::debug_span!(
+            "epilogue.task",
+            task = task.task_name()
+        ))
+    });
+    let attempts = InSpan {
+        span,
+        inner: Attempts::new(state, task),
     };
-    let attempts = Attempts::new(state, task).instrument(span);
     Either::Right(attempts.map(move |(outcome, name)| {
         let Some(outcome) = outcome else {
             state.counters().cut_running();
@@ -231,38 +236,43 @@ fn run_task(
     }))
 }
 
-pin_project_lite::pin_project! {
-    /// One task's attempts: the first, then its retries while it fails, each
-    /// with its panic caught and its timeout applied, all of them until the
-    /// shutdown deadline.
-    ///
-    /// Written out by hand because it pays: written as nested `async fn`s,
-    /// the same steps made every group's future 1.4 KB, measured with
-    /// `size_of_val` when this was written, against 752 bytes now (the test
-    /// `a_groups_future_stays_small` below keeps it under 768). Thousands of
-    /// groups wait at once under load, each in one allocation of that size.
-    ///
-    /// Its output is the last attempt's outcome, `None` if the deadline passed
-    /// first, and the task's name.
-    struct Attempts<'a> {
-        tries: Tries<'a>,
-        // Only a task still pending after its first poll waits on the
-        // deadline: most never register with it.
-        #[pin]
-        deadline: Option<latch::Wait<'a>>,
+/// A future polled inside a span, if there is one.
+struct InSpan<F> {
+    span: Option<Box<Span>>,
+    inner: F,
+}
+
+impl<F: Future + Unpin> Future for InSpan<F> {
+    type Output = F::Output;
+
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<F::Output> {
+        let this = &mut *self;
+        let _entered = this.span.as_deref().map(Span::enter);
+        Pin::new(&mut this.inner).poll(cx)
     }
 }
 
-/// The attempts themselves, without the deadline.
-struct Tries<'a> {
+/// One task's attempts: the first, then its retries while it fails, each
+/// with its panic caught and its timeout applied. Dropped before its end
+/// (the shutdown deadline), it counts its task as cut off.
+///
+/// Written out by hand because it pays: written as nested `async fn`s, the
+/// same steps made every group's future 1.4 KB; the test
+/// `a_groups_future_stays_small` below keeps the group's future in check.
+/// Thousands of groups wait at once under load, each in one allocation.
+///
+/// Its output is the last attempt's outcome, `None` for a blocking task
+/// that got its thread after the deadline, and the task's name.
+struct Attempts<'a> {
     state: &'a State,
     name: Cow<'static, str>,
-    retry: Retry,
-    timeout: Option<Duration>,
-    // Each attempt but the last runs a copy: the last one takes the task.
-    task: Option<BackgroundTask>,
+    // Each attempt but the last runs a copy: the last one takes the job.
+    job: Option<JobBox>,
+    retries: u32,
     attempt: u32,
+    /// The wait before the next retry: doubles each time.
     backoff: Duration,
+    timeout: Option<Duration>,
     current: Attempt,
 }
 
@@ -293,30 +303,24 @@ enum Ended {
 
 impl<'a> Attempts<'a> {
     fn new(state: &'a State, task: BackgroundTask) -> Self {
-        let retry = task.retry_policy();
-        let tries = Tries {
+        let (name, job, retry, timeout) = task.into_parts_for_attempts();
+        Self {
             state,
-            name: task.name_cow(),
-            retry,
-            timeout: task.timeout_policy().or(state.config().task_timeout),
-            task: Some(task),
+            name,
+            job: Some(job),
+            retries: retry.retries,
             attempt: 0,
             backoff: retry.backoff,
+            timeout: timeout.or(state.config().task_timeout),
             current: Attempt::Next,
-        };
-        Self {
-            tries,
-            deadline: None,
         }
     }
-}
 
-impl Tries<'_> {
     fn start(&mut self) {
-        let run = match self.task.take_if(|_| self.attempt == self.retry.retries) {
+        let run = match self.job.take_if(|_| self.attempt == self.retries) {
             Some(last) => last.into_run(),
             None => self
-                .task
+                .job
                 .as_ref()
                 .expect("kept until the last attempt")
                 .attempt(),
@@ -346,7 +350,7 @@ impl Tries<'_> {
         if outcome.is_success() {
             return Some(outcome);
         }
-        if self.attempt == self.retry.retries {
+        if self.attempt == self.retries {
             report_failure(name, outcome, detail.as_deref(), self.attempt);
             let error = detail.unwrap_or_else(|| "timed out".to_owned());
             self.state.counters().failure(name, error);
@@ -365,18 +369,22 @@ impl Tries<'_> {
         self.backoff = backoff.saturating_mul(2);
         None
     }
+
+    fn end(&mut self, outcome: Option<Outcome>) -> Poll<(Option<Outcome>, Cow<'static, str>)> {
+        self.current = Attempt::Done;
+        Poll::Ready((outcome, std::mem::take(&mut self.name)))
+    }
 }
 
 impl Future for Attempts<'_> {
     type Output = (Option<Outcome>, Cow<'static, str>);
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
-        let mut this = self.project();
-        let tries = this.tries;
+        let this = self.get_mut();
         loop {
-            let ended = match &mut tries.current {
+            let ended = match &mut this.current {
                 Attempt::Next => {
-                    tries.start();
+                    this.start();
                     continue;
                 }
                 Attempt::Async { future, timer } => {
@@ -388,43 +396,50 @@ impl Future for Attempts<'_> {
                                 .as_mut()
                                 .is_some_and(|timer| timer.as_mut().poll(cx).is_ready());
                             if !timed_out {
-                                break;
+                                return Poll::Pending;
                             }
                             Ended::TimedOut
                         }
                     }
                 }
                 Attempt::Blocking(attempt) => match attempt.as_mut().poll(cx) {
-                    Poll::Ready(Ended::NotStarted) => break,
+                    Poll::Ready(Ended::NotStarted) => return this.end(None),
                     Poll::Ready(ended) => ended,
-                    Poll::Pending => break,
+                    Poll::Pending => return Poll::Pending,
                 },
                 Attempt::Backoff(sleep) => {
                     if sleep.as_mut().poll(cx).is_pending() {
-                        break;
+                        return Poll::Pending;
                     }
-                    tries.current = Attempt::Next;
+                    this.current = Attempt::Next;
                     continue;
                 }
                 Attempt::Done => panic!("Attempts polled after completion"),
             };
-            if let Some(outcome) = tries.finish(ended) {
-                tries.current = Attempt::Done;
-                return Poll::Ready((Some(outcome), std::mem::take(&mut tries.name)));
+            if let Some(outcome) = this.finish(ended) {
+                return this.end(Some(outcome));
             }
         }
-        // Pending (or a blocking task that did not start because the deadline
-        // passed): the task first, then the deadline, so that a task that is
-        // done when the deadline passes counts as done, not cut off.
-        if this.deadline.is_none() {
-            this.deadline.set(Some(tries.state.deadline().wait()));
+    }
+}
+
+impl Drop for Attempts<'_> {
+    fn drop(&mut self) {
+        if matches!(self.current, Attempt::Done) {
+            return;
         }
-        let deadline = this.deadline.as_pin_mut().expect("set above");
-        if deadline.poll(cx).is_ready() {
-            tries.current = Attempt::Done;
-            return Poll::Ready((None, std::mem::take(&mut tries.name)));
+        self.state.counters().cut_running();
+        self.state.record_cut_off(&self.name);
+        tracing::debug!(task = %self.name, "background task cut off by the shutdown deadline");
+        // The task's future and arguments are the user's: a panic in their
+        // `Drop` must not stop the lane that drops every cut-off group.
+        let user = (
+            std::mem::replace(&mut self.current, Attempt::Done),
+            self.job.take(),
+        );
+        if std::panic::catch_unwind(AssertUnwindSafe(|| drop(user))).is_err() {
+            tracing::error!(task = %self.name, "background task panicked when it was cut off");
         }
-        Poll::Pending
     }
 }
 
@@ -523,15 +538,15 @@ mod tests {
     #[test]
     fn a_groups_future_stays_small() {
         let state = Arc::new(State::new(Config::default()));
-        let group = Accepted {
-            admission: Admission::over_limit(&state),
-            tasks: BackgroundTask::new(|| async {}, ()).into(),
-            accepted_at: Instant::now(),
-            span: Span::none(),
-        };
-        let future = run_group(group, None);
+        let future = run_group(
+            Admission::over_limit(&state),
+            BackgroundTask::new(|| async {}, ()).into(),
+            Instant::now(),
+        );
         let size = std::mem::size_of_val(&future);
         println!("a group's future: {size} bytes");
-        assert!(size <= 768, "a group's future grew to {size} bytes");
+        // 224 with rustc 1.95: 752 when each group was a tokio task whose
+        // future also held its span, its list and a wait for a place.
+        assert!(size <= 224, "a group's future grew to {size} bytes");
     }
 }

@@ -9,7 +9,8 @@
 //! A `tokio_util::task::TaskTracker` fixes the first problem (it can be
 //! waited on) but neither bounds the work nor says what happened to it.
 //!
-//! A [`Runner`] is a `TaskTracker` plus the rest of what a service needs:
+//! A [`Runner`] waits for its work as a `TaskTracker` does, and adds the
+//! rest of what a service needs:
 //!
 //! - **bounds**: at most `max_running` groups run at once and at most
 //!   `max_pending` more wait; past that, [`admit`](Runner::admit) and
@@ -55,7 +56,9 @@
 //!
 //! `mod.rs` is the public face ([`Runner`], [`Builder`]); `state.rs` the
 //! shared state, private to it; `permit.rs` a group's room from admission to
-//! its start ([`Permit`], [`Deferred`]); `execute.rs` running one group;
+//! its start ([`Permit`], [`Deferred`]); `places.rs` the running places and
+//! the queue of groups waiting for one; `lanes.rs` the few long-lived tokio
+//! tasks that poll every running group; `execute.rs` running one group;
 //! `shutdown.rs` the drain and its [`ShutdownReport`].
 
 use std::fmt;
@@ -69,7 +72,9 @@ use crate::stats::Stats;
 use crate::tasks::BackgroundTasks;
 
 mod execute;
+mod lanes;
 mod permit;
+mod places;
 mod shutdown;
 mod state;
 
@@ -117,6 +122,7 @@ impl Default for Config {
             max_blocking: Builder::DEFAULT_MAX_BLOCKING,
             task_timeout: None,
             retry_after: Duration::from_secs(1),
+            lanes: None,
         }
     }
 }
@@ -155,10 +161,9 @@ impl Builder {
 
     /// How many groups may run at once (default 4096, at most
     /// [`MAX_LIMIT`](Builder::MAX_LIMIT)). A group takes a free running
-    /// permit when its response has been sent, so free permits go in that
-    /// order; groups past the limit wait for one, in the order tokio first
-    /// runs their tasks (roughly, not strictly, the order they were
-    /// accepted). Async groups are cheap; this bound is for what the tasks
+    /// place when its response has been sent; groups past the limit wait in
+    /// a queue, in the order they were started, and take the places as they
+    /// free up. Async groups are cheap; this bound is for what the tasks
     /// talk to (a mail server, a database pool).
     ///
     /// # Panics
@@ -210,6 +215,25 @@ impl Builder {
         self
     }
 
+    /// How many lanes poll the running groups: long-lived tokio tasks, each
+    /// owning many groups, so that a group waking up marks it ready inside
+    /// its lane instead of scheduling a tokio task of its own (see the
+    /// README's Performance section for what that buys under load).
+    /// Default: one per worker thread of the runtime the first group
+    /// starts on (`Handle::metrics().num_workers()`), so that background
+    /// work can use every core; fewer lanes batch more wake-ups per lane
+    /// but keep background work on fewer cores at a time. Blocking tasks
+    /// run on tokio's blocking pool whatever the number of lanes.
+    ///
+    /// # Panics
+    ///
+    /// When `n` is 0: no group could ever run.
+    pub fn lanes(mut self, n: usize) -> Self {
+        assert!(n > 0, "lanes must be at least 1, or no task could ever run");
+        self.config.lanes = Some(n);
+        self
+    }
+
     /// The runner. It needs no runtime until the first group starts.
     pub fn build(self) -> Runner {
         Runner {
@@ -239,7 +263,8 @@ impl Runner {
         Builder::default()
     }
 
-    /// Admits `tasks` and starts them now, on their own tokio task.
+    /// Admits `tasks` and starts them now (in a lane, see
+    /// [`Builder::lanes`]), or queues them if `max_running` groups run.
     ///
     /// # Errors
     ///
@@ -345,7 +370,7 @@ impl Runner {
     /// [`shutdown`](Runner::shutdown) under way then returns at once with
     /// what was cut off.
     pub fn cut_off_now(&self) {
-        self.state.deadline().set();
+        self.state.pass_deadline();
     }
 }
 
@@ -747,7 +772,7 @@ mod tests {
     }
 
     #[test]
-    fn a_group_dropped_with_its_runtime_gives_its_running_place_back() {
+    fn a_group_dropped_with_its_runtime_gives_its_place_back_and_is_counted_cut_off() {
         let runner = Runner::builder().max_running(1).build();
         let journal = Journal::default();
         let runtime = || {
@@ -760,9 +785,60 @@ mod tests {
         runtime().block_on(async { runner.spawn(note(&journal, "dropped")).unwrap() });
         runtime().block_on(async {
             runner.spawn(note(&journal, "runs")).unwrap();
-            assert!(drain(&runner).await.drained);
+            let report = drain(&runner).await;
+            assert_eq!(report.cut_off, ["dropped"], "{report:?}");
+            let stats = report.stats;
+            assert_eq!(
+                (stats.accepted, stats.succeeded, stats.cut_off),
+                (2, 1, 1),
+                "{stats:?}"
+            );
+            assert_eq!(
+                (stats.pending, stats.running, stats.groups_running),
+                (0, 0, 0)
+            );
         });
         assert_eq!(*journal.lock().unwrap(), ["runs"]);
+    }
+
+    #[test]
+    fn groups_dropped_with_their_runtime_mid_task_and_queued_keep_counts_sane() {
+        let runner = Runner::builder().max_running(2).build();
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        runtime.block_on(async {
+            for _ in 0..3 {
+                let mut tasks = BackgroundTasks::new();
+                tasks.add_task(|| tokio::time::sleep(Duration::from_secs(60)), ());
+                tasks.add_task(|| async {}, ());
+                runner.spawn(tasks).unwrap();
+            }
+            // The two running groups are in their first task.
+            while runner.stats().running < 2 {
+                tokio::task::yield_now().await;
+            }
+        });
+        drop(runtime);
+        let stats = runner.stats();
+        assert_eq!(
+            (stats.accepted, stats.running, stats.cut_off),
+            (6, 0, 4),
+            "{stats:?}"
+        );
+        assert_eq!(
+            (stats.pending, stats.groups_running, stats.groups_admitted),
+            (2, 0, 1),
+            "the third group still waits for a place: {stats:?}"
+        );
+        let report = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap()
+            .block_on(runner.shutdown(Duration::from_millis(100)));
+        assert_eq!(report.stats.cut_off, 6, "{report:?}");
+        assert_eq!(report.stats.groups_admitted, 0, "{report:?}");
     }
 
     #[tokio::test]

@@ -6,10 +6,10 @@ use std::fmt;
 use std::sync::Arc;
 use std::time::Instant;
 
-use tokio_util::task::task_tracker::TaskTrackerToken;
 use tracing::Span;
 
-use super::execute::{self, Accepted};
+use super::execute::Accepted;
+use super::places;
 use super::state::{Admission, State};
 use crate::tasks::BackgroundTasks;
 
@@ -34,10 +34,9 @@ pub enum Refused {
 /// Dropping it gives the room back.
 #[must_use = "a permit holds room in the runner until it is used or dropped"]
 pub struct Permit {
-    admission: Admission,
     // A shutdown waits for admitted work too: the request holding this
     // permit may still produce tasks.
-    token: TaskTrackerToken,
+    admission: Admission,
 }
 
 impl Permit {
@@ -50,10 +49,7 @@ impl Permit {
             })
         };
         match admitted {
-            Ok(admission) => Ok(Self {
-                admission,
-                token: state.tracker().token(),
-            }),
+            Ok(admission) => Ok(Self { admission }),
             Err(refused) => {
                 state.counters().refused();
                 Err(refused)
@@ -65,7 +61,6 @@ impl Permit {
     pub(super) fn over_limit(state: &Arc<State>) -> Self {
         Self {
             admission: Admission::over_limit(state),
-            token: state.tracker().token(),
         }
     }
 
@@ -93,7 +88,6 @@ impl Permit {
             parent.clone()
         };
         Deferred {
-            _token: self.token,
             group: Some(Accepted {
                 accepted_at: Instant::now(),
                 admission: self.admission,
@@ -116,12 +110,11 @@ impl fmt::Debug for Permit {
 #[must_use = "a Deferred group starts when dropped; call start() to make that explicit"]
 pub struct Deferred {
     group: Option<Accepted>,
-    // Keeps the runner's tracker open while the group is not yet spawned.
-    _token: TaskTrackerToken,
 }
 
 impl Deferred {
-    /// Starts the group on its own tokio task. Outside a tokio runtime (one
+    /// Starts the group, or queues it behind the groups waiting for a
+    /// running place. Outside a tokio runtime (one
     /// that is shutting down, say) the group is counted as cut off instead,
     /// and an error is logged.
     pub fn start(mut self) {
@@ -130,7 +123,7 @@ impl Deferred {
 
     fn start_now(&mut self) {
         if let Some(group) = self.group.take() {
-            execute::spawn(group);
+            places::start(group);
         }
     }
 }

@@ -42,10 +42,10 @@ pub(super) async fn drain(state: &State, grace: Duration) -> ShutdownReport {
         "draining background tasks for up to {grace:?}"
     );
     // `timeout` saturates: a grace of `Duration::MAX` waits without end.
-    let waited = tokio::time::timeout(grace, state.tracker().wait()).await;
+    let waited = tokio::time::timeout(grace, state.wait_idle()).await;
     if waited.is_err() {
-        state.deadline().set();
-        let _ = tokio::time::timeout(CUT_OFF_BOOKKEEPING, state.tracker().wait()).await;
+        state.pass_deadline();
+        let _ = tokio::time::timeout(CUT_OFF_BOOKKEEPING, state.wait_idle()).await;
     }
     // Drained: everything ended, and nothing was cut off on the way (by this
     // deadline, or by an earlier one such as a second signal).

@@ -6,9 +6,10 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use tokio::sync::Semaphore;
-use tokio_util::task::TaskTracker;
+use tokio::sync::{Notify, Semaphore};
 
+use super::lanes::Lanes;
+use super::places::Places;
 use crate::latch::Latch;
 use crate::stats::{Counters, Stats};
 
@@ -20,20 +21,27 @@ pub(super) struct Config {
     pub(super) max_blocking: usize,
     pub(super) task_timeout: Option<Duration>,
     pub(super) retry_after: Duration,
+    /// `None`: one per worker thread of the runtime.
+    pub(super) lanes: Option<usize>,
 }
 
 /// Everything the clones of one [`Runner`](super::Runner) share.
 #[derive(Debug)]
 pub(crate) struct State {
     config: Config,
-    tracker: TaskTracker,
-    /// Permits for groups that run now.
-    running: Arc<Semaphore>,
+    /// Places for groups that run now, and the queue of those waiting.
+    places: Places,
+    /// The tokio tasks that poll the running groups.
+    lanes: Lanes,
     /// Permits for plain-`fn` tasks on the blocking pool.
     blocking: Arc<Semaphore>,
-    /// Groups holding a permit: admitted, waiting or running.
+    /// Groups holding a permit: admitted, waiting or running. A shutdown
+    /// waits for it to reach 0 (a `TaskTracker` counted the same groups
+    /// again, with a token of 8 bytes in each).
     admitted: AtomicUsize,
     closed: AtomicBool,
+    /// Notified when `admitted` reaches 0 once closed.
+    idle: Notify,
     /// Passes when a shutdown's grace period ends, or at a second signal.
     deadline: Arc<Latch>,
     counters: Counters,
@@ -41,9 +49,13 @@ pub(crate) struct State {
     cut_off: Mutex<Vec<String>>,
 }
 
-/// One admitted group's room in the runner, given back when dropped.
+/// One admitted group's room in the runner, and once it started, its
+/// running place: both given back when dropped.
 #[derive(Debug)]
-pub(super) struct Admission(Arc<State>);
+pub(super) struct Admission {
+    state: Arc<State>,
+    running: bool,
+}
 
 impl Admission {
     /// Room for one more group, if there is any.
@@ -51,37 +63,63 @@ impl Admission {
         let limit = state.limit();
         state
             .admitted
-            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
+            .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| {
                 (n < limit).then_some(n + 1)
             })
             .ok()?;
-        Some(Self(state.clone()))
+        Some(Self::new(state))
     }
 
     /// Room for one more group, whatever the limit.
     pub(super) fn over_limit(state: &Arc<State>) -> Self {
-        state.admitted.fetch_add(1, Ordering::AcqRel);
-        Self(state.clone())
+        state.admitted.fetch_add(1, Ordering::SeqCst);
+        Self::new(state)
+    }
+
+    fn new(state: &Arc<State>) -> Self {
+        Self {
+            state: state.clone(),
+            running: false,
+        }
     }
 
     pub(super) fn state(&self) -> &Arc<State> {
-        &self.0
+        &self.state
+    }
+
+    /// The group took a running place (see `places`).
+    pub(super) fn set_running(&mut self) {
+        self.running = true;
+    }
+
+    /// The place was given back before the group started.
+    pub(super) fn clear_running(&mut self) {
+        self.running = false;
     }
 }
 
 impl Drop for Admission {
     fn drop(&mut self) {
-        self.0.admitted.fetch_sub(1, Ordering::AcqRel);
+        if self.running {
+            self.state.places.release(&self.state);
+        }
+        // SeqCst, as `close` and `wait_idle`: either this sees the runner
+        // closed, or the shutdown sees the count at 0.
+        let left = self.state.admitted.fetch_sub(1, Ordering::SeqCst) - 1;
+        if left == 0 && self.state.is_closed() {
+            self.state.idle.notify_waiters();
+        }
     }
 }
 
 impl State {
     pub(super) fn new(config: Config) -> Self {
         Self {
-            running: Arc::new(Semaphore::new(config.max_running)),
+            places: Places::new(config.max_running),
+            lanes: Lanes::default(),
             blocking: Arc::new(Semaphore::new(config.max_blocking)),
             config,
-            tracker: TaskTracker::new(),
+            idle: Notify::new(),
             admitted: AtomicUsize::new(0),
             closed: AtomicBool::new(false),
             deadline: Arc::default(),
@@ -111,27 +149,49 @@ impl State {
             limit.saturating_sub(semaphore.available_permits()) as u64
         };
         let mut stats = self.counters.snapshot();
-        stats.groups_running = in_use(&self.running, self.config.max_running);
+        stats.groups_running = self.places.running() as u64;
         stats.groups_admitted = self.admitted() as u64;
         stats.blocking_in_use = in_use(&self.blocking, self.config.max_blocking);
         stats
     }
 
     pub(super) fn close(&self) {
-        self.closed.store(true, Ordering::Release);
-        self.tracker.close();
+        self.closed.store(true, Ordering::SeqCst);
+        self.lanes.retire();
+    }
+
+    /// Completes once the runner is closed and no group holds a permit.
+    pub(super) async fn wait_idle(&self) {
+        loop {
+            let notified = std::pin::pin!(self.idle.notified());
+            let mut notified = notified;
+            notified.as_mut().enable();
+            if self.is_closed() && self.admitted.load(Ordering::SeqCst) == 0 {
+                return;
+            }
+            notified.await;
+        }
+    }
+
+    /// The shutdown deadline has passed (or a second signal came): running
+    /// groups are dropped by their lanes, waiting ones are cut off here.
+    pub(super) fn pass_deadline(&self) {
+        self.deadline.set();
+        for group in self.places.take_waiting() {
+            group.cut_off();
+        }
     }
 
     pub(super) fn is_closed(&self) -> bool {
-        self.closed.load(Ordering::Acquire)
+        self.closed.load(Ordering::SeqCst)
     }
 
-    pub(super) fn tracker(&self) -> &TaskTracker {
-        &self.tracker
+    pub(super) fn places(&self) -> &Places {
+        &self.places
     }
 
-    pub(super) fn running(&self) -> &Arc<Semaphore> {
-        &self.running
+    pub(super) fn lanes(&self) -> &Lanes {
+        &self.lanes
     }
 
     pub(super) fn blocking(&self) -> &Arc<Semaphore> {
