@@ -4,6 +4,8 @@
 #![cfg(feature = "sqlite")]
 
 mod common;
+#[path = "support/durable.rs"]
+mod support;
 
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicU32, Ordering};
@@ -12,13 +14,14 @@ use std::time::{Duration, Instant};
 
 use axum::routing::post;
 use axum::Router;
-use epilogue::durable::{BoxError, DurableTask, DurableTasks, Job, Store, TaskInfo, TaskStatus};
+use epilogue::durable::{BoxError, DurableTask, DurableTasks, Job, Store, TaskStatus};
 use epilogue::http::RequestTasks;
 use epilogue::{BackgroundTask, Runner};
 use serde::{Deserialize, Serialize};
 use tokio::sync::mpsc;
 
 use common::{eventually, Connection, PATIENCE};
+use support::{info_until, Echo};
 
 /// A store in a file of its own, removed afterwards.
 struct Scratch {
@@ -54,23 +57,6 @@ impl Drop for Scratch {
     }
 }
 
-/// Reports each run: (task id, text, attempt).
-#[derive(Serialize, Deserialize)]
-struct Echo {
-    text: String,
-}
-
-impl DurableTask for Echo {
-    const NAME: &'static str = "echo";
-    type State = mpsc::UnboundedSender<(String, String, u32)>;
-    type Output = usize;
-
-    async fn run(self, job: Job, runs: Self::State) -> Result<usize, BoxError> {
-        let _ = runs.send((job.id().to_string(), self.text.clone(), job.attempt()));
-        Ok(self.text.len())
-    }
-}
-
 /// Fails its first `fail` attempts; counts every attempt and when it began.
 #[derive(Serialize, Deserialize)]
 struct Flaky {
@@ -92,27 +78,6 @@ impl DurableTask for Flaky {
             return Err(format!("attempt {} fails on purpose", job.attempt()).into());
         }
         Ok(())
-    }
-}
-
-/// Polls the task until `done` holds, or panics after [`PATIENCE`].
-async fn info_until(
-    store: &Store,
-    id: &str,
-    what: &str,
-    done: impl Fn(&TaskInfo) -> bool,
-) -> TaskInfo {
-    let deadline = Instant::now() + PATIENCE;
-    loop {
-        let info = store.task(id).await.unwrap();
-        match info {
-            Some(info) if done(&info) => return info,
-            _ => assert!(
-                Instant::now() < deadline,
-                "timed out waiting for {what}: {info:?}"
-            ),
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
     }
 }
 

@@ -10,34 +10,19 @@ mod apt;
 #[allow(dead_code)] // the harness has more than these tests use
 #[path = "../../demo/tests/common/postgres.rs"]
 mod postgres;
+#[path = "support/durable.rs"]
+mod support;
 
 use std::time::{Duration, Instant};
 
-use epilogue::durable::{BoxError, DurableTask, Job, Store, TaskInfo, TaskStatus};
-use serde::{Deserialize, Serialize};
+use epilogue::durable::{Store, TaskStatus};
 use tokio::sync::mpsc;
 
 use postgres::Postgres;
+use support::{info_until, Echo};
 
 /// How long a test waits for an event.
 const PATIENCE: Duration = Duration::from_secs(20);
-
-/// Reports each run: (task id, text, attempt).
-#[derive(Serialize, Deserialize)]
-struct Echo {
-    text: String,
-}
-
-impl DurableTask for Echo {
-    const NAME: &'static str = "echo";
-    type State = mpsc::UnboundedSender<(String, String, u32)>;
-    type Output = usize;
-
-    async fn run(self, job: Job, runs: Self::State) -> Result<usize, BoxError> {
-        let _ = runs.send((job.id().to_string(), self.text.clone(), job.attempt()));
-        Ok(self.text.len())
-    }
-}
 
 /// A cluster and a store on it (initdb, then the store's migrations).
 async fn store() -> (Postgres, Store) {
@@ -46,27 +31,6 @@ async fn store() -> (Postgres, Store) {
         .expect("the cluster's start");
     let store = Store::connect(&pg.url()).await.expect("the store opens");
     (pg, store)
-}
-
-/// Polls the task until `done` holds, or panics after [`PATIENCE`].
-async fn info_until(
-    store: &Store,
-    id: &str,
-    what: &str,
-    done: impl Fn(&TaskInfo) -> bool,
-) -> TaskInfo {
-    let deadline = Instant::now() + PATIENCE;
-    loop {
-        let info = store.task(id).await.unwrap();
-        match info {
-            Some(info) if done(&info) => return info,
-            _ => assert!(
-                Instant::now() < deadline,
-                "timed out waiting for {what}: {info:?}"
-            ),
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
 }
 
 async fn users(pool: &sqlx::PgPool) -> Vec<String> {
