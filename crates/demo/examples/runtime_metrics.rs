@@ -24,11 +24,8 @@ use std::process::ExitCode;
 use std::time::{Duration, Instant};
 
 use clap::Parser;
-use epilogue::durable::{Store, Worker};
 
-use epilogue_demo::app::{self, Files};
-use epilogue_demo::config::{Config, TaskFlags};
-use epilogue_demo::durable;
+use epilogue_demo::config::Config;
 
 #[tokio::main]
 async fn main() -> ExitCode {
@@ -41,48 +38,8 @@ async fn main() -> ExitCode {
         );
     }
     tokio::spawn(sample(Duration::from_secs(1)));
-    let result = run(config).await;
+    let result = epilogue_demo::service::serve(config).await;
     epilogue_demo::exit("runtime_metrics", result)
-}
-
-/// As `src/main.rs`'s `run`, less the final log lines.
-async fn run(config: Config) -> Result<(), String> {
-    let metrics = epilogue_demo::install_metrics()?;
-    let runner = config.runner();
-    let flags = &config.tasks;
-    let files = Files::open(flags).map_err(|e| e.to_string())?;
-    let store = open_store(flags).await?;
-    let worker = (flags.workers > 0).then(|| start_worker(&store, &files, flags));
-    let state = app::State::new(files, runner.clone(), metrics, store.clone());
-    let listener = epilogue_demo::listen(&config.addr).await?;
-    let grace = flags.shutdown_grace();
-    let worker = tokio::spawn(async move {
-        let worker = worker?;
-        epilogue::shutdown_signal().await;
-        Some(worker.shutdown(grace).await)
-    });
-    let _report = epilogue::axum::serve(listener, app::router(state), runner)
-        .durable(store)
-        .grace(grace)
-        .await;
-    let _ = worker.await;
-    Ok(())
-}
-
-async fn open_store(flags: &TaskFlags) -> Result<Store, String> {
-    Store::connect(&flags.store_url())
-        .await
-        .map_err(|e| format!("cannot open the durable task store (--store): {e}"))
-}
-
-fn start_worker(store: &Store, files: &Files, flags: &TaskFlags) -> Worker {
-    durable::worker(
-        store,
-        files.outbox.clone(),
-        files.uploads.clone(),
-        flags.workers.max(1),
-    )
-    .start()
 }
 
 /// Cumulative counters, summed over the workers.

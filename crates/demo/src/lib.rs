@@ -6,6 +6,7 @@ pub mod app;
 pub mod config;
 pub mod durable;
 pub mod input;
+pub mod service;
 pub mod tasks;
 
 use std::io::IsTerminal;

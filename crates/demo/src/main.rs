@@ -3,119 +3,20 @@
 //! fixed by its README (crates/demo/README.md); run it with
 //! `cargo run --release -p epilogue-demo`.
 
-use std::io::Write;
 use std::process::ExitCode;
 
 use clap::Parser;
-use epilogue::durable::{Store, Worker, WorkerReport};
 
-use epilogue_demo::app::{self, Files};
-use epilogue_demo::config::{Command, Config, TaskFlags};
-use epilogue_demo::durable;
+use epilogue_demo::config::{Command, Config};
+use epilogue_demo::service;
 
 #[tokio::main]
 async fn main() -> ExitCode {
     epilogue_demo::init_logging();
     let config = Config::parse();
     let result = match &config.command {
-        Some(Command::Worker(flags)) => run_worker(flags).await,
-        None => run(config).await,
+        Some(Command::Worker(flags)) => service::work(flags).await,
+        None => service::serve(config).await,
     };
     epilogue_demo::exit("epilogue-demo", result)
-}
-
-async fn run(config: Config) -> Result<(), String> {
-    // Installed before the runner is built: it takes its histograms' handles.
-    let metrics = epilogue_demo::install_metrics()?;
-    let runner = config.runner();
-    let flags = &config.tasks;
-    // The error names the directory or file that failed.
-    let files = Files::open(flags).map_err(|e| e.to_string())?;
-    let store = open_store(flags).await?;
-    let worker = (flags.workers > 0).then(|| start_worker(&store, &files, flags));
-    let state = app::State::new(files, runner.clone(), metrics, store.clone());
-    let listener = epilogue_demo::listen(&config.addr).await?;
-
-    // The durable worker stops fetching on the same signal as the server,
-    // and drains beside it.
-    let grace = flags.shutdown_grace();
-    let worker = tokio::spawn(async move {
-        let worker = worker?;
-        epilogue::shutdown_signal().await;
-        Some(worker.shutdown(grace).await)
-    });
-    let report = epilogue::axum::serve(listener, app::router(state), runner)
-        .durable(store)
-        .grace(grace)
-        .await;
-    let stats = &report.stats;
-    // One line per task name, however many tasks ran: what an on-call
-    // engineer reads after a deploy.
-    for (task, counts) in &stats.by_task {
-        tracing::info!(
-            task,
-            finished = counts.finished(),
-            failed = counts.failed + counts.panicked + counts.timed_out,
-            cut_off = counts.cut_off,
-            "background tasks of this name"
-        );
-    }
-    if let Ok(Some(durable)) = worker.await {
-        log_worker_report(&durable);
-    }
-    tracing::info!(
-        drained = report.drained,
-        succeeded = stats.succeeded,
-        failed = stats.failed,
-        panicked = stats.panicked,
-        cut_off = stats.cut_off,
-        "stopped"
-    );
-    Ok(())
-}
-
-/// `epilogue-demo worker`: durable tasks only, no listener.
-async fn run_worker(flags: &TaskFlags) -> Result<(), String> {
-    let files = Files::open(flags).map_err(|e| e.to_string())?;
-    let store = open_store(flags).await?;
-    let worker = start_worker(&store, &files, flags);
-    worker.ready().await;
-    let mut stdout = std::io::stdout().lock();
-    writeln!(stdout, "worker ready")
-        .and_then(|()| stdout.flush())
-        .map_err(|e| format!("cannot write to stdout: {e}"))?;
-    drop(stdout);
-    epilogue::shutdown_signal().await;
-    log_worker_report(&worker.shutdown(flags.shutdown_grace()).await);
-    Ok(())
-}
-
-async fn open_store(flags: &TaskFlags) -> Result<Store, String> {
-    let url = flags.store_url();
-    // The URL is not repeated: it may hold a password.
-    Store::connect(&url)
-        .await
-        .map_err(|e| format!("cannot open the durable task store (--store): {e}"))
-}
-
-fn start_worker(store: &Store, files: &Files, flags: &TaskFlags) -> Worker {
-    let concurrency = flags.workers.max(1);
-    durable::worker(
-        store,
-        files.outbox.clone(),
-        files.uploads.clone(),
-        concurrency,
-    )
-    .start()
-}
-
-fn log_worker_report(report: &WorkerReport) {
-    tracing::info!(
-        drained = report.drained,
-        succeeded = report.succeeded,
-        retried = report.retried,
-        dead = report.dead,
-        released = report.released,
-        "durable worker stopped"
-    );
 }
