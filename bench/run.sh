@@ -54,7 +54,7 @@ fi
 conns_list=(1 64 256)
 python_conns=64
 delay_ms=100
-# Issue 12's isolation targets also hold for 1 s tasks and for blocking
+# The isolation targets also hold for 1 s tasks and for blocking
 # tasks: the demo alone with 1 s emails, and POST /response/list (an email,
 # then a blocking write_in_file) with and without a thread sleep. 1 ms: the
 # demo's 64 blocking threads then drain about 60 000 tasks a second, about

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Tokio runtime metrics of epilogue-demo under load, per request, for email
-# delays of 0, 100 and 1000 ms (issue 12's last step: what the remaining
+# delays of 0, 100 and 1000 ms (the last step of isolation: what the remaining
 # req/s and p99 gap with sleeping tasks is made of).
 #
 #   bench/runtime-metrics.sh [CONNS] [SECS] [DELAYS...]   default: 256 8 0 100 1000

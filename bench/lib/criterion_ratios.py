@@ -1,5 +1,5 @@
 """Prints each Runner::spawn time of `cargo bench -p epilogue --bench runner`
-against tokio::spawn's, from criterion's estimates, with issue 12's target
+against tokio::spawn's, from criterion's estimates, with our target
 (an async group through the runner at most 1.3x a raw tokio::spawn).
 
 Usage: criterion_ratios.py [TARGET_DIR]   (default: target)

@@ -27,7 +27,7 @@
 //! For the runner the group is built per spawn with `BackgroundTasks::add_task`
 //! (a handler builds it per request), so its cost includes boxing each task.
 //! `bench/lib/criterion_ratios.py` prints each runner time against
-//! `tokio::spawn`'s, and issue 12's target (at most 1.3x for async groups).
+//! `tokio::spawn`'s, and our target (at most 1.3x for async groups).
 
 use std::hint::black_box;
 use std::sync::atomic::{AtomicUsize, Ordering};

@@ -5,7 +5,7 @@
 //! groups wake per millisecond, each scheduled on the worker's local run
 //! queue (256 slots), which overflows about 47 times a second and pushes
 //! connection tasks to the shared inject queue, served once every ~25
-//! polls: request p99 went from 6 to ~100 ms (issue 12). In a lane, a
+//! polls: request p99 went from 6 to ~100 ms. In a lane, a
 //! group's wake-up marks it ready in the lane's own set
 //! (`FuturesUnordered`), and the lane itself is scheduled once for however
 //! many of its groups woke.
