@@ -10,6 +10,7 @@ use futures_util::FutureExt;
 use serde::{Deserialize, Serialize};
 
 use super::{DurableError, DurableTask, Job};
+use crate::runner::panic_message;
 
 /// How a task is stored: its name beside its arguments, so one queue holds
 /// every kind of task and a worker can tell which handler to call.
@@ -113,12 +114,4 @@ impl Registry {
             }
         }
     }
-}
-
-fn panic_message(panic: &(dyn std::any::Any + Send)) -> &str {
-    panic
-        .downcast_ref::<&str>()
-        .copied()
-        .or_else(|| panic.downcast_ref::<String>().map(String::as_str))
-        .unwrap_or("a non-string panic payload")
 }
