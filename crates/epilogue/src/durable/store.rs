@@ -474,7 +474,7 @@ impl DeadTask {
             task_id: id,
             task: task_name(payload),
             attempts: u32::try_from(attempts).unwrap_or(0),
-            last_error: last_result.as_deref().and_then(error_of),
+            last_error: parse(last_result).as_ref().and_then(error_of),
         }
     }
 }
@@ -510,9 +510,8 @@ impl TaskInfo {
         last_result: Option<String>,
     ) -> Self {
         let status = TaskStatus::from_stored(status);
-        let result: Option<serde_json::Value> = last_result
-            .as_deref()
-            .and_then(|text| serde_json::from_str(text).ok());
+        let result = parse(last_result);
+        let last_error = result.as_ref().and_then(error_of);
         Self {
             task_id: id,
             task: task_name(payload),
@@ -523,18 +522,20 @@ impl TaskInfo {
                 (TaskStatus::Done, Some(serde_json::Value::Object(mut map))) => map.remove("Ok"),
                 _ => None,
             },
-            last_error: last_result.as_deref().and_then(error_of),
+            last_error,
         }
     }
 }
 
+/// A stored `last_result`, as JSON.
+fn parse(last_result: Option<String>) -> Option<serde_json::Value> {
+    serde_json::from_str(&last_result?).ok()
+}
+
 /// The error text of a stored `{"Err": ".."}` result.
-fn error_of(last_result: &str) -> Option<String> {
-    match serde_json::from_str(last_result).ok()? {
-        serde_json::Value::Object(map) => match map.get("Err")? {
-            serde_json::Value::String(error) => Some(error.clone()),
-            other => Some(other.to_string()),
-        },
-        _ => None,
+fn error_of(last_result: &serde_json::Value) -> Option<String> {
+    match last_result.get("Err")? {
+        serde_json::Value::String(error) => Some(error.clone()),
+        other => Some(other.to_string()),
     }
 }
