@@ -158,8 +158,12 @@ impl Scope {
     /// status, as the in-memory ones it carries run whatever its status.
     #[cfg(feature = "durable")]
     pub(crate) fn commit(&self, status: StatusCode, extensions: &mut Extensions) -> Option<Commit> {
-        let mut tasks = extensions
-            .remove::<AttachedDurable>()
+        let attached = extensions.remove::<AttachedDurable>();
+        // Without a store, `add_durable` refused every task: nothing to take.
+        if attached.is_none() && self.0.store.is_none() {
+            return None;
+        }
+        let mut tasks = attached
             .map(|mut attached| attached.0.take())
             .unwrap_or_default();
         let mut state = self.lock();
