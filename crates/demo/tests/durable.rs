@@ -8,15 +8,14 @@
 mod common;
 
 use std::collections::{HashMap, HashSet};
-use std::path::Path;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
 use chrono::Utc;
 use common::{
-    assert_json_content_type, eventually, eventually_within, outbox_in, run_to_exit, signup, Demo,
-    DurableStats, Email, Scratch, WorkerProcess, PATIENCE,
+    assert_json_content_type, eventually, eventually_within, files_in, outbox_in, run_to_exit,
+    signup, Demo, DurableStats, Email, Scratch, WorkerProcess, PATIENCE,
 };
 use nix::sys::signal::{kill, Signal};
 use reqwest::StatusCode;
@@ -150,23 +149,6 @@ fn tally(created: &[(String, String)], emails: &[Email]) -> Tally {
             .filter(|id| !acknowledged.contains(id.as_str()))
             .count(),
     }
-}
-
-/// The entries of `DATA_DIR/files` (none if it does not exist).
-fn files_in(data_dir: &Path) -> Vec<String> {
-    let mut names: Vec<String> = std::fs::read_dir(data_dir.join("files"))
-        .into_iter()
-        .flatten()
-        .map(|entry| {
-            entry
-                .expect("a directory entry")
-                .file_name()
-                .to_string_lossy()
-                .into_owned()
-        })
-        .collect();
-    names.sort();
-    names
 }
 
 #[tokio::test]

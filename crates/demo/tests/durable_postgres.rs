@@ -11,8 +11,8 @@ use std::time::Duration;
 
 use common::postgres::Postgres;
 use common::{
-    assert_json_content_type, eventually_within, signup, Demo, Email, Scratch, WorkerProcess,
-    PATIENCE,
+    assert_json_content_type, eventually_within, files_in, signup, Demo, Email, Scratch,
+    WorkerProcess, PATIENCE,
 };
 use reqwest::StatusCode;
 use serde_json::{json, Value};
@@ -234,21 +234,4 @@ async fn while_the_store_is_down_durable_routes_answer_503_and_the_others_work()
         uploads_after_503, uploads,
         "an upload answered 503 was left in DATA_DIR/files"
     );
-}
-
-/// The entries of `DATA_DIR/files` (none if it does not exist).
-fn files_in(data_dir: &std::path::Path) -> Vec<String> {
-    let mut names: Vec<String> = std::fs::read_dir(data_dir.join("files"))
-        .into_iter()
-        .flatten()
-        .map(|entry| {
-            entry
-                .expect("a directory entry")
-                .file_name()
-                .to_string_lossy()
-                .into_owned()
-        })
-        .collect();
-    names.sort();
-    names
 }

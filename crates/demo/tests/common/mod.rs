@@ -973,3 +973,20 @@ pub const FULL_AFTER_TWO: &[&str] = &[
     "--email-delay-ms",
     "2500",
 ];
+
+/// The entries of `DATA_DIR/files` (none if it does not exist), sorted.
+pub fn files_in(data_dir: &Path) -> Vec<String> {
+    let mut names: Vec<String> = std::fs::read_dir(data_dir.join("files"))
+        .into_iter()
+        .flatten()
+        .map(|entry| {
+            entry
+                .expect("a directory entry")
+                .file_name()
+                .to_string_lossy()
+                .into_owned()
+        })
+        .collect();
+    names.sort();
+    names
+}
