@@ -98,18 +98,8 @@ trap cleanup EXIT
 trap 'exit 130' INT
 trap 'exit 143' TERM
 
-forget() { # forget PID: it has been stopped
-  local kept=() p
-  for p in "${started[@]}"; do [[ $p == "$1" ]] || kept+=("$p"); done
-  started=("${kept[@]+"${kept[@]}"}")
-}
 
 # --- Tools ---------------------------------------------------------------------
-apt_install() {
-  command -v apt-get >/dev/null && [[ $(id -u) == 0 ]] || return 1
-  log "installing $* with apt-get"
-  { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "$@"; } >&2
-}
 command -v "$python" >/dev/null || die "$python is required (the clients are Python)"
 command -v taskset >/dev/null || die "taskset (util-linux) is required"
 command -v timeout >/dev/null || die "timeout (coreutils) is required"

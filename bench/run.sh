@@ -102,18 +102,8 @@ trap cleanup EXIT
 trap 'exit 130' INT
 trap 'exit 143' TERM
 
-forget() { # forget PID: it has been stopped
-  local kept=() pid
-  for pid in "${started[@]}"; do [[ $pid == "$1" ]] || kept+=("$pid"); done
-  started=("${kept[@]+"${kept[@]}"}")
-}
 
 # --- Tools ---------------------------------------------------------------------
-apt_install() {
-  command -v apt-get >/dev/null && [[ $(id -u) == 0 ]] || return 1
-  log "installing $* with apt-get"
-  { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "$@"; } >&2
-}
 command -v wrk >/dev/null || apt_install wrk || die "wrk is required and could not be installed (apt-get install wrk)"
 command -v taskset >/dev/null || die "taskset (util-linux) is required"
 command -v curl >/dev/null || apt_install curl || die "curl is required"

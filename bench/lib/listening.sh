@@ -1,4 +1,5 @@
-# Sourced by run.sh, profile.sh and memory.sh: starting and stopping servers.
+# Sourced by the bench scripts: starting and stopping servers, and the tools
+# they need.
 
 # listening_port STDOUT PID: prints the port that the server PID announced
 # on its STDOUT file ("listening on http://HOST:PORT"), waiting up to 30 s.
@@ -31,4 +32,20 @@ kill_server_on_exit() {
   trap 'if [[ -n $pid ]]; then kill -KILL "$pid" 2>/dev/null || true; wait "$pid" 2>/dev/null || true; fi; rm -rf "$scratch"' EXIT
   trap 'exit 130' INT
   trap 'exit 143' TERM
+}
+
+# forget PID: drops PID from the caller's `started` array (it has been
+# stopped, so the exit trap need not stop it).
+forget() {
+  local kept=() pid
+  for pid in "${started[@]}"; do [[ $pid == "$1" ]] || kept+=("$pid"); done
+  started=("${kept[@]+"${kept[@]}"}")
+}
+
+# apt_install PACKAGE...: installs with apt-get when run as root (with the
+# caller's `log`); fails otherwise.
+apt_install() {
+  command -v apt-get >/dev/null && [[ $(id -u) == 0 ]] || return 1
+  log "installing $* with apt-get"
+  { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "$@"; } >&2
 }
