@@ -18,6 +18,11 @@
 # (perf.data.DELAY in the scratch directory, which is kept then).
 # SERVER_ENV="VAR=value ...": the server's extra environment only, e.g.
 # SERVER_ENV=LD_PRELOAD=/usr/lib/x86_64-linux-gnu/libjemalloc.so.2.
+# BLOCKING=1: POST /response/list (an email and a blocking write_in_file)
+# with DELAYS as --log-delay-ms (the email without delay), as run.sh's
+# blocking case. Context switches per request (every thread of the server,
+# /proc) and the blocking pool's threads (tokio's, median over the run) are
+# printed in every mode.
 set -euo pipefail
 here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 root=$(cd "$here/.." && pwd)
@@ -40,17 +45,22 @@ cleanup() {
 }
 trap cleanup EXIT
 
-printf 'delay_ms\treq/s\tp50_us\tp99_us\tcpu_us/req\tothers%%\tpolls/req\tbusy_us/req\tbusy%%\tparks/s\tio_ready/req\tlocal_sched/req\toverflows/s\tforced_yields/s\tnoops/s\talive_tasks\n'
+printf 'delay_ms\treq/s\tp50_us\tp99_us\tcpu_us/req\tothers%%\tpolls/req\tbusy_us/req\tbusy%%\tparks/s\tio_ready/req\tlocal_sched/req\toverflows/s\tforced_yields/s\tnoops/s\talive_tasks\tswitches/req\tblocking_threads\n'
+route=/response/single delay_flag=--email-delay-ms
+if [[ ${BLOCKING:-0} == 1 ]]; then route=/response/list delay_flag=--log-delay-ms; fi
+# Voluntary and involuntary context switches of every thread of the server.
+switches() { cat /proc/"$1"/task/*/status 2>/dev/null | awk '/ctxt_switches/ {n += $2} END {print n + 0}'; }
+
 for delay in "${delays[@]}"; do
   d=$work/$delay
   mkdir -p "$d/data"
   t0=$(date +%s.%N)
   # shellcheck disable=SC2086 # SERVER_ENV: words, VAR=value each
-  env ${SERVER_ENV:-} taskset -c 0 "$bin" --max-running 262144 --max-pending 262144 --email-delay-ms "$delay" \
+  env ${SERVER_ENV:-} taskset -c 0 "$bin" --max-running 262144 --max-pending 262144 "$delay_flag" "$delay" \
     --addr 127.0.0.1:0 --data-dir "$d/data" >"$d/stdout" 2>"$d/metrics.tsv" &
   pid=$!
   port=$(listening_port "$d/stdout" "$pid") || { echo "server did not start" >&2; cat "$d/metrics.tsv" >&2; exit 1; }
-  url=http://127.0.0.1:$port/response/single
+  url=http://127.0.0.1:$port$route
   taskset -c 1 wrk -t1 -c"$conns" -d2s -s "$here/body.lua" "$url" >/dev/null
   sleep 1
   perf_pid=
@@ -60,18 +70,18 @@ for delay in "${delays[@]}"; do
   fi
   cpu0() { awk '$1 == "cpu0" {print $2 + $3 + $4 + $7 + $8 + $9}' /proc/stat; }
   proc_cpu() { awk '{print $14 + $15}' "/proc/$pid/stat"; }
-  s0=$(proc_cpu) c0=$(cpu0)
+  s0=$(proc_cpu) c0=$(cpu0) x0=$(switches "$pid")
   w0=$(date +%s.%N)
   taskset -c 1 wrk -t1 -c"$conns" -d"${secs}s" --latency -s "$here/body.lua" "$url" >"$d/wrk.txt"
   w1=$(date +%s.%N)
-  s1=$(proc_cpu) c1=$(cpu0)
+  s1=$(proc_cpu) c1=$(cpu0) x1=$(switches "$pid")
   [[ -n $perf_pid ]] && wait "$perf_pid"
   sleep 1.2
   kill -TERM "$pid"; wait "$pid" || true; pid=
-  python3 - "$d/metrics.tsv" "$d/wrk.txt" "$t0" "$w0" "$w1" "$delay" "$((s1 - s0))" "$((c1 - c0))" "$(getconf CLK_TCK)" <<'PY'
+  python3 - "$d/metrics.tsv" "$d/wrk.txt" "$t0" "$w0" "$w1" "$delay" "$((s1 - s0))" "$((c1 - c0))" "$(getconf CLK_TCK)" "$((x1 - x0))" <<'PY'
 import re, sys
 tsv, wrk, t0, w0, w1, delay = sys.argv[1], sys.argv[2], *map(float, sys.argv[3:6]), sys.argv[6]
-server_ticks, cpu0_ticks, hz = map(int, sys.argv[7:10])
+server_ticks, cpu0_ticks, hz, switches = map(int, sys.argv[7:11])
 text = open(wrk).read()
 rps = float(re.search(r"Requests/sec:\s+([\d.]+)", text).group(1))
 def us(v, unit):
@@ -88,12 +98,13 @@ tot = {k: sum(r[k] for r in sel) for k in head}
 secs = tot["wall_ms"] / 1e3
 req = rps * secs
 alive = sorted(r["alive"] for r in sel)[n // 2]
+blocking = sorted(r.get("blocking_threads", 0) for r in sel)[n // 2]
 wall = w1 - w0
 cpu_us = server_ticks / hz * 1e6 / (rps * wall)
 others = max(0.0, (cpu0_ticks - server_ticks) / hz / wall * 100)
 print(f"{delay}\t{rps:,.0f}\t{p50:,.0f}\t{p99:,.0f}\t{cpu_us:.2f}\t{others:.0f}\t{tot['polls']/req:.3f}\t{tot['busy_ms']*1e3/req:.2f}\t"
       f"{tot['busy_ms']/tot['wall_ms']*100:.1f}\t{tot['parks']/secs:,.0f}\t{tot['io_ready']/req:.3f}\t"
       f"{tot['local_sched']/req:.3f}\t{tot['overflows']/secs:,.1f}\t{tot['forced_yields']/secs:,.0f}\t"
-      f"{tot['noops']/secs:,.0f}\t{alive:,.0f}")
+      f"{tot['noops']/secs:,.0f}\t{alive:,.0f}\t{switches/(rps*wall):.2f}\t{blocking:.0f}")
 PY
 done

@@ -8,9 +8,17 @@ and 6N requests. A function's cost per request is (Ir(6N) - Ir(N)) / 5N, so
 start-up and shut-down cancel out. Prints each server's top functions by
 exclusive (self) cost, then the functions whose cost differs most between the
 two, exclusive and inclusive.
+
+bench/group-profile.sh reuses it for one group of tasks through the runner
+(its listings named demo.*) against tokio::spawn (spawn.*), with
+CALLGRIND_UNIT=group and CALLGRIND_LABELS="epilogue::Runner|tokio::spawn".
 """
+import os
 import re
 import sys
+
+UNIT = os.environ.get("CALLGRIND_UNIT", "request")
+LABEL = dict(zip(("demo", "spawn"), os.environ.get("CALLGRIND_LABELS", "epilogue-demo|axum + tokio::spawn").split("|")))
 
 LINE = re.compile(r"^\s*([\d,]+)\s+\(\s*[\d.]+%\)\s+(.*)$")
 
@@ -133,8 +141,8 @@ def call_report(out_dir, n, targets, title, top):
                 slot[1] += i
         per[server] = by_caller
     total = {s: sum(v[0] for v in per[s].values()) for s in per}
-    print(f"\n{title}: {total['demo']:.1f} calls per request in epilogue-demo, {total['spawn']:.1f} in axum + tokio::spawn;"
-          " callers with the largest differences (demo calls, spawn calls, difference in calls and in instructions):")
+    print(f"\n{title}: {total['demo']:.1f} calls per {UNIT} in {LABEL['demo']}, {total['spawn']:.1f} in {LABEL['spawn']};"
+          " callers with the largest differences (their calls, difference in calls and in instructions):")
     callers = set(per["demo"]) | set(per["spawn"])
     rows = sorted(callers, key=lambda c: -abs(per["demo"].get(c, [0, 0])[1] - per["spawn"].get(c, [0, 0])[1]))[:top]
     for c in rows:
@@ -157,11 +165,11 @@ def main():
     top = int(sys.argv[3]) if len(sys.argv) > 3 else 25
     cost = {(s, k): per_request(out_dir, s, k, n) for s in ("demo", "spawn") for k in ("self", "incl")}
     totals = {s: sum(cost[(s, "self")].values()) for s in ("demo", "spawn")}
-    print(f"instructions per request (callgrind, (Ir(6N) - Ir(N)) / 5N, N={n}):")
-    print(f"  epilogue-demo {totals['demo']:,.0f}   axum + tokio::spawn {totals['spawn']:,.0f}"
+    print(f"instructions per {UNIT} (callgrind, (Ir(6N) - Ir(N)) / 5N, N={n}):")
+    print(f"  {LABEL['demo']} {totals['demo']:,.0f}   {LABEL['spawn']} {totals['spawn']:,.0f}"
           f"   difference {totals['demo'] - totals['spawn']:+,.0f} ({totals['demo'] / totals['spawn']:.3f}x)")
-    for server, label in (("demo", "epilogue-demo"), ("spawn", "axum + tokio::spawn")):
-        print(f"\n{label}: top {top} functions by exclusive (self) instructions per request")
+    for server, label in LABEL.items():
+        print(f"\n{label}: top {top} functions by exclusive (self) instructions per {UNIT}")
         rows = sorted(cost[(server, "self")].items(), key=lambda kv: -kv[1])[:top]
         for name, v in rows:
             print(f"  {v:9,.0f}  {clip(name)}")
@@ -171,7 +179,7 @@ def main():
     for server in ("demo", "spawn"):
         for name, v in cost[(server, "self")].items():
             by_crate.setdefault(category(name), {"demo": 0.0, "spawn": 0.0})[server] += v
-    print("\nexclusive instructions per request by crate (demo, spawn, difference):")
+    print(f"\nexclusive instructions per {UNIT} by crate ({LABEL['demo']}, {LABEL['spawn']}, difference):")
     for crate, v in sorted(by_crate.items(), key=lambda kv: -abs(kv[1]["demo"] - kv[1]["spawn"])):
         if max(abs(v["demo"]), abs(v["spawn"])) >= 20:
             print(f"  {v['demo']:9,.0f} {v['spawn']:9,.0f} {v['demo'] - v['spawn']:+9,.0f}  {crate}")
@@ -179,8 +187,8 @@ def main():
         d, s = cost[("demo", kind)], cost[("spawn", kind)]
         diff = {k: d.get(k, 0) - s.get(k, 0) for k in set(d) | set(s)}
         rows = sorted(diff.items(), key=lambda kv: -abs(kv[1]))[:top]
-        print(f"\nlargest differences in {what} instructions per request, demo - spawn"
-              " (demo, spawn, difference):")
+        print(f"\nlargest differences in {what} instructions per {UNIT}, {LABEL['demo']} - {LABEL['spawn']}"
+              " (the two, difference):")
         for name, v in rows:
             print(f"  {d.get(name, 0):9,.0f} {s.get(name, 0):9,.0f} {v:+9,.0f}  {clip(name)}")
 

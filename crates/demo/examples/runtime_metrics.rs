@@ -96,7 +96,7 @@ async fn sample(every: Duration) {
     let m = tokio::runtime::Handle::current().metrics();
     #[cfg(tokio_unstable)]
     eprintln!(
-        "t_s\twall_ms\tbusy_ms\tparks\tpark_unparks\talive\tglobal_q\tpolls\tnoops\tsteals\tlocal_sched\toverflows\tremote_sched\tforced_yields\tio_ready\tspawned"
+        "t_s\twall_ms\tbusy_ms\tparks\tpark_unparks\talive\tglobal_q\tpolls\tnoops\tsteals\tlocal_sched\toverflows\tremote_sched\tforced_yields\tio_ready\tspawned\tblocking_threads\tblocking_queue"
     );
     #[cfg(not(tokio_unstable))]
     eprintln!("t_s\twall_ms\tbusy_ms\tparks\tpark_unparks\talive\tglobal_q");
@@ -118,7 +118,7 @@ async fn sample(every: Duration) {
             c.park_unparks - last.park_unparks,
             m.num_alive_tasks(),
             m.global_queue_depth(),
-            unstable_columns(&c, &last),
+            unstable_columns(&m, &c, &last),
         );
         last = c;
         last_at = now;
@@ -126,10 +126,10 @@ async fn sample(every: Duration) {
 }
 
 #[cfg(tokio_unstable)]
-fn unstable_columns(c: &Counters, last: &Counters) -> String {
+fn unstable_columns(m: &tokio::runtime::RuntimeMetrics, c: &Counters, last: &Counters) -> String {
     let (u, l) = (c.unstable, last.unstable);
     format!(
-        "\t{}\t{}\t{}\t{}\t{}\t{}\t{}\t{}\t{}",
+        "\t{}\t{}\t{}\t{}\t{}\t{}\t{}\t{}\t{}\t{}\t{}",
         u.polls - l.polls,
         u.noops - l.noops,
         u.steals - l.steals,
@@ -139,10 +139,13 @@ fn unstable_columns(c: &Counters, last: &Counters) -> String {
         u.forced_yields - l.forced_yields,
         u.io_ready - l.io_ready,
         u.spawned - l.spawned,
+        // Gauges, as the sample is taken.
+        m.num_blocking_threads(),
+        m.blocking_queue_depth(),
     )
 }
 
 #[cfg(not(tokio_unstable))]
-fn unstable_columns(_: &Counters, _: &Counters) -> String {
+fn unstable_columns(_: &tokio::runtime::RuntimeMetrics, _: &Counters, _: &Counters) -> String {
     String::new()
 }

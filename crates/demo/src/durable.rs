@@ -4,6 +4,7 @@
 
 use std::io::{self, Read, Write};
 use std::path::{Path as FilePath, PathBuf};
+use std::sync::Arc;
 
 use axum::body::Bytes;
 use axum::extract::rejection::{BytesRejection, QueryRejection};
@@ -93,7 +94,7 @@ pub struct FileSummary {
 
 /// Where uploads are kept: `DATA_DIR/files/<task id>`.
 #[derive(Clone, Debug)]
-pub struct Uploads(PathBuf);
+pub struct Uploads(Arc<FilePath>);
 
 impl Uploads {
     /// Opens (creates) `dir/files`.
@@ -106,7 +107,7 @@ impl Uploads {
         std::fs::create_dir_all(&dir).map_err(|e| {
             io::Error::new(e.kind(), format!("cannot create {}: {e}", dir.display()))
         })?;
-        Ok(Self(dir))
+        Ok(Self(dir.into()))
     }
 
     /// Where the upload `name` is; `None` for a name that is not one of
