@@ -36,6 +36,10 @@ struct Shared {
     /// layer has a store.
     #[cfg(feature = "durable")]
     store: Option<Store>,
+    /// A durable task was added: until then, the commit need not take the
+    /// lock (most requests of a service with a store add none).
+    #[cfg(feature = "durable")]
+    durable_added: AtomicBool,
     state: Mutex<State>,
 }
 
@@ -73,6 +77,8 @@ impl Scope {
             runner,
             #[cfg(feature = "durable")]
             store: None,
+            #[cfg(feature = "durable")]
+            durable_added: AtomicBool::new(false),
             state: Mutex::new(State::default()),
         }))
     }
@@ -82,6 +88,7 @@ impl Scope {
         Self(Arc::new(Shared {
             runner,
             store: Some(store),
+            durable_added: AtomicBool::new(false),
             state: Mutex::new(State::default()),
         }))
     }
@@ -159,8 +166,11 @@ impl Scope {
     #[cfg(feature = "durable")]
     pub(crate) fn commit(&self, status: StatusCode, extensions: &mut Extensions) -> Option<Commit> {
         let attached = extensions.remove::<AttachedDurable>();
-        // Without a store, `add_durable` refused every task: nothing to take.
-        if attached.is_none() && self.0.store.is_none() {
+        // Without a store, `add_durable` refused every task; with one, it
+        // may have added none: nothing to take. One added from another
+        // task meanwhile is left for `finish`, which reports it, as one
+        // added after the commit.
+        if attached.is_none() && !self.0.durable_added.load(Ordering::Acquire) {
             return None;
         }
         let mut tasks = attached
@@ -342,6 +352,7 @@ impl RequestTasks {
         }
         remember_span(&mut state);
         state.durable.push(encoded);
+        self.scope.0.durable_added.store(true, Ordering::Release);
         Ok(id)
     }
 

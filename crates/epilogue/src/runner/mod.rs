@@ -72,6 +72,7 @@ use crate::stats::Stats;
 use crate::tasks::BackgroundTasks;
 
 mod execute;
+#[cfg(feature = "durable")]
 pub(crate) use execute::panic_message;
 mod lanes;
 mod permit;
