@@ -443,7 +443,7 @@ async fn workers_0_only_enqueues_and_a_worker_process_runs_what_it_stored() {
         }
     );
     // Nothing to wait for but time: a worker would have claimed them
-    // within its 250 ms poll.
+    // within its first poll.
     tokio::time::sleep(Duration::from_millis(1500)).await;
     assert_eq!(demo.durable_stats().await.queued, 4);
     assert!(demo.outbox().is_empty(), "{:?}", demo.outbox());

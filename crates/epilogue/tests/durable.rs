@@ -177,7 +177,45 @@ async fn every_connection_keeps_what_it_commits_and_a_task_stored_elsewhere_star
     assert_eq!(text, "polled");
     assert!(
         stored.elapsed() < Duration::from_secs(3),
-        "started {:?} after it was stored (polls every 250 ms)",
+        "started {:?} after it was stored (polls every 250 ms at first, 1 s at most)",
+        stored.elapsed()
+    );
+    worker.shutdown(Duration::from_secs(5)).await;
+}
+
+/// An idle worker polls less and less often, but never waits longer than
+/// its `max_idle_poll`: here 50 ms doubling up to 400 ms. Uncapped, after
+/// 3.5 s of empty polls its wait would be 3.2 s.
+#[tokio::test]
+async fn an_idle_worker_polls_less_often_but_still_finds_a_task_stored_elsewhere() {
+    let scratch = Scratch::new("idle");
+    let store = Store::connect(&scratch.url()).await.unwrap();
+    let (runs, mut ran) = mpsc::unbounded_channel();
+    let worker = store
+        .worker()
+        .register::<Echo>(runs)
+        .poll_interval(Duration::from_millis(50))
+        .max_idle_poll(Duration::from_millis(400))
+        .start();
+    worker.ready().await;
+    // Time is what this waits for: the worker's polls finding nothing.
+    tokio::time::sleep(Duration::from_millis(3500)).await;
+    let elsewhere = Store::connect(&scratch.url()).await.unwrap();
+    let stored = Instant::now();
+    elsewhere
+        .enqueue(&Echo {
+            text: "after a while".into(),
+        })
+        .await
+        .unwrap();
+    let (_, text, _) = tokio::time::timeout(PATIENCE, ran.recv())
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(text, "after a while");
+    assert!(
+        stored.elapsed() < Duration::from_millis(1500),
+        "started {:?} after it was stored (the longest idle wait is 400 ms)",
         stored.elapsed()
     );
     worker.shutdown(Duration::from_secs(5)).await;

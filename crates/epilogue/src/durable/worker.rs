@@ -24,9 +24,13 @@ use super::{DurableError, DurableTask, Job, Store};
 /// How often a worker says it is alive, by default. A worker silent for
 /// three of these is dead, and its tasks go back to the queue: within 10 s.
 pub const DEFAULT_HEARTBEAT: Duration = Duration::from_secs(2);
-/// How often an idle worker looks for tasks stored by other processes, by
-/// default (this process's own wake it at once).
+/// How soon an idle worker looks again for tasks stored by other processes,
+/// by default (this process's own wake it at once).
 pub const DEFAULT_POLL: Duration = Duration::from_millis(250);
+/// The longest an idle worker waits between two looks, by default: each
+/// look that finds nothing doubles the wait, from [`DEFAULT_POLL`] up to
+/// this.
+pub const DEFAULT_MAX_IDLE_POLL: Duration = Duration::from_secs(1);
 /// The wait before the second attempt, by default; it doubles each time.
 pub const DEFAULT_BACKOFF: Duration = Duration::from_secs(1);
 /// Heartbeats a worker may miss before its tasks are taken back.
@@ -41,6 +45,7 @@ pub struct WorkerBuilder {
     concurrency: usize,
     heartbeat: Duration,
     poll: Duration,
+    max_idle_poll: Duration,
     backoff: Duration,
 }
 
@@ -52,6 +57,7 @@ impl WorkerBuilder {
             concurrency: 4,
             heartbeat: DEFAULT_HEARTBEAT,
             poll: DEFAULT_POLL,
+            max_idle_poll: DEFAULT_MAX_IDLE_POLL,
             backoff: DEFAULT_BACKOFF,
         }
     }
@@ -78,10 +84,27 @@ impl WorkerBuilder {
         self
     }
 
-    /// How often an idle worker polls for tasks other processes stored (250
-    /// ms by default); this process's own enqueues wake it at once.
+    /// How soon an idle worker polls again for tasks other processes
+    /// stored (250 ms by default); this process's own enqueues wake it at
+    /// once. Each poll that finds nothing doubles the wait, up to
+    /// [`max_idle_poll`](Self::max_idle_poll); a task found, or stored by
+    /// this process, brings it back to this.
     pub fn poll_interval(mut self, every: Duration) -> Self {
         self.poll = every.max(Duration::from_millis(10));
+        self
+    }
+
+    /// The longest an idle worker waits between two polls (1 s by default,
+    /// never less than [`poll_interval`](Self::poll_interval)): how late a
+    /// task stored by another process may start when the queue was empty.
+    ///
+    /// Every poll wakes a task on the runtime that also serves requests,
+    /// and runs a query: a worker idle at 250 ms wakes 4 times a second,
+    /// and on a server pinned to one core at 256 connections, each wake-up
+    /// that came with a full run queue delayed 128 requests by a few
+    /// milliseconds (the README's Performance section).
+    pub fn max_idle_poll(mut self, longest: Duration) -> Self {
+        self.max_idle_poll = longest;
         self
     }
 
@@ -106,7 +129,7 @@ impl WorkerBuilder {
             registry: self.registry,
             slots: Arc::new(Semaphore::new(self.concurrency)),
             heartbeat: self.heartbeat,
-            poll: self.poll,
+            idle_poll: IdlePoll::new(self.poll, self.max_idle_poll),
             backoff: self.backoff,
             stop: CancellationToken::new(),
             cut: CancellationToken::new(),
@@ -140,7 +163,7 @@ struct Shared {
     registry: Registry,
     slots: Arc<Semaphore>,
     heartbeat: Duration,
-    poll: Duration,
+    idle_poll: IdlePoll,
     backoff: Duration,
     /// No more claims.
     stop: CancellationToken,
@@ -249,7 +272,7 @@ async fn fetch_loop(shared: Arc<Shared>, ready: watch::Sender<bool>) {
     let mut failing = Failing::default();
     while let Err(error) = shared.store.register(&shared.name, shared.heartbeat).await {
         failing.report("register with the durable store", &error);
-        if pause(&shared, shared.poll.max(Duration::from_secs(1))).await {
+        if pause(&shared, shared.idle_poll.first.max(Duration::from_secs(1))).await {
             return;
         }
     }
@@ -257,6 +280,7 @@ async fn fetch_loop(shared: Arc<Shared>, ready: watch::Sender<bool>) {
     let _ = ready.send(true);
     tracing::info!(worker = %shared.name, tasks = ?shared.registry.names(), "durable worker ready");
 
+    let mut idle_poll = shared.idle_poll;
     while !shared.stop.is_cancelled() {
         let first = tokio::select! {
             () = shared.stop.cancelled() => return,
@@ -280,7 +304,7 @@ async fn fetch_loop(shared: Arc<Shared>, ready: watch::Sender<bool>) {
             Err(error) => {
                 failing.report("claim durable tasks", &error);
                 drop(first);
-                if pause(&shared, shared.poll.max(Duration::from_secs(1))).await {
+                if pause(&shared, idle_poll.first.max(Duration::from_secs(1))).await {
                     return;
                 }
                 continue;
@@ -290,11 +314,12 @@ async fn fetch_loop(shared: Arc<Shared>, ready: watch::Sender<bool>) {
             drop(first);
             tokio::select! {
                 () = shared.stop.cancelled() => return,
-                () = stored => {}
-                () = tokio::time::sleep(shared.poll) => {}
+                () = stored => idle_poll.reset(),
+                () = tokio::time::sleep(idle_poll.wait) => idle_poll.found_nothing(),
             }
             continue;
         }
+        idle_poll.reset();
         let mut permit = Some(first);
         for task in claimed {
             // As many claimed as slots were free, and only this loop takes
@@ -462,9 +487,51 @@ impl Failing {
     }
 }
 
+/// The wait of an idle worker between two polls: doubles from `first`
+/// while polls find nothing, up to `longest`.
+#[derive(Clone, Copy, Debug)]
+struct IdlePoll {
+    first: Duration,
+    longest: Duration,
+    wait: Duration,
+}
+
+impl IdlePoll {
+    fn new(first: Duration, longest: Duration) -> Self {
+        Self {
+            first,
+            longest: longest.max(first),
+            wait: first,
+        }
+    }
+
+    fn found_nothing(&mut self) {
+        self.wait = self.wait.saturating_mul(2).min(self.longest);
+    }
+
+    fn reset(&mut self) {
+        self.wait = self.first;
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn an_idle_worker_polls_less_often_up_to_its_longest_wait() {
+        let mut poll = IdlePoll::new(Duration::from_millis(250), Duration::from_secs(1));
+        let mut waits = Vec::new();
+        for _ in 0..5 {
+            waits.push(poll.wait.as_millis());
+            poll.found_nothing();
+        }
+        assert_eq!(waits, [250, 500, 1000, 1000, 1000]);
+        poll.reset();
+        assert_eq!(poll.wait, Duration::from_millis(250));
+        let never_below = IdlePoll::new(Duration::from_millis(250), Duration::from_millis(100));
+        assert_eq!(never_below.longest, Duration::from_millis(250));
+    }
 
     #[test]
     fn backoff_doubles_from_the_first_wait() {
