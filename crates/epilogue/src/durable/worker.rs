@@ -27,9 +27,8 @@ pub const DEFAULT_HEARTBEAT: Duration = Duration::from_secs(2);
 /// How soon an idle worker looks again for tasks stored by other processes,
 /// by default (this process's own wake it at once).
 pub const DEFAULT_POLL: Duration = Duration::from_millis(250);
-/// The longest an idle worker waits between two looks, by default: each
-/// look that finds nothing doubles the wait, from [`DEFAULT_POLL`] up to
-/// this.
+/// The longest an idle worker waits between two looks, by default: looks
+/// that find nothing double the wait, from [`DEFAULT_POLL`] up to this.
 pub const DEFAULT_MAX_IDLE_POLL: Duration = Duration::from_secs(1);
 /// The wait before the second attempt, by default; it doubles each time.
 pub const DEFAULT_BACKOFF: Duration = Duration::from_secs(1);
@@ -86,9 +85,9 @@ impl WorkerBuilder {
 
     /// How soon an idle worker polls again for tasks other processes
     /// stored (250 ms by default); this process's own enqueues wake it at
-    /// once. Each poll that finds nothing doubles the wait, up to
-    /// [`max_idle_poll`](Self::max_idle_poll); a task found, or stored by
-    /// this process, brings it back to this.
+    /// once. From the second poll in a row that finds nothing, each one
+    /// doubles the wait, up to [`max_idle_poll`](Self::max_idle_poll); a
+    /// task found, or stored by this process, brings it back to this.
     pub fn poll_interval(mut self, every: Duration) -> Self {
         self.poll = every.max(Duration::from_millis(10));
         self
@@ -488,12 +487,15 @@ impl Failing {
 }
 
 /// The wait of an idle worker between two polls: doubles from `first`
-/// while polls find nothing, up to `longest`.
+/// while polls find nothing, up to `longest`. Not after the first empty
+/// poll: the claim right after one that found tasks usually finds none, as
+/// that one took them all, and says nothing of the queue being idle.
 #[derive(Clone, Copy, Debug)]
 struct IdlePoll {
     first: Duration,
     longest: Duration,
     wait: Duration,
+    empty: bool,
 }
 
 impl IdlePoll {
@@ -502,15 +504,20 @@ impl IdlePoll {
             first,
             longest: longest.max(first),
             wait: first,
+            empty: false,
         }
     }
 
     fn found_nothing(&mut self) {
-        self.wait = self.wait.saturating_mul(2).min(self.longest);
+        if self.empty {
+            self.wait = self.wait.saturating_mul(2).min(self.longest);
+        }
+        self.empty = true;
     }
 
     fn reset(&mut self) {
         self.wait = self.first;
+        self.empty = false;
     }
 }
 
@@ -526,9 +533,10 @@ mod tests {
             waits.push(poll.wait.as_millis());
             poll.found_nothing();
         }
-        assert_eq!(waits, [250, 500, 1000, 1000, 1000]);
+        assert_eq!(waits, [250, 250, 500, 1000, 1000]);
         poll.reset();
-        assert_eq!(poll.wait, Duration::from_millis(250));
+        poll.found_nothing();
+        assert_eq!(poll.wait, Duration::from_millis(250), "reset");
         let never_below = IdlePoll::new(Duration::from_millis(250), Duration::from_millis(100));
         assert_eq!(never_below.longest, Duration::from_millis(250));
     }
