@@ -30,8 +30,6 @@ target_dir=$(target_directory "$root")
 work=$(mktemp -d -t epilogue-perf.XXXXXX)
 kill_server_on_exit "$work"
 
-cpu_ticks() { awk '{print $14 + $15}' "/proc/$1/stat"; }
-
 printf 'round\tserver\treq/s\tcpu_us/req\n'
 for round in $(seq "$rounds"); do
   for server in demo spawn; do

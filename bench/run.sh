@@ -247,20 +247,6 @@ stop_server() {
   return "$rc"
 }
 
-cpu_ticks() { # utime + stime of every thread of PID, in clock ticks
-  local stat
-  stat=$(<"/proc/$1/stat")
-  stat=${stat##*) }
-  local fields
-  read -ra fields <<<"$stat"
-  echo $((fields[11] + fields[12]))
-}
-
-# cpu_times CPU: "busy total steal" clock ticks of one CPU since boot, from /proc/stat.
-cpu_times() {
-  awk -v cpu="cpu$1" '$1 == cpu { busy = $2 + $3 + $4 + $7 + $8 + $9; print busy, busy + $5 + $6, $9 }' /proc/stat
-}
-
 failures=0
 fail() {
   log "run.sh: ERROR: $*"

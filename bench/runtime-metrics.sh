@@ -68,13 +68,12 @@ for delay in "${delays[@]}"; do
     perf record -e cpu-clock -g -p "$pid" -o "$work/perf.data.$delay" -- sleep "$secs" 2>/dev/null &
     perf_pid=$!
   fi
-  cpu0() { awk '$1 == "cpu0" {print $2 + $3 + $4 + $7 + $8 + $9}' /proc/stat; }
-  proc_cpu() { awk '{print $14 + $15}' "/proc/$pid/stat"; }
-  s0=$(proc_cpu) c0=$(cpu0) x0=$(switches "$pid")
+  cpu0() { read -r busy _ < <(cpu_times 0) && echo "$busy"; }
+  s0=$(cpu_ticks "$pid") c0=$(cpu0) x0=$(switches "$pid")
   w0=$(date +%s.%N)
   taskset -c 1 wrk -t1 -c"$conns" -d"${secs}s" --latency -s "$here/body.lua" "$url" >"$d/wrk.txt"
   w1=$(date +%s.%N)
-  s1=$(proc_cpu) c1=$(cpu0) x1=$(switches "$pid")
+  s1=$(cpu_ticks "$pid") c1=$(cpu0) x1=$(switches "$pid")
   [[ -n $perf_pid ]] && wait "$perf_pid"
   sleep 1.2
   kill -TERM "$pid"; wait "$pid" || true; pid=

@@ -1,5 +1,5 @@
-# Sourced by the bench scripts: starting and stopping servers, and the tools
-# they need.
+# Sourced by the bench scripts: starting and stopping servers, their CPU
+# time, and the tools they need.
 
 # listening_port STDOUT PID: prints the port that the server PID announced
 # on its STDOUT file ("listening on http://HOST:PORT"), waiting up to 30 s.
@@ -16,6 +16,21 @@ listening_port() {
     sleep 0.05
   done
   return 1
+}
+
+# cpu_ticks PID: utime + stime of every thread of PID, in clock ticks.
+cpu_ticks() {
+  local stat
+  stat=$(<"/proc/$1/stat")
+  stat=${stat##*) }
+  local fields
+  read -ra fields <<<"$stat"
+  echo $((fields[11] + fields[12]))
+}
+
+# cpu_times CPU: "busy total steal" clock ticks of one CPU since boot, from /proc/stat.
+cpu_times() {
+  awk -v cpu="cpu$1" '$1 == cpu { busy = $2 + $3 + $4 + $7 + $8 + $9; print busy, busy + $5 + $6, $9 }' /proc/stat
 }
 
 # target_directory ROOT: prints cargo's target directory for the workspace.
