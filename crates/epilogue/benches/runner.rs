@@ -29,61 +29,17 @@
 //! `bench/lib/criterion_ratios.py` prints each runner time against
 //! `tokio::spawn`'s, and our target (at most 1.3x for async groups).
 
-use std::hint::black_box;
-use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
-use epilogue::{BackgroundTasks, Runner};
+use epilogue::Runner;
 use tokio::runtime::Runtime;
-use tokio::sync::Notify;
 use tokio_util::task::TaskTracker;
 
-/// Groups spawned before waiting for them: fits a worker's local run queue
-/// (256), so no spawn spills to the global queue.
-const BATCH: u64 = 100;
+#[path = "support/groups.rs"]
+mod groups;
 
-/// Counts groups down to zero, then wakes the waiter.
-struct Done {
-    left: AtomicUsize,
-    notify: Notify,
-}
-
-impl Done {
-    fn new(groups: u64) -> Arc<Self> {
-        Arc::new(Self {
-            left: AtomicUsize::new(groups as usize),
-            notify: Notify::new(),
-        })
-    }
-
-    fn arrive(&self) {
-        if self.left.fetch_sub(1, Ordering::AcqRel) == 1 {
-            self.notify.notify_one();
-        }
-    }
-
-    async fn wait(&self) {
-        // `notify_one` stores a permit when nobody waits yet: no lost wake-up.
-        self.notify.notified().await;
-    }
-}
-
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-enum Kind {
-    Async,
-    Blocking,
-}
-
-impl Kind {
-    fn name(self) -> &'static str {
-        match self {
-            Kind::Async => "async",
-            Kind::Blocking => "blocking",
-        }
-    }
-}
+use groups::{raw_group, runner_group, Done, Kind, BATCH};
 
 #[derive(Clone, Copy, Debug)]
 enum Variant {
@@ -98,46 +54,6 @@ impl Variant {
             Variant::Runner => "epilogue::Runner::spawn",
             Variant::TokioSpawn => "tokio::spawn",
             Variant::TaskTracker => "TaskTracker::spawn",
-        }
-    }
-}
-
-/// One group of `tasks` tasks through the runner: built with `add_task`,
-/// handed to `Runner::spawn`.
-fn runner_group(runner: &Runner, kind: Kind, tasks: usize, done: &Arc<Done>) {
-    let mut group = BackgroundTasks::new();
-    for _ in 1..tasks {
-        match kind {
-            Kind::Async => group.add_task(|| async {}, ()),
-            Kind::Blocking => group.add_task(|| {}, ()),
-        };
-    }
-    match kind {
-        Kind::Async => group.add_task(
-            |done: Arc<Done>| async move { done.arrive() },
-            (done.clone(),),
-        ),
-        Kind::Blocking => group.add_task(|done: Arc<Done>| done.arrive(), (done.clone(),)),
-    };
-    runner
-        .spawn(group)
-        .expect("the runner has room for a batch");
-}
-
-/// The same group as one spawned future that runs its tasks in order.
-async fn raw_group(kind: Kind, tasks: usize, done: Arc<Done>) {
-    match kind {
-        Kind::Async => {
-            for _ in 1..tasks {
-                black_box(|| async {})().await;
-            }
-            async move { done.arrive() }.await;
-        }
-        Kind::Blocking => {
-            for _ in 1..tasks {
-                let _ = tokio::task::spawn_blocking(black_box(|| {})).await;
-            }
-            let _ = tokio::task::spawn_blocking(move || done.arrive()).await;
         }
     }
 }

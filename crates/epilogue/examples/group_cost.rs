@@ -12,57 +12,21 @@
 //! Two runs of N and 6N groups give the cost of one group, start-up and
 //! shut-down cancelling out: `(Ir(6N) - Ir(N)) / 5N`.
 
-use std::hint::black_box;
 use std::process::ExitCode;
-use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::Arc;
 
-use epilogue::{BackgroundTasks, Runner};
-use tokio::sync::Notify;
+use epilogue::Runner;
 
-/// As in `benches/runner.rs`: fits a worker's local run queue.
-const BATCH: usize = 100;
+// The same groups as the criterion benchmark.
+#[path = "../benches/support/groups.rs"]
+mod groups;
 
-/// Counts groups down to zero, then wakes the waiter.
-struct Done {
-    left: AtomicUsize,
-    notify: Notify,
-}
-
-impl Done {
-    fn arrive(&self) {
-        if self.left.fetch_sub(1, Ordering::AcqRel) == 1 {
-            self.notify.notify_one();
-        }
-    }
-}
-
-fn runner_group(runner: &Runner, tasks: usize, done: &Arc<Done>) {
-    let mut group = BackgroundTasks::new();
-    for _ in 1..tasks {
-        group.add_task(|| async {}, ());
-    }
-    group.add_task(
-        |done: Arc<Done>| async move { done.arrive() },
-        (done.clone(),),
-    );
-    runner
-        .spawn(group)
-        .expect("the runner has room for a batch");
-}
-
-async fn raw_group(tasks: usize, done: Arc<Done>) {
-    for _ in 1..tasks {
-        black_box(|| async {})().await;
-    }
-    async move { done.arrive() }.await;
-}
+use groups::{raw_group, runner_group, Done, Kind, BATCH};
 
 fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();
     let parsed = match args.as_slice() {
         [variant, groups, tasks] if variant == "runner" || variant == "spawn" => groups
-            .parse::<usize>()
+            .parse::<u64>()
             .ok()
             .zip(tasks.parse::<usize>().ok().filter(|&t| t >= 1))
             .map(|(groups, tasks)| (variant == "runner", groups, tasks)),
@@ -82,18 +46,15 @@ fn main() -> ExitCode {
         tokio::spawn(async move {
             let runner = Runner::new();
             for _ in 0..groups.div_ceil(BATCH) {
-                let done = Arc::new(Done {
-                    left: AtomicUsize::new(BATCH),
-                    notify: Notify::new(),
-                });
+                let done = Done::new(BATCH);
                 for _ in 0..BATCH {
                     if through_runner {
-                        runner_group(&runner, tasks, &done);
+                        runner_group(&runner, Kind::Async, tasks, &done);
                     } else {
-                        tokio::spawn(raw_group(tasks, done.clone()));
+                        tokio::spawn(raw_group(Kind::Async, tasks, done.clone()));
                     }
                 }
-                done.notify.notified().await;
+                done.wait().await;
             }
         })
         .await
