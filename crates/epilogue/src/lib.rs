@@ -215,53 +215,11 @@
 //!
 //! # Durable tasks
 //!
-//! With the `sqlite` or `postgres` feature, a task can also be **stored
-//! before the response is sent** and run at least once, by this process or
-//! by workers elsewhere, whatever crashes in between: see [`durable`].
-//!
-//! ```no_run
-//! # #[cfg(feature = "sqlite")]
-//! # mod doc {
-//! use axum::{routing::post, Json};
-//! use epilogue::durable::{BoxError, DurableTask, Job, Store};
-//! use epilogue::http::RequestTasks;
-//! use serde::{Deserialize, Serialize};
-//!
-//! #[derive(Serialize, Deserialize)]
-//! struct SendWelcome {
-//!     email: String,
-//! }
-//!
-//! impl DurableTask for SendWelcome {
-//!     const NAME: &'static str = "send_welcome";
-//!     type State = ();
-//!     type Output = ();
-//!
-//!     async fn run(self, job: Job, (): ()) -> Result<(), BoxError> {
-//!         // job.id() is the same on every attempt: an idempotency key.
-//!         Ok(())
-//!     }
-//! }
-//!
-//! async fn register(tasks: RequestTasks, Json(email): Json<String>) -> Result<String, String> {
-//!     // Stored by the executing layer once this returns, before the 201
-//!     // leaves; a store that cannot be written answers 503 instead.
-//!     let id = tasks.add_durable(&SendWelcome { email }).map_err(|e| e.to_string())?;
-//!     Ok(id.to_string())
-//! }
-//!
-//! # async fn main() -> Result<(), Box<dyn std::error::Error>> {
-//! # let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
-//! let store = Store::connect("sqlite://tasks.db").await?;
-//! let worker = store.worker().register::<SendWelcome>(()).start();
-//! let app = axum::Router::new().route("/register", post(register));
-//! epilogue::axum::serve(listener, app, epilogue::Runner::new())
-//!     .durable(store)
-//!     .await;
-//! worker.shutdown(std::time::Duration::from_secs(30)).await;
-//! # Ok(()) }
-//! # }
-//! ```
+//! Tasks that must survive a crash are **stored before the response is
+//! sent** and run at least once, by this process or by workers elsewhere:
+//! that is the `epilogue-durable` crate, on the River queue engine. It joins
+//! this crate's executing layer through [`http::Commit`], and runs its tasks
+//! on the same [`Runner`], so one shutdown drains both.
 //!
 //! # How it fits together
 //!
@@ -281,11 +239,6 @@
 //!   with nothing on the request path but two histograms; see the
 //!   `metrics` module for the names.
 //! - `serde`: `Serialize` for [`Stats`] and [`ShutdownReport`].
-//! - `sqlite`, `postgres`: the [`durable`] module, on an embedded SQLite
-//!   file or a PostgreSQL server (both through apalis and sqlx 0.9, which
-//!   need Rust 1.94; the rest of the crate needs 1.88). TLS to a remote
-//!   PostgreSQL: enable one of sqlx's `tls-*` features in your own
-//!   `Cargo.toml`.
 
 #![deny(missing_docs)]
 #![forbid(unsafe_code)]
@@ -307,9 +260,6 @@ pub mod tasks;
 #[cfg(feature = "axum")]
 #[cfg_attr(docsrs, doc(cfg(feature = "axum")))]
 pub mod axum;
-#[cfg(any(feature = "sqlite", feature = "postgres"))]
-#[cfg_attr(docsrs, doc(cfg(any(feature = "sqlite", feature = "postgres"))))]
-pub mod durable;
 
 pub use runner::{Limits, Refused, Runner, ShutdownReport};
 #[cfg(feature = "signal")]

@@ -45,14 +45,3 @@ impl IntoResponse for BackgroundTasks {
     }
 }
 
-/// Durable tasks as a response part: `(StatusCode::CREATED, tasks, Json(..))`.
-/// They are stored before the response is sent.
-#[cfg(feature = "durable")]
-impl IntoResponseParts for crate::durable::DurableTasks {
-    type Error = Infallible;
-
-    fn into_response_parts(self, mut res: ResponseParts) -> Result<ResponseParts, Self::Error> {
-        crate::http::attach_durable(res.extensions_mut(), self);
-        Ok(res)
-    }
-}

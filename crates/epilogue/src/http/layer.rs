@@ -2,6 +2,7 @@
 
 use std::future::Future;
 use std::pin::Pin;
+use std::sync::Arc;
 use std::task::{ready, Context, Poll};
 
 use http::{Request, Response};
@@ -10,9 +11,8 @@ use tower_layer::Layer;
 use tower_service::Service;
 
 use super::body::BackgroundBody;
-use super::scope::{Attached, Commit, CommitError, Scope};
-#[cfg(feature = "durable")]
-use crate::durable::Store;
+use super::commit::{Commit, CommitFuture, CommitHook, PendingCommit};
+use super::scope::{Attached, Scope};
 use crate::runner::Runner;
 
 /// Wraps a service so that the background tasks of its responses run once
@@ -76,8 +76,7 @@ use crate::runner::Runner;
 #[derive(Clone, Debug)]
 pub struct BackgroundLayer {
     runner: Runner,
-    #[cfg(feature = "durable")]
-    store: Option<Store>,
+    commit: Option<CommitHook>,
 }
 
 impl BackgroundLayer {
@@ -85,18 +84,15 @@ impl BackgroundLayer {
     pub fn new(runner: Runner) -> Self {
         Self {
             runner,
-            #[cfg(feature = "durable")]
-            store: None,
+            commit: None,
         }
     }
 
-    /// Stores the requests' durable tasks
-    /// ([`RequestTasks::add_durable`](super::RequestTasks::add_durable)) in
-    /// `store`, before each response is sent.
-    #[cfg(feature = "durable")]
-    #[cfg_attr(docsrs, doc(cfg(any(feature = "sqlite", feature = "postgres"))))]
-    pub fn durable(mut self, store: Store) -> Self {
-        self.store = Some(store);
+    /// Commits what each request adds to `commit` (durable tasks, with the
+    /// `epilogue-durable` crate's store) once its handler has answered and
+    /// before its response leaves; see [`Commit`](super::Commit).
+    pub fn commit(mut self, commit: impl Commit) -> Self {
+        self.commit = Some(CommitHook(Arc::new(commit)));
         self
     }
 }
@@ -119,16 +115,6 @@ pub struct Background<S> {
     layer: BackgroundLayer,
 }
 
-impl BackgroundLayer {
-    fn scope(&self) -> Scope {
-        #[cfg(feature = "durable")]
-        if let Some(store) = &self.store {
-            return Scope::with_store(self.runner.clone(), store.clone());
-        }
-        Scope::new(self.runner.clone())
-    }
-}
-
 inner_accessors!(Background<S>);
 
 impl<S, ReqBody, ResBody> Service<Request<ReqBody>> for Background<S>
@@ -144,12 +130,20 @@ where
     }
 
     fn call(&mut self, mut request: Request<ReqBody>) -> Self::Future {
-        let scope = self.layer.scope();
+        let scope = Scope::new(self.layer.runner.clone());
         request.extensions_mut().insert(scope.clone());
+        let commit = self
+            .layer
+            .commit
+            .as_ref()
+            .and_then(|hook| hook.0.begin(request.extensions_mut()));
         ResponseFuture {
             inner: self.inner.call(request),
-            scope: Pending(Some(scope)),
-            commit: None,
+            scope: Pending {
+                scope: Some(scope),
+                commit,
+            },
+            committing: None,
         }
     }
 }
@@ -164,19 +158,34 @@ pin_project! {
         #[pin]
         inner: F,
         scope: Pending,
-        // The handler's response, held while its durable tasks are stored.
-        commit: Option<(Commit, Response<B>)>,
+        // The handler's response, held while its work is committed.
+        committing: Option<(CommitFuture, Response<B>)>,
     }
 }
 
-/// The request's scope until its response is there; abandoned if dropped
-/// before.
-struct Pending(Option<Scope>);
+/// The request's scope (and its commit) until its response is there;
+/// abandoned if dropped before.
+struct Pending {
+    scope: Option<Scope>,
+    commit: Option<Arc<dyn PendingCommit>>,
+}
+
+impl Pending {
+    fn take(&mut self) -> Scope {
+        self.commit = None;
+        self.scope
+            .take()
+            .expect("ResponseFuture polled after completion")
+    }
+}
 
 impl Drop for Pending {
     fn drop(&mut self) {
-        if let Some(scope) = self.0.take() {
+        if let Some(scope) = self.scope.take() {
             scope.abandon();
+            if let Some(commit) = self.commit.take() {
+                commit.abandon();
+            }
         }
     }
 }
@@ -190,26 +199,26 @@ where
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         let mut this = self.project();
         loop {
-            if let Some((commit, _)) = this.commit {
-                let stored = ready!(commit.as_mut().poll(cx));
-                let (_, response) = this.commit.take().expect("checked above");
-                return Poll::Ready(Ok(match stored {
+            if let Some((commit, _)) = this.committing {
+                let committed = ready!(commit.as_mut().poll(cx));
+                let (_, response) = this.committing.take().expect("checked above");
+                return Poll::Ready(Ok(match committed {
                     Ok(()) => finish(this.scope, response),
-                    Err(error) => unavailable(this.scope, response, &error),
+                    Err(error) => unavailable(this.scope, response, &*error),
                 }));
             }
             // On an error there is no response to follow: `Pending` abandons
             // the scope, as for a handler that never answered.
             let mut response = ready!(this.inner.as_mut().poll(cx))?;
-            let scope = this
-                .scope
-                .0
-                .as_ref()
-                .expect("ResponseFuture polled after completion");
             let status = response.status();
-            match scope.commit(status, response.extensions_mut()) {
-                // Its durable tasks are stored before the response leaves.
-                Some(commit) => *this.commit = Some((commit, response)),
+            let commit = this
+                .scope
+                .commit
+                .as_ref()
+                .and_then(|pending| pending.commit(status, response.extensions_mut()));
+            match commit {
+                // Its work is committed before the response leaves.
+                Some(commit) => *this.committing = Some((commit, response)),
                 None => return Poll::Ready(Ok(finish(this.scope, response))),
             }
         }
@@ -218,10 +227,7 @@ where
 
 /// Hands the response's tasks to the runner, to start with its body.
 fn finish<B>(pending: &mut Pending, mut response: Response<B>) -> Response<BackgroundBody<B>> {
-    let scope = pending
-        .0
-        .take()
-        .expect("ResponseFuture polled after completion");
+    let scope = pending.take();
     let returned = response
         .extensions_mut()
         .remove::<Attached>()
@@ -231,18 +237,15 @@ fn finish<B>(pending: &mut Pending, mut response: Response<B>) -> Response<Backg
     response.map(|body| BackgroundBody::new(body, deferred))
 }
 
-/// The durable tasks could not be stored: the client is told so, and none
-/// of the request's tasks run.
+/// The request's work could not be committed: the client is told so, and
+/// none of the request's tasks run.
 fn unavailable<B>(
     pending: &mut Pending,
     mut response: Response<B>,
-    error: &CommitError,
+    error: &(dyn std::error::Error + Send + Sync),
 ) -> Response<BackgroundBody<B>> {
-    let scope = pending
-        .0
-        .take()
-        .expect("ResponseFuture polled after completion");
-    tracing::error!(%error, "durable tasks could not be stored; answering 503 in place of the handler's response");
+    let scope = pending.take();
+    tracing::error!(%error, "the request's work could not be committed; answering 503 in place of the handler's response");
     if let Some(mut attached) = response.extensions_mut().remove::<Attached>() {
         scope.runner().abandon(attached.0.take());
     }

@@ -12,6 +12,8 @@
 //!   its tasks run once the handler has answered with a success.
 //! - A handler returns tasks by [`attach`]ing them to its response's
 //!   extensions; with axum, by returning them as a response part.
+//! - [`Commit`] is how work that must be stored before the response leaves
+//!   (the `epilogue-durable` crate's durable tasks) joins the layer.
 //!
 //! # How a task travels
 //!
@@ -50,6 +52,7 @@ macro_rules! inner_accessors {
 }
 
 mod body;
+mod commit;
 mod layer;
 mod refusal;
 mod route;
@@ -58,6 +61,7 @@ mod scope;
 use std::sync::atomic::Ordering;
 
 pub use body::BackgroundBody;
+pub use commit::{Commit, CommitError, CommitFuture, PendingCommit};
 pub use layer::{Background, BackgroundLayer, ResponseFuture};
 pub use refusal::{GrpcRefusal, JsonRefusal, Refusal};
 pub use route::{RouteFuture, RouteTasks, RouteTasksLayer};
@@ -91,21 +95,6 @@ pub fn attach(extensions: &mut http::Extensions, tasks: impl Into<crate::Backgro
         Some(attached) => attached.0 = attached.0.take().then(tasks),
         None => {
             extensions.insert(Attached(tasks));
-        }
-    }
-}
-
-/// Adds durable `tasks` to those attached to a response's extensions, to be
-/// stored by the executing layer before the response is sent (see
-/// [`DurableTasks`](crate::durable::DurableTasks)). Cloning the extensions
-/// does not copy them.
-#[cfg(feature = "durable")]
-#[cfg_attr(docsrs, doc(cfg(any(feature = "sqlite", feature = "postgres"))))]
-pub fn attach_durable(extensions: &mut http::Extensions, tasks: crate::durable::DurableTasks) {
-    match extensions.get_mut::<scope::AttachedDurable>() {
-        Some(attached) => attached.0.append(tasks),
-        None => {
-            extensions.insert(scope::AttachedDurable(tasks));
         }
     }
 }

@@ -19,8 +19,6 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use http::{Extensions, StatusCode};
 use tracing::Span;
 
-#[cfg(feature = "durable")]
-use crate::durable::{DurableError, DurableTask, Encoded, Store, TaskId};
 use crate::runner::{Deferred, Permit, Refused, Runner};
 use crate::task::{BackgroundTask, TaskFn};
 use crate::tasks::BackgroundTasks;
@@ -32,26 +30,8 @@ pub(crate) struct Scope(Arc<Shared>);
 
 struct Shared {
     runner: Runner,
-    /// Where this request's durable tasks are stored, if the executing
-    /// layer has a store.
-    #[cfg(feature = "durable")]
-    store: Option<Store>,
-    /// A durable task was added: until then, the commit need not take the
-    /// lock (most requests of a service with a store add none).
-    #[cfg(feature = "durable")]
-    durable_added: AtomicBool,
     state: Mutex<State>,
 }
-
-/// Storing a request's durable tasks, awaited by the executing layer
-/// before the response leaves.
-pub(crate) type Commit =
-    std::pin::Pin<Box<dyn std::future::Future<Output = Result<(), CommitError>> + Send>>;
-
-#[cfg(feature = "durable")]
-pub(crate) type CommitError = crate::durable::DurableError;
-#[cfg(not(feature = "durable"))]
-pub(crate) type CommitError = std::convert::Infallible;
 
 #[derive(Default)]
 struct State {
@@ -66,29 +46,12 @@ struct State {
     always: bool,
     /// The response was produced (or will never be): nothing more is added.
     closed: bool,
-    /// Durable tasks, stored once the handler has answered.
-    #[cfg(feature = "durable")]
-    durable: Vec<Encoded>,
 }
 
 impl Scope {
     pub(crate) fn new(runner: Runner) -> Self {
         Self(Arc::new(Shared {
             runner,
-            #[cfg(feature = "durable")]
-            store: None,
-            #[cfg(feature = "durable")]
-            durable_added: AtomicBool::new(false),
-            state: Mutex::new(State::default()),
-        }))
-    }
-
-    #[cfg(feature = "durable")]
-    pub(crate) fn with_store(runner: Runner, store: Store) -> Self {
-        Self(Arc::new(Shared {
-            runner,
-            store: Some(store),
-            durable_added: AtomicBool::new(false),
             state: Mutex::new(State::default()),
         }))
     }
@@ -156,63 +119,12 @@ impl Scope {
         state.extracted.merge(tasks);
     }
 
-    /// Called once the response is there, before [`finish`](Self::finish):
-    /// the storing of the request's durable tasks, if it has any and the
-    /// response lets them run (like extracted tasks: a success, unless
-    /// `always`).
-    ///
-    /// The durable tasks the response carries are stored whatever its
-    /// status, as the in-memory ones it carries run whatever its status.
-    #[cfg(feature = "durable")]
-    pub(crate) fn commit(&self, status: StatusCode, extensions: &mut Extensions) -> Option<Commit> {
-        let attached = extensions.remove::<AttachedDurable>();
-        // Without a store, `add_durable` refused every task; with one, it
-        // may have added none: nothing to take. One added from another
-        // task meanwhile is left for `finish`, which reports it, as one
-        // added after the commit.
-        if attached.is_none() && !self.0.durable_added.load(Ordering::Acquire) {
-            return None;
-        }
-        let mut tasks = attached
-            .map(|mut attached| attached.0.take())
-            .unwrap_or_default();
-        let mut state = self.lock();
-        let extracted = std::mem::take(&mut state.durable);
-        if state.always || status.as_u16() < 400 {
-            tasks.extend(extracted);
-        }
-        drop(state);
-        if tasks.is_empty() {
-            return None;
-        }
-        let store = self.0.store.clone();
-        Some(Box::pin(async move {
-            store
-                .ok_or(DurableError::NoStore)?
-                .enqueue_encoded(&tasks)
-                .await
-        }))
-    }
-
-    #[cfg(not(feature = "durable"))]
-    pub(crate) fn commit(&self, _status: StatusCode, _: &mut Extensions) -> Option<Commit> {
-        None
-    }
-
     /// Called once the response is there: accepts its tasks in order, in
     /// the request's room. The extracted ones run only after a success
     /// (status below 400) unless the handler asked for `always`.
     pub(crate) fn finish(&self, status: StatusCode, response: BackgroundTasks) -> Option<Deferred> {
         let mut state = self.lock();
         state.closed = true;
-        #[cfg(feature = "durable")]
-        if !state.durable.is_empty() {
-            tracing::error!(
-                tasks = state.durable.len(),
-                "durable tasks added while the request's others were being stored; they are not stored"
-            );
-            state.durable.clear();
-        }
         // A sequence of the three, each group in its own mode (a concurrent
         // route group does not make the response's tasks concurrent too).
         let mut tasks = state.route.take().then(response);
@@ -247,8 +159,6 @@ impl Scope {
         let extracted = state.extracted.take();
         let route = state.route.take();
         state.permit = None;
-        #[cfg(feature = "durable")]
-        state.durable.clear();
         drop(state);
         self.0.runner.abandon(extracted);
         self.0.runner.abandon(route);
@@ -326,36 +236,6 @@ impl RequestTasks {
         self
     }
 
-    /// Adds a durable task: it is stored, with the request's other durable
-    /// tasks in one transaction, once the handler has answered with a
-    /// success and before the response is sent. If it cannot be stored, the
-    /// client gets `503` in place of the handler's response, and none of
-    /// the request's tasks run. Its id is known now, for the response.
-    ///
-    /// # Errors
-    ///
-    /// [`DurableError::NoStore`](crate::durable::DurableError::NoStore)
-    /// if the executing layer has no store,
-    /// [`Encode`](crate::durable::DurableError::Encode) if the task does not
-    /// serialise, [`Closed`](crate::durable::DurableError::Closed) if the
-    /// response was already produced.
-    #[cfg(feature = "durable")]
-    pub fn add_durable<T: DurableTask>(&self, task: &T) -> Result<TaskId, DurableError> {
-        if self.scope.0.store.is_none() {
-            return Err(DurableError::NoStore);
-        }
-        let encoded = Encoded::new(task)?;
-        let id = encoded.id.clone();
-        let mut state = self.scope.lock();
-        if state.closed {
-            return Err(DurableError::Closed);
-        }
-        remember_span(&mut state);
-        state.durable.push(encoded);
-        self.scope.0.durable_added.store(true, Ordering::Release);
-        Ok(id)
-    }
-
     /// Runs this request's extracted tasks whatever the response's status,
     /// as long as the handler answered.
     pub fn always(&self) -> &Self {
@@ -417,18 +297,6 @@ pub(crate) struct Attached(pub(crate) BackgroundTasks);
 impl Clone for Attached {
     fn clone(&self) -> Self {
         Self(BackgroundTasks::new())
-    }
-}
-
-/// Durable tasks on their way out with a response, in its extensions; a
-/// clone carries none.
-#[cfg(feature = "durable")]
-pub(crate) struct AttachedDurable(pub(crate) crate::durable::DurableTasks);
-
-#[cfg(feature = "durable")]
-impl Clone for AttachedDurable {
-    fn clone(&self) -> Self {
-        Self(crate::durable::DurableTasks::new())
     }
 }
 

@@ -62,6 +62,7 @@
 //! `shutdown.rs` the drain and its [`ShutdownReport`].
 
 use std::fmt;
+use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -72,15 +73,13 @@ use crate::stats::Stats;
 use crate::tasks::BackgroundTasks;
 
 mod execute;
-#[cfg(feature = "durable")]
-pub(crate) use execute::panic_message;
 mod lanes;
 mod permit;
 mod places;
 mod shutdown;
 mod state;
 
-pub use permit::{Deferred, Permit, Refused};
+pub use permit::{Deferred, Hold, Permit, Refused};
 pub use shutdown::ShutdownReport;
 
 use state::{Config, State};
@@ -335,6 +334,37 @@ impl Runner {
     /// Whether [`close`](Runner::close) or [`shutdown`](Runner::shutdown) was called.
     pub fn is_closed(&self) -> bool {
         self.state.is_closed()
+    }
+
+    /// Completes once the runner is closed ([`close`](Runner::close), or
+    /// the start of a [`shutdown`](Runner::shutdown)): the moment for
+    /// something that feeds the runner, such as a durable queue's client, to
+    /// stop fetching new work.
+    pub fn closed(&self) -> impl Future<Output = ()> + Send + 'static {
+        let closing = self.state.closing();
+        async move { closing.wait().await }
+    }
+
+    /// Completes once a shutdown's grace period has passed, or
+    /// [`cut_off_now`](Runner::cut_off_now) was called: running tasks are
+    /// being cut off, and whatever feeds the runner should give up its work
+    /// in flight too (a durable queue puts it back, for a later process).
+    pub fn cut_off(&self) -> impl Future<Output = ()> + Send + 'static {
+        let deadline = self.state.deadline_flag();
+        async move { deadline.wait().await }
+    }
+
+    /// Keeps [`shutdown`](Runner::shutdown) waiting until the returned
+    /// [`Hold`] is dropped, within the same grace period as the tasks.
+    ///
+    /// For something that feeds the runner and must finish its own
+    /// bookkeeping before the process exits: a durable queue's client
+    /// records the outcome of the tasks it ran here. Past the deadline a
+    /// shutdown waits at most one more second for holds, as for tasks that
+    /// are being cut off. A hold counts as one admitted group, in
+    /// [`Stats::groups_admitted`] and against the limits.
+    pub fn hold(&self) -> Hold {
+        Hold::new(&self.state)
     }
 
     /// A snapshot of the counters and gauges.

@@ -141,3 +141,24 @@ impl fmt::Debug for Deferred {
             .finish()
     }
 }
+
+/// Keeps a runner's shutdown waiting until dropped; from
+/// [`Runner::hold`](super::Runner::hold).
+#[must_use = "a hold keeps the runner's shutdown waiting until it is dropped"]
+pub struct Hold {
+    _admission: Admission,
+}
+
+impl Hold {
+    pub(super) fn new(state: &Arc<State>) -> Self {
+        Self {
+            _admission: Admission::over_limit(state),
+        }
+    }
+}
+
+impl fmt::Debug for Hold {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Hold").finish_non_exhaustive()
+    }
+}

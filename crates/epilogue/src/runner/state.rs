@@ -40,6 +40,8 @@ pub(crate) struct State {
     /// again, with a token of 8 bytes in each).
     admitted: AtomicUsize,
     closed: AtomicBool,
+    /// Set with `closed`, for what waits for the runner to close.
+    closing: Arc<Latch>,
     /// Notified when `admitted` reaches 0 once closed.
     idle: Notify,
     /// Passes when a shutdown's grace period ends, or at a second signal.
@@ -122,6 +124,7 @@ impl State {
             idle: Notify::new(),
             admitted: AtomicUsize::new(0),
             closed: AtomicBool::new(false),
+            closing: Arc::default(),
             deadline: Arc::default(),
             counters: Counters::default(),
             cut_off: Mutex::new(Vec::new()),
@@ -157,7 +160,13 @@ impl State {
 
     pub(super) fn close(&self) {
         self.closed.store(true, Ordering::SeqCst);
+        self.closing.set();
         self.lanes.retire();
+    }
+
+    /// Passes once the runner is closed.
+    pub(super) fn closing(&self) -> Arc<Latch> {
+        self.closing.clone()
     }
 
     /// Completes once the runner is closed and no group holds a permit.

@@ -239,12 +239,11 @@ impl<L, M, S> Serve<L, M, S> {
         self
     }
 
-    /// Stores the requests' durable tasks in `store` before each response
-    /// is sent; see [`BackgroundLayer::durable`].
-    #[cfg(feature = "durable")]
-    #[cfg_attr(docsrs, doc(cfg(any(feature = "sqlite", feature = "postgres"))))]
-    pub fn durable(mut self, store: crate::durable::Store) -> Self {
-        self.layer = self.layer.durable(store);
+    /// Commits what each request adds to `commit` (durable tasks, with the
+    /// `epilogue-durable` crate's store) before its response leaves; see
+    /// [`BackgroundLayer::commit`].
+    pub fn commit(mut self, commit: impl crate::http::Commit) -> Self {
+        self.layer = self.layer.commit(commit);
         self
     }
 

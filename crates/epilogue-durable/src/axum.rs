@@ -1,0 +1,63 @@
+//! axum: the request's durable handle as an extractor, durable tasks as a
+//! response part, store errors as responses.
+
+use std::convert::Infallible;
+
+use axum::extract::FromRequestParts;
+use axum::http::request::Parts;
+use axum::http::{header, HeaderValue, StatusCode};
+use axum::response::{IntoResponse, IntoResponseParts, Response, ResponseParts};
+
+use crate::{DurableError, DurableTasks, RequestDurable};
+
+/// The request's durable handle: `add` (stored after a success, before the
+/// response), `enqueue` (stored now, its id returned). Needs the store on
+/// the executing layer (`epilogue::axum::serve(..).commit(store)`);
+/// without it the request is answered `500` with a message that says so.
+impl<S: Send + Sync> FromRequestParts<S> for RequestDurable {
+    type Rejection = DurableError;
+
+    async fn from_request_parts(parts: &mut Parts, _: &S) -> Result<Self, Self::Rejection> {
+        Self::from_extensions(&parts.extensions).ok_or(DurableError::NoStore)
+    }
+}
+
+impl IntoResponseParts for DurableTasks {
+    type Error = Infallible;
+
+    fn into_response_parts(self, mut res: ResponseParts) -> Result<ResponseParts, Self::Error> {
+        self.attach(res.extensions_mut());
+        Ok(res)
+    }
+}
+
+/// `503` with `Retry-After` when the store is unavailable (nothing was
+/// stored: try again), `400` for a task that does not encode, `500` for a
+/// mistake in the service's code. The body is JSON; it never shows the
+/// store's own error, which is logged.
+impl IntoResponse for DurableError {
+    fn into_response(self) -> Response {
+        let (status, reason) = if self.is_unavailable() {
+            (StatusCode::SERVICE_UNAVAILABLE, "store_unavailable")
+        } else if matches!(self, Self::Encode(_)) {
+            (StatusCode::BAD_REQUEST, "task_not_encodable")
+        } else {
+            (StatusCode::INTERNAL_SERVER_ERROR, "durable_misconfigured")
+        };
+        let message = if self.is_unavailable() {
+            tracing::error!(error = %self, "durable task not stored; answering 503");
+            "the durable task store is unavailable; nothing was stored, try again".to_owned()
+        } else {
+            tracing::error!(error = %self, "durable task not stored");
+            self.to_string()
+        };
+        let body = serde_json::json!({ "error": message, "reason": reason }).to_string();
+        let mut response = (status, body).into_response();
+        let headers = response.headers_mut();
+        headers.insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
+        if self.is_unavailable() {
+            headers.insert(header::RETRY_AFTER, HeaderValue::from(self.retry_after().as_secs().max(1)));
+        }
+        response
+    }
+}

@@ -1,0 +1,144 @@
+//! The user's pool, SQLite or PostgreSQL, and the few things this crate
+//! does with it directly: River's migrations, the write transaction of a
+//! batch, and counting tasks by state.
+
+use std::time::Duration;
+
+use riverqueue::sqlx;
+
+use crate::error::DurableError;
+
+/// The pool the store was built from: the user's, with their sizes and
+/// timeouts.
+#[derive(Clone, Debug)]
+pub(crate) enum Pool {
+    /// An SQLite pool.
+    #[cfg(feature = "sqlite")]
+    Sqlite(sqlx::SqlitePool),
+    /// A PostgreSQL pool.
+    #[cfg(feature = "postgres")]
+    Postgres(sqlx::PgPool),
+}
+
+/// Runs `$body` with `$pool` bound to the pool, whichever the backend.
+/// Runs `$body` with `$pool` bound to the pool and `db` to its backend's
+/// module below, whichever the backend: both answer the same calls.
+macro_rules! with_pool {
+    ($self:expr, $pool:ident => $body:expr) => {
+        match $self {
+            #[cfg(feature = "sqlite")]
+            Pool::Sqlite($pool) => {
+                use sqlite as db;
+                $body
+            }
+            #[cfg(feature = "postgres")]
+            Pool::Postgres($pool) => {
+                use postgres as db;
+                $body
+            }
+        }
+    };
+}
+
+impl Pool {
+    /// Opens a pool at `url` with the settings a durable store needs.
+    pub(crate) async fn open(url: &str) -> Result<Self, DurableError> {
+        let scheme = url.split_once(':').map_or("", |(scheme, _)| scheme);
+        match scheme {
+            #[cfg(feature = "sqlite")]
+            "sqlite" => {
+                use std::str::FromStr;
+
+                use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqliteSynchronous};
+                let options = SqliteConnectOptions::from_str(url)?
+                    .create_if_missing(true)
+                    .journal_mode(SqliteJournalMode::Wal)
+                    // River sets no pragma: an acknowledged task must
+                    // survive a power loss, not only a crash.
+                    .synchronous(SqliteSynchronous::Full)
+                    .busy_timeout(Duration::from_secs(5));
+                let pool = crate::sqlite::pool_options()
+                    .max_connections(8)
+                    .acquire_timeout(Duration::from_secs(5))
+                    .connect_with(options)
+                    .await?;
+                Ok(Self::Sqlite(pool))
+            }
+            #[cfg(feature = "postgres")]
+            "postgres" | "postgresql" => {
+                let pool = sqlx::postgres::PgPoolOptions::new()
+                    .max_connections(16)
+                    .acquire_timeout(Duration::from_secs(5))
+                    .connect(url)
+                    .await?;
+                Ok(Self::Postgres(pool))
+            }
+            _ => Err(DurableError::UnsupportedUrl {
+                scheme: scheme.chars().take(32).collect(),
+            }),
+        }
+    }
+
+    /// Creates or upgrades River's tables, recorded in River's own
+    /// `river_migration` table: never in the application's
+    /// `_sqlx_migrations`, so the two migrators ignore each other.
+    pub(crate) async fn migrate(&self) -> Result<(), DurableError> {
+        with_pool!(self, pool => db::migrate(pool).await).map_err(DurableError::Migrate)
+    }
+
+    /// How many tasks are in each of River's states.
+    pub(crate) async fn count_by_state(&self) -> Result<Vec<(String, i64)>, DurableError> {
+        const COUNT: &str = "SELECT state, count(*) FROM river_job GROUP BY state";
+        let counts = match self {
+            #[cfg(feature = "sqlite")]
+            Self::Sqlite(pool) => sqlx::query_as(COUNT).fetch_all(pool).await,
+            #[cfg(feature = "postgres")]
+            Self::Postgres(pool) => sqlx::query_as(COUNT).fetch_all(pool).await,
+        };
+        Ok(counts?)
+    }
+
+    /// The SQLite file, if the store is one.
+    pub(crate) fn sqlite_file(&self) -> Option<std::path::PathBuf> {
+        match self {
+            #[cfg(feature = "sqlite")]
+            Self::Sqlite(pool) => {
+                let options = pool.connect_options();
+                let path = options.get_filename();
+                // `:memory:` and friends have no file to watch.
+                (!path.as_os_str().is_empty() && !path.starts_with(":memory:"))
+                    .then(|| path.to_path_buf())
+            }
+            #[allow(unreachable_patterns)]
+            _ => None,
+        }
+    }
+}
+
+#[cfg(feature = "sqlite")]
+mod sqlite {
+    use riverqueue::sqlx;
+
+    use crate::task::BoxError;
+
+    pub(super) async fn migrate(pool: &sqlx::SqlitePool) -> Result<(), BoxError> {
+        riverqueue::migrate::SqliteMigrator::new(pool.clone())
+            .migrate_up()
+            .await?;
+        Ok(())
+    }
+}
+
+#[cfg(feature = "postgres")]
+mod postgres {
+    use riverqueue::sqlx;
+
+    use crate::task::BoxError;
+
+    pub(super) async fn migrate(pool: &sqlx::PgPool) -> Result<(), BoxError> {
+        riverqueue::migrate::PostgresMigrator::new(pool.clone())
+            .migrate_up()
+            .await?;
+        Ok(())
+    }
+}

@@ -1,0 +1,113 @@
+//! Commits shared across requests: the durable tasks of concurrent
+//! requests are inserted in one transaction.
+//!
+//! Each enqueue sends its task to one inserting task and waits for its
+//! batch to commit. That task takes whatever has arrived (at most
+//! [`MAX_BATCH`]) and inserts it with River's batch insert, in one
+//! transaction: while one batch is being committed, the next one fills up.
+//! With one client, each batch holds one task and nothing waits; with many,
+//! one fsync serves many responses. No timer delays a lone task.
+
+use std::sync::Arc;
+
+use riverqueue::{Client, InsertBatch, InsertBatchResult, InsertOpts};
+use tokio::sync::{mpsc, oneshot};
+
+use crate::envelope::Envelope;
+use crate::error::DurableError;
+use crate::DurableTask;
+
+/// The most callers in one transaction.
+const MAX_BATCH: usize = 256;
+/// Tasks waiting for a batch before enqueuers wait to send theirs.
+const QUEUE: usize = 4096;
+
+/// One caller's tasks on their way into a batch: they are never split
+/// between two transactions.
+#[derive(Default)]
+pub(crate) struct Tasks {
+    pushes: Vec<Box<dyn FnOnce(&mut InsertBatch) + Send + Sync>>,
+}
+
+impl Tasks {
+    /// Adds `task`, stored with `opts`.
+    pub(crate) fn push<T: DurableTask>(&mut self, task: Envelope<T>, opts: InsertOpts) {
+        self.pushes
+            .push(Box::new(move |batch: &mut InsertBatch| {
+                batch.push_with(task, opts);
+            }));
+    }
+
+    pub(crate) fn append(&mut self, other: Self) {
+        self.pushes.extend(other.pushes);
+    }
+
+    pub(crate) fn len(&self) -> usize {
+        self.pushes.len()
+    }
+
+    pub(crate) fn is_empty(&self) -> bool {
+        self.pushes.is_empty()
+    }
+}
+
+struct Request {
+    tasks: Tasks,
+    reply: oneshot::Sender<Result<Vec<InsertBatchResult>, DurableError>>,
+}
+
+/// The sending side of the inserting task.
+#[derive(Clone, Debug)]
+pub(crate) struct Batcher {
+    sender: mpsc::Sender<Request>,
+}
+
+impl Batcher {
+    /// Starts the inserting task; it ends when every `Batcher` is dropped.
+    pub(crate) fn start(client: Client) -> Self {
+        let (sender, receiver) = mpsc::channel(QUEUE);
+        tokio::spawn(insert_batches(client, receiver));
+        Self { sender }
+    }
+
+    /// Inserts `tasks` with the tasks that arrive with them; their rows, in
+    /// order.
+    pub(crate) async fn insert(&self, tasks: Tasks) -> Result<Vec<InsertBatchResult>, DurableError> {
+        let (reply, replied) = oneshot::channel();
+        self.sender
+            .send(Request { tasks, reply })
+            .await
+            .map_err(|_| DurableError::Closed)?;
+        replied.await.unwrap_or(Err(DurableError::Closed))
+    }
+}
+
+async fn insert_batches(client: Client, mut receiver: mpsc::Receiver<Request>) {
+    let mut requests = Vec::with_capacity(MAX_BATCH);
+    while receiver.recv_many(&mut requests, MAX_BATCH).await > 0 {
+        let mut batch = InsertBatch::new();
+        let mut replies = Vec::with_capacity(requests.len());
+        for request in requests.drain(..) {
+            replies.push((request.reply, request.tasks.len()));
+            for push in request.tasks.pushes {
+                push(&mut batch);
+            }
+        }
+        // River begins on a task of its own, so that this insert cannot be
+        // abandoned halfway; the whole batch commits, or none of it.
+        match client.insert_batch(batch).await {
+            Ok(rows) => {
+                let mut rows = rows.into_iter();
+                for (reply, len) in replies {
+                    let _ = reply.send(Ok(rows.by_ref().take(len).collect()));
+                }
+            }
+            Err(error) => {
+                let error = Arc::new(error);
+                for (reply, _) in replies {
+                    let _ = reply.send(Err(DurableError::Store(error.clone())));
+                }
+            }
+        }
+    }
+}
