@@ -54,12 +54,45 @@ pub struct TaskFlags {
     /// Where durable tasks are kept: sqlite://PATH, or
     /// postgres://USER:PASS@HOST:PORT/DB for several processes or machines
     /// [default: sqlite://DATA_DIR/tasks.db].
-    #[arg(long, env = "EPILOGUE_STORE")]
+    #[arg(long, env = "EPILOGUE_STORE", hide_env_values = true)]
     pub store: Option<String>,
 
     /// Durable tasks run at once by this process; 0 = enqueue only.
     #[arg(long, env = "EPILOGUE_WORKERS", default_value_t = 4)]
     pub workers: usize,
+
+    /// A periodic durable task `tick` (an email, to null, "tick") once
+    /// every N seconds across every process on the store; 0 = off.
+    #[arg(long, env = "EPILOGUE_TICK_EVERY_S", default_value_t = 0)]
+    pub tick_every_s: u64,
+
+    /// How long one attempt of a durable task may run, in seconds; past
+    /// it the attempt fails (and is retried).
+    #[arg(long, env = "EPILOGUE_DURABLE_TIMEOUT_S", default_value_t = 30,
+          value_parser = clap::value_parser!(u64).range(1..=86_400))]
+    pub durable_timeout_s: u64,
+}
+
+/// `epilogue-demo worker`'s flags.
+#[derive(clap::Args, Debug, Clone)]
+pub struct WorkerFlags {
+    #[command(flatten)]
+    pub tasks: TaskFlags,
+
+    /// Runs only these durable task kinds (comma-separated: welcome_durable,
+    /// recovering_durable, process_file, tick), as an older release would
+    /// during a rolling deploy; tasks of other kinds stay queued.
+    #[arg(long, value_delimiter = ',', value_parser = kind)]
+    pub only: Option<Vec<String>>,
+}
+
+/// A durable task kind of the demo.
+fn kind(name: &str) -> Result<String, String> {
+    if crate::durable::KINDS.contains(&name) {
+        Ok(name.to_owned())
+    } else {
+        Err(format!("expected one of {}", crate::durable::KINDS.join(", ")))
+    }
 }
 
 /// The demo's subcommands.
@@ -67,7 +100,7 @@ pub struct TaskFlags {
 pub enum Command {
     /// Runs durable tasks from the store, with no HTTP listener; prints
     /// "worker ready" once it is fetching, drains on SIGTERM.
-    Worker(TaskFlags),
+    Worker(WorkerFlags),
 }
 
 impl Config {
@@ -94,6 +127,15 @@ impl TaskFlags {
 
     pub fn shutdown_grace(&self) -> Duration {
         Duration::from_secs(self.shutdown_grace_s)
+    }
+
+    /// `--tick-every-s`, unless 0.
+    pub fn tick_every(&self) -> Option<Duration> {
+        (self.tick_every_s > 0).then(|| Duration::from_secs(self.tick_every_s))
+    }
+
+    pub fn durable_timeout(&self) -> Duration {
+        Duration::from_secs(self.durable_timeout_s)
     }
 
     /// `--store`, or the SQLite file under the data directory.

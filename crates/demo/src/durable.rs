@@ -9,13 +9,13 @@ use std::sync::Arc;
 use axum::body::Bytes;
 use axum::extract::rejection::{BytesRejection, QueryRejection};
 use axum::extract::{Path, Query, State};
-use axum::http::{header, StatusCode};
+use axum::http::{header, HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
-use epilogue::durable::{
-    BoxError, DurableError, DurableTask, Job, Store, TaskId, TaskStatus, WorkerBuilder,
+use epilogue_durable::{
+    BoxError, DurableError, DurableTask, Enqueue, Job, RequestDurable, Store, StoreBuilder, TaskId,
+    TaskState,
 };
-use epilogue::http::RequestTasks;
 use serde::{Deserialize, Serialize};
 use serde_json::json;
 use sha2::{Digest, Sha256};
@@ -85,7 +85,7 @@ pub struct ProcessFile {
 }
 
 /// What [`ProcessFile`] finds.
-#[derive(Serialize)]
+#[derive(Serialize, Deserialize)]
 pub struct FileSummary {
     bytes: u64,
     lines: u64,
@@ -186,27 +186,119 @@ fn run_of(job: &Job) -> DurableRun {
     }
 }
 
-/// The worker for the demo's durable tasks.
-pub fn worker(
-    store: &Store,
-    outbox: Outbox,
-    uploads: Uploads,
-    concurrency: usize,
-) -> WorkerBuilder {
-    store
-        .worker()
-        .register::<Welcome>(outbox.clone())
-        .register::<Recovering>(outbox)
-        .register::<ProcessFile>(uploads)
-        .concurrency(concurrency)
+/// `--tick-every-s`: an email once a period, across every process on the
+/// store.
+#[derive(Serialize, Deserialize)]
+pub struct Tick {}
+
+impl DurableTask for Tick {
+    const NAME: &'static str = "tick";
+    type State = Outbox;
+    type Output = ();
+
+    async fn run(self, job: Job, outbox: Outbox) -> Result<(), BoxError> {
+        outbox.send(None, "tick", Some(run_of(&job))).await?;
+        Ok(())
+    }
 }
 
-/// `POST /durable/register`.
-pub async fn register(tasks: RequestTasks, user: Credentials) -> Result<Response, ApiError> {
-    let id = tasks
-        .add_durable(&Welcome { email: user.email })
-        .map_err(not_added)?;
-    Ok(created("Email sent", &id))
+/// Every durable task kind of the demo, as `worker --only` names them.
+pub const KINDS: [&str; 4] = [Welcome::NAME, Recovering::NAME, ProcessFile::NAME, Tick::NAME];
+
+/// What a process of the demo registers on its store.
+pub struct Registration<'a> {
+    /// Where emails go.
+    pub outbox: Outbox,
+    /// Where uploads are.
+    pub uploads: Uploads,
+    /// Durable tasks run at once (`--workers`).
+    pub concurrency: usize,
+    /// One attempt's limit (`--durable-timeout-s`).
+    pub timeout: std::time::Duration,
+    /// `--tick-every-s`, if not 0.
+    pub tick_every: Option<std::time::Duration>,
+    /// `--only`: the kinds to run; `None` for all of them.
+    pub only: Option<&'a [String]>,
+}
+
+impl Registration<'_> {
+    /// Registers the demo's durable tasks (those of `--only`) on `store`.
+    pub fn register(self, mut store: StoreBuilder) -> StoreBuilder {
+        let runs = |kind: &str| self.only.is_none_or(|only| only.iter().any(|k| k == kind));
+        if runs(Welcome::NAME) {
+            store = store.register::<Welcome>(self.outbox.clone());
+        }
+        if runs(Recovering::NAME) {
+            store = store.register::<Recovering>(self.outbox.clone());
+        }
+        if runs(ProcessFile::NAME) {
+            store = store.register::<ProcessFile>(self.uploads);
+        }
+        if runs(Tick::NAME) {
+            store = store.register::<Tick>(self.outbox);
+        }
+        if let Some(period) = self.tick_every {
+            store = store.every(period, || Tick {});
+        }
+        if self.only.is_some() {
+            // An older release knows fewer kinds: River's leader would
+            // discard the orphaned tasks of the kinds it does not know.
+            store = store.without_leader_election();
+        }
+        store.concurrency(self.concurrency).timeout(self.timeout)
+    }
+}
+
+/// `?delay_s=N` on `POST /durable/register`.
+#[derive(Deserialize)]
+pub struct DelayQuery {
+    delay_s: Option<u64>,
+}
+
+/// The longest `?delay_s=`: a day.
+const MAX_DELAY_S: u64 = 86_400;
+
+/// `POST /durable/register`: 201 once the task is committed.
+pub async fn register(
+    durable: RequestDurable,
+    headers: HeaderMap,
+    query: Result<Query<DelayQuery>, QueryRejection>,
+    user: Credentials,
+) -> Result<Response, ApiError> {
+    let mut options = Enqueue::new();
+    if let Some(key) = headers.get("idempotency-key") {
+        let key = key
+            .to_str()
+            .ok()
+            .filter(|key| (1..=255).contains(&key.len()) && key.bytes().all(|b| b.is_ascii_graphic()))
+            .ok_or_else(|| {
+                ApiError::new(
+                    StatusCode::BAD_REQUEST,
+                    "`Idempotency-Key` must be 1 to 255 visible ASCII characters".to_owned(),
+                )
+            })?;
+        options = options.idempotency_key(key);
+    }
+    let Query(DelayQuery { delay_s }) = query.map_err(|rejection| {
+        ApiError::new(
+            StatusCode::BAD_REQUEST,
+            format!("{}; expected `?delay_s=N` with N from 0 to {MAX_DELAY_S}", rejection.body_text()),
+        )
+    })?;
+    if let Some(delay_s) = delay_s {
+        if delay_s > MAX_DELAY_S {
+            return Err(ApiError::new(
+                StatusCode::BAD_REQUEST,
+                format!("`delay_s` must be from 0 to {MAX_DELAY_S}"),
+            ));
+        }
+        options = options.delay(std::time::Duration::from_secs(delay_s));
+    }
+    let enqueued = durable
+        .enqueue_with(&Welcome { email: user.email }, options)
+        .await
+        .map_err(not_stored)?;
+    Ok(created("Email sent", enqueued.id))
 }
 
 #[derive(Deserialize)]
@@ -221,7 +313,7 @@ fn one() -> u32 {
 
 /// `POST /durable/fail?times=N`.
 pub async fn fail(
-    tasks: RequestTasks,
+    durable: RequestDurable,
     query: Result<Query<TimesQuery>, QueryRejection>,
     _: Credentials,
 ) -> Result<Response, ApiError> {
@@ -240,13 +332,14 @@ pub async fn fail(
             "`times` must be from 0 to 100".to_owned(),
         ));
     }
-    let id = tasks
-        .add_durable(&Recovering { times })
-        .map_err(not_added)?;
-    Ok(created("Created", &id))
+    let id = durable
+        .enqueue(&Recovering { times })
+        .await
+        .map_err(not_stored)?;
+    Ok(created("Created", id))
 }
 
-fn created(message: &str, id: &TaskId) -> Response {
+fn created(message: &str, id: TaskId) -> Response {
     (
         StatusCode::CREATED,
         Json(json!({ "message": message, "task_id": id })),
@@ -295,7 +388,7 @@ pub async fn upload(
         Ok(id) => id,
         Err(error) => {
             let _ = tokio::task::spawn_blocking(move || uploads.remove(&upload)).await;
-            return Err(unavailable(error));
+            return Err(not_stored(error));
         }
     };
     Ok((
@@ -311,22 +404,25 @@ pub async fn file_status(
     State(store): State<Store>,
     Path(id): Path<String>,
 ) -> Result<Json<serde_json::Value>, ApiError> {
-    let info = store.task(&id).await.map_err(unavailable)?;
-    let Some(info) = info.filter(|info| info.task.as_deref() == Some(ProcessFile::NAME)) else {
-        return Err(ApiError::new(
-            StatusCode::NOT_FOUND,
-            "no such file".to_owned(),
-        ));
+    let not_found = || ApiError::new(StatusCode::NOT_FOUND, "no such file".to_owned());
+    let id: TaskId = id.parse().map_err(|_| not_found())?;
+    let info = match store.task::<ProcessFile>(id).await {
+        Ok(info) => info.ok_or_else(not_found)?,
+        Err(DurableError::WrongKind { .. }) => return Err(not_found()),
+        Err(error) => return Err(unavailable(error)),
     };
-    let result = match info.status {
-        TaskStatus::Done => info.output.clone(),
-        _ => None,
+    let status = match info.state {
+        TaskState::Queued | TaskState::Scheduled => "queued",
+        TaskState::Running => "running",
+        TaskState::Retrying => "retrying",
+        TaskState::Succeeded => "done",
+        _ => "dead",
     };
     Ok(Json(json!({
-        "id": info.task_id,
-        "status": info.status,
+        "id": info.id,
+        "status": status,
         "attempts": info.attempts,
-        "result": result,
+        "result": info.output,
     })))
 }
 
@@ -339,6 +435,17 @@ pub async fn stats(State(store): State<Store>) -> Result<Json<serde_json::Value>
 /// `GET /durable/dead`.
 pub async fn dead(State(store): State<Store>) -> Result<Json<serde_json::Value>, ApiError> {
     let dead = store.dead(DEAD_LISTED).await.map_err(unavailable)?;
+    let dead: Vec<_> = dead
+        .iter()
+        .map(|task| {
+            json!({
+                "task_id": task.id,
+                "task": task.task,
+                "attempts": task.attempts,
+                "last_error": task.last_error,
+            })
+        })
+        .collect();
     Ok(Json(json!(dead)))
 }
 
@@ -347,7 +454,11 @@ pub async fn retry(
     State(store): State<Store>,
     Path(id): Path<String>,
 ) -> Result<Response, ApiError> {
-    if !store.requeue(&id).await.map_err(unavailable)? {
+    let retried = match id.parse::<TaskId>() {
+        Ok(id) => store.retry(id).await.map_err(unavailable)?,
+        Err(_) => false,
+    };
+    if !retried {
         return Err(ApiError::new(
             StatusCode::NOT_FOUND,
             "no dead task has this id".to_owned(),
@@ -360,11 +471,16 @@ pub async fn retry(
         .into_response())
 }
 
-fn not_added(error: DurableError) -> ApiError {
-    tracing::error!(%error, "cannot add a durable task");
+/// The task was not committed: 503 when the store is down (nothing was
+/// stored, try again), 500 for a mistake of ours.
+fn not_stored(error: DurableError) -> ApiError {
+    if error.is_unavailable() {
+        return unavailable(error);
+    }
+    tracing::error!(%error, "cannot store a durable task");
     ApiError::new(
         StatusCode::INTERNAL_SERVER_ERROR,
-        "the durable task could not be added".to_owned(),
+        "the durable task could not be stored".to_owned(),
     )
 }
 

@@ -2,14 +2,17 @@
 
 use std::io::Write;
 
-use epilogue::durable::{Store, Worker, WorkerReport};
+use epilogue::{Runner, ShutdownReport};
+use epilogue_durable::Store;
 
 use crate::app::{self, Files};
-use crate::config::{Config, TaskFlags};
-use crate::durable;
+use crate::config::{Config, TaskFlags, WorkerFlags};
+use crate::durable::Registration;
 
 /// The service: runs until Ctrl-C or SIGTERM, then drains and logs what
-/// ran, per task name.
+/// ran, per task name. The server, the in-memory tasks and the durable
+/// ones drain within one grace period: the durable tasks run on the same
+/// runner.
 ///
 /// # Errors
 ///
@@ -21,26 +24,69 @@ pub async fn serve(config: Config) -> Result<(), String> {
     let flags = &config.tasks;
     // The error names the directory or file that failed.
     let files = Files::open(flags).map_err(|e| e.to_string())?;
-    let store = open_store(flags).await?;
-    let worker = (flags.workers > 0).then(|| start_worker(&store, &files, flags));
+    let store = open_store(flags, &files, None, &runner).await?;
     let state = app::State::new(files, runner.clone(), metrics, store.clone());
     let listener = crate::listen(&config.addr).await?;
-
-    // The durable worker stops fetching on the same signal as the server,
-    // and drains beside it.
-    let grace = flags.shutdown_grace();
-    let worker = tokio::spawn(async move {
-        let worker = worker?;
-        epilogue::shutdown_signal().await;
-        Some(worker.shutdown(grace).await)
-    });
     let report = epilogue::axum::serve(listener, app::router(state), runner)
-        .durable(store)
-        .grace(grace)
+        .commit(store)
+        .grace(flags.shutdown_grace())
         .await;
+    log_report(&report);
+    Ok(())
+}
+
+/// `epilogue-demo worker`: durable tasks only, no listener.
+///
+/// # Errors
+///
+/// A message for stderr when it cannot start.
+pub async fn work(flags: &WorkerFlags) -> Result<(), String> {
+    let runner = Runner::new();
+    let files = Files::open(&flags.tasks).map_err(|e| e.to_string())?;
+    let store = open_store(&flags.tasks, &files, flags.only.as_deref(), &runner).await?;
+    store.ready().await;
+    let mut stdout = std::io::stdout().lock();
+    writeln!(stdout, "worker ready")
+        .and_then(|()| stdout.flush())
+        .map_err(|e| format!("cannot write to stdout: {e}"))?;
+    drop(stdout);
+    let report = store
+        .work_until_signal(&runner, flags.tasks.shutdown_grace())
+        .await;
+    log_report(&report);
+    Ok(())
+}
+
+async fn open_store(
+    flags: &TaskFlags,
+    files: &Files,
+    only: Option<&[String]>,
+    runner: &Runner,
+) -> Result<Store, String> {
+    // The URL is never repeated: it may hold a password.
+    let cannot = |e: epilogue_durable::DurableError| {
+        format!("cannot open the durable task store (--store): {e}")
+    };
+    let store = Store::open(&flags.store_url()).await.map_err(cannot)?;
+    Registration {
+        outbox: files.outbox.clone(),
+        uploads: files.uploads.clone(),
+        concurrency: flags.workers,
+        timeout: flags.durable_timeout(),
+        tick_every: flags.tick_every(),
+        only,
+    }
+    .register(store)
+    .start(runner)
+    .await
+    .map_err(cannot)
+}
+
+/// One line per task name, however many tasks ran: what an on-call engineer
+/// reads after a deploy. Durable tasks are counted with the others, by
+/// their kind.
+fn log_report(report: &ShutdownReport) {
     let stats = &report.stats;
-    // One line per task name, however many tasks ran: what an on-call
-    // engineer reads after a deploy.
     for (task, counts) in &stats.by_task {
         tracing::info!(
             task,
@@ -50,9 +96,6 @@ pub async fn serve(config: Config) -> Result<(), String> {
             "background tasks of this name"
         );
     }
-    if let Ok(Some(durable)) = worker.await {
-        log_worker_report(&durable);
-    }
     tracing::info!(
         drained = report.drained,
         succeeded = stats.succeeded,
@@ -60,56 +103,5 @@ pub async fn serve(config: Config) -> Result<(), String> {
         panicked = stats.panicked,
         cut_off = stats.cut_off,
         "stopped"
-    );
-    Ok(())
-}
-
-/// `epilogue-demo worker`: durable tasks only, no listener.
-///
-/// # Errors
-///
-/// A message for stderr when it cannot start.
-pub async fn work(flags: &TaskFlags) -> Result<(), String> {
-    let files = Files::open(flags).map_err(|e| e.to_string())?;
-    let store = open_store(flags).await?;
-    let worker = start_worker(&store, &files, flags);
-    worker.ready().await;
-    let mut stdout = std::io::stdout().lock();
-    writeln!(stdout, "worker ready")
-        .and_then(|()| stdout.flush())
-        .map_err(|e| format!("cannot write to stdout: {e}"))?;
-    drop(stdout);
-    epilogue::shutdown_signal().await;
-    log_worker_report(&worker.shutdown(flags.shutdown_grace()).await);
-    Ok(())
-}
-
-async fn open_store(flags: &TaskFlags) -> Result<Store, String> {
-    let url = flags.store_url();
-    // The URL is not repeated: it may hold a password.
-    Store::connect(&url)
-        .await
-        .map_err(|e| format!("cannot open the durable task store (--store): {e}"))
-}
-
-fn start_worker(store: &Store, files: &Files, flags: &TaskFlags) -> Worker {
-    let concurrency = flags.workers.max(1);
-    durable::worker(
-        store,
-        files.outbox.clone(),
-        files.uploads.clone(),
-        concurrency,
-    )
-    .start()
-}
-
-fn log_worker_report(report: &WorkerReport) {
-    tracing::info!(
-        drained = report.drained,
-        succeeded = report.succeeded,
-        retried = report.retried,
-        dead = report.dead,
-        released = report.released,
-        "durable worker stopped"
     );
 }

@@ -88,7 +88,7 @@ impl Pool {
 
     /// How many tasks are in each of River's states.
     pub(crate) async fn count_by_state(&self) -> Result<Vec<(String, i64)>, DurableError> {
-        const COUNT: &str = "SELECT state, count(*) FROM river_job GROUP BY state";
+        const COUNT: &str = "SELECT CAST(state AS TEXT), count(*) FROM river_job GROUP BY state";
         let counts = match self {
             #[cfg(feature = "sqlite")]
             Self::Sqlite(pool) => sqlx::query_as(COUNT).fetch_all(pool).await,

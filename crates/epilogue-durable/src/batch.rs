@@ -8,6 +8,7 @@
 //! With one client, each batch holds one task and nothing waits; with many,
 //! one fsync serves many responses. No timer delays a lone task.
 
+use std::collections::HashSet;
 use std::sync::Arc;
 
 use riverqueue::{Client, InsertBatch, InsertBatchResult, InsertOpts};
@@ -26,20 +27,45 @@ const QUEUE: usize = 4096;
 /// between two transactions.
 #[derive(Default)]
 pub(crate) struct Tasks {
-    pushes: Vec<Box<dyn FnOnce(&mut InsertBatch) + Send + Sync>>,
+    pushes: Vec<Push>,
+}
+
+/// One task, ready to join a batch.
+struct Push {
+    /// Its kind and idempotency key, if it has one: River refuses a batch
+    /// in which a unique key appears twice.
+    key: Option<(&'static str, String)>,
+    push: Box<dyn FnOnce(&mut InsertBatch) + Send + Sync>,
 }
 
 impl Tasks {
     /// Adds `task`, stored with `opts`.
     pub(crate) fn push<T: DurableTask>(&mut self, task: Envelope<T>, opts: InsertOpts) {
-        self.pushes
-            .push(Box::new(move |batch: &mut InsertBatch| {
+        let key = task.idempotency_key.clone().map(|key| (T::NAME, key));
+        self.add(Push {
+            key,
+            push: Box::new(move |batch: &mut InsertBatch| {
                 batch.push_with(task, opts);
-            }));
+            }),
+        });
+    }
+
+    /// A task whose kind and key are already among these is a duplicate
+    /// of the earlier one: it stores nothing, as it would in a later
+    /// transaction.
+    fn add(&mut self, push: Push) {
+        if let Some(key) = &push.key {
+            if self.keys().any(|known| known == key) {
+                return;
+            }
+        }
+        self.pushes.push(push);
     }
 
     pub(crate) fn append(&mut self, other: Self) {
-        self.pushes.extend(other.pushes);
+        for push in other.pushes {
+            self.add(push);
+        }
     }
 
     pub(crate) fn len(&self) -> usize {
@@ -48,6 +74,10 @@ impl Tasks {
 
     pub(crate) fn is_empty(&self) -> bool {
         self.pushes.is_empty()
+    }
+
+    fn keys(&self) -> impl Iterator<Item = &(&'static str, String)> {
+        self.pushes.iter().filter_map(|push| push.key.as_ref())
     }
 }
 
@@ -84,13 +114,36 @@ impl Batcher {
 
 async fn insert_batches(client: Client, mut receiver: mpsc::Receiver<Request>) {
     let mut requests = Vec::with_capacity(MAX_BATCH);
-    while receiver.recv_many(&mut requests, MAX_BATCH).await > 0 {
+    // Requests that repeat an idempotency key of the batch before them:
+    // River refuses a batch in which a unique key appears twice, so they
+    // wait for the next one (and find the first task there).
+    let mut held: Vec<Request> = Vec::new();
+    loop {
+        if held.is_empty() {
+            if receiver.recv_many(&mut requests, MAX_BATCH).await == 0 {
+                return;
+            }
+        } else {
+            requests.append(&mut held);
+            while requests.len() < MAX_BATCH {
+                match receiver.try_recv() {
+                    Ok(request) => requests.push(request),
+                    Err(_) => break,
+                }
+            }
+        }
         let mut batch = InsertBatch::new();
         let mut replies = Vec::with_capacity(requests.len());
+        let mut keys = HashSet::new();
         for request in requests.drain(..) {
+            if request.tasks.keys().any(|key| keys.contains(key)) {
+                held.push(request);
+                continue;
+            }
+            keys.extend(request.tasks.keys().cloned());
             replies.push((request.reply, request.tasks.len()));
             for push in request.tasks.pushes {
-                push(&mut batch);
+                (push.push)(&mut batch);
             }
         }
         // River begins on a task of its own, so that this insert cannot be

@@ -7,7 +7,7 @@ use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use epilogue::Runner;
-use riverqueue::jiff::Timestamp;
+use riverqueue::jiff::{RoundMode, Timestamp, TimestampRound, Unit};
 use riverqueue::{
     Client, InsertOpts, JobListOrderBy, JobListParams, JobState, SortDirection, UniqueOpts,
 };
@@ -105,7 +105,7 @@ impl Enqueue {
             opts = opts.with_unique(UniqueOpts::new().with_by_args(true));
         }
         if let Some(at) = self.run_at {
-            if let Ok(at) = Timestamp::try_from(at) {
+            if let Some(at) = not_before(at) {
                 opts = opts.with_scheduled_at(at);
             }
         }
@@ -117,6 +117,18 @@ impl Enqueue {
             opts,
         ))
     }
+}
+
+/// The time to store for a task that must not start before `at`. SQLite
+/// keeps milliseconds, rounded to the nearest, and River rounds the `now` it
+/// compares them with the same way: rounded up, plus a millisecond, the task
+/// cannot start (half a millisecond) early.
+fn not_before(at: SystemTime) -> Option<Timestamp> {
+    let at = Timestamp::try_from(at.checked_add(Duration::from_millis(1))?).ok()?;
+    let round = TimestampRound::new()
+        .smallest(Unit::Millisecond)
+        .mode(RoundMode::Ceil);
+    Some(at.round(round).unwrap_or(at))
 }
 
 /// What an enqueue stored, from [`Store::enqueue_with`].

@@ -30,6 +30,10 @@ const LONGEST_RETRY: Duration = Duration::from_secs(3600);
 /// again; it keeps its attempt.
 const REFUSED_SNOOZE: Duration = Duration::from_millis(250);
 
+/// How long an attempt the runner cut off at its shutdown deadline waits
+/// for River's hard stop, which puts it back without using up its attempt.
+const HARD_STOP_WAIT: Duration = Duration::from_millis(500);
+
 /// River's worker for the tasks of kind `T::NAME`.
 pub(crate) struct RunOnRunner<T: DurableTask> {
     pub(crate) state: T::State,
@@ -82,11 +86,12 @@ impl<T: DurableTask> riverqueue::Worker<Envelope<T>> for RunOnRunner<T> {
             run,
             sender,
             context.cancellation_token().clone(),
+            self.runner.clone(),
         ))));
         let attempt_fn = move || {
             let taken = slot.lock().unwrap_or_else(|e| e.into_inner()).take();
             async move {
-                let Some((task, state, run, sender, cancelled)) = taken else {
+                let Some((task, state, run, sender, cancelled, runner)) = taken else {
                     return Ok(());
                 };
                 let ran = AssertUnwindSafe(task.run(run, state)).catch_unwind();
@@ -96,6 +101,13 @@ impl<T: DurableTask> riverqueue::Worker<Envelope<T>> for RunOnRunner<T> {
                     () = cancelled.cancelled() => None,
                     ran = ran => Some(ran),
                 };
+                if ran.is_none() && runner.cut_off().now_or_never().is_some() {
+                    // River's hard stop at the runner's shutdown deadline:
+                    // the runner drops this attempt in this very turn. Let
+                    // it, so that the runner counts it as cut off, not as
+                    // failed.
+                    std::future::pending::<()>().await;
+                }
                 let (ended, counted) = match ran {
                     None => (Ended::Cancelled, Err("cancelled (its timeout, a cancel, or a shutdown)".to_owned())),
                     Some(Ok(Ok(output))) => match serde_json::to_value(output) {
@@ -137,10 +149,23 @@ impl<T: DurableTask> riverqueue::Worker<Envelope<T>> for RunOnRunner<T> {
             }
             Ok(Ended::Ran(Err(error))) => Err(error.into()),
             Ok(Ended::Panicked(message)) => Err(format!("the task panicked: {message}").into()),
-            // Cut off by the runner's shutdown deadline (the sender was
-            // dropped), or cancelled by River: during a hard stop, River
-            // puts it back without using up its attempt.
-            Ok(Ended::Cancelled) | Err(_) => Err(WorkCancelled.into()),
+            // Cancelled by River: during a hard stop, River puts it back
+            // without using up its attempt.
+            Ok(Ended::Cancelled) => Err(WorkCancelled.into()),
+            // Dropped by the runner before it ended (the sender went with
+            // it): cut off at the runner's shutdown deadline, or by the
+            // runner's own task timeout.
+            Err(_) => {
+                // At the deadline, River's hard stop starts from the same
+                // moment (see `supervise`) but may come a little later:
+                // returning before it would make the cut-off a failed
+                // attempt, not an interrupted one.
+                if self.runner.cut_off().now_or_never().is_some() {
+                    let cancelled = context.cancellation_token().cancelled();
+                    let _ = tokio::time::timeout(HARD_STOP_WAIT, cancelled).await;
+                }
+                Err(WorkCancelled.into())
+            }
         }
     }
 }
