@@ -31,6 +31,16 @@ impl IntoResponseParts for DurableTasks {
     }
 }
 
+/// An empty `200` that carries the tasks, so that they can end a response
+/// too: `(StatusCode::CREATED, tasks)`.
+impl IntoResponse for DurableTasks {
+    fn into_response(self) -> Response {
+        let mut response = ().into_response();
+        self.attach(response.extensions_mut());
+        response
+    }
+}
+
 /// `503` with `Retry-After` when the store is unavailable (nothing was
 /// stored: try again), `400` for a task that does not encode, `500` for a
 /// mistake in the service's code. The body is JSON; it never shows the

@@ -57,11 +57,19 @@ impl Pool {
                     // survive a power loss, not only a crash.
                     .synchronous(SqliteSynchronous::Full)
                     .busy_timeout(Duration::from_secs(5));
-                let pool = crate::sqlite::pool_options()
+                let mut pool = crate::sqlite::pool_options()
                     .max_connections(8)
-                    .acquire_timeout(Duration::from_secs(5))
-                    .connect_with(options)
-                    .await?;
+                    .acquire_timeout(Duration::from_secs(5));
+                if url.contains(":memory:") || url.contains("mode=memory") {
+                    // An in-memory database lives as long as a connection
+                    // to it, and (unless shared-cache) in that one only.
+                    pool = pool
+                        .max_connections(1)
+                        .min_connections(1)
+                        .idle_timeout(None)
+                        .max_lifetime(None);
+                }
+                let pool = pool.connect_with(options).await?;
                 Ok(Self::Sqlite(pool))
             }
             #[cfg(feature = "postgres")]

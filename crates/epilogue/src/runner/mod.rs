@@ -361,8 +361,7 @@ impl Runner {
     /// bookkeeping before the process exits: a durable queue's client
     /// records the outcome of the tasks it ran here. Past the deadline a
     /// shutdown waits at most one more second for holds, as for tasks that
-    /// are being cut off. A hold counts as one admitted group, in
-    /// [`Stats::groups_admitted`] and against the limits.
+    /// are being cut off. Holds take no room from the limits.
     pub fn hold(&self) -> Hold {
         Hold::new(&self.state)
     }

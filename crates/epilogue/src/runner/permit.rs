@@ -146,14 +146,21 @@ impl fmt::Debug for Deferred {
 /// [`Runner::hold`](super::Runner::hold).
 #[must_use = "a hold keeps the runner's shutdown waiting until it is dropped"]
 pub struct Hold {
-    _admission: Admission,
+    state: Arc<State>,
 }
 
 impl Hold {
     pub(super) fn new(state: &Arc<State>) -> Self {
+        state.hold();
         Self {
-            _admission: Admission::over_limit(state),
+            state: state.clone(),
         }
+    }
+}
+
+impl Drop for Hold {
+    fn drop(&mut self) {
+        self.state.release_hold();
     }
 }
 

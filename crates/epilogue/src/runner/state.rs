@@ -39,6 +39,8 @@ pub(crate) struct State {
     /// waits for it to reach 0 (a `TaskTracker` counted the same groups
     /// again, with a token of 8 bytes in each).
     admitted: AtomicUsize,
+    /// [`Hold`](super::Hold)s: a shutdown waits for them too.
+    holds: AtomicUsize,
     closed: AtomicBool,
     /// Set with `closed`, for what waits for the runner to close.
     closing: Arc<Latch>,
@@ -105,12 +107,8 @@ impl Drop for Admission {
         if self.running {
             self.state.places.release(&self.state);
         }
-        // SeqCst, as `close` and `wait_idle`: either this sees the runner
-        // closed, or the shutdown sees the count at 0.
-        let left = self.state.admitted.fetch_sub(1, Ordering::SeqCst) - 1;
-        if left == 0 && self.state.is_closed() {
-            self.state.idle.notify_waiters();
-        }
+        self.state.admitted.fetch_sub(1, Ordering::SeqCst);
+        self.state.notify_if_idle();
     }
 }
 
@@ -123,6 +121,7 @@ impl State {
             config,
             idle: Notify::new(),
             admitted: AtomicUsize::new(0),
+            holds: AtomicUsize::new(0),
             closed: AtomicBool::new(false),
             closing: Arc::default(),
             deadline: Arc::default(),
@@ -169,17 +168,41 @@ impl State {
         self.closing.clone()
     }
 
-    /// Completes once the runner is closed and no group holds a permit.
+    /// Completes once the runner is closed and no group holds a permit,
+    /// nor anything a hold.
     pub(super) async fn wait_idle(&self) {
         loop {
             let notified = std::pin::pin!(self.idle.notified());
             let mut notified = notified;
             notified.as_mut().enable();
-            if self.is_closed() && self.admitted.load(Ordering::SeqCst) == 0 {
+            if self.is_idle() {
                 return;
             }
             notified.await;
         }
+    }
+
+    fn is_idle(&self) -> bool {
+        self.is_closed()
+            && self.admitted.load(Ordering::SeqCst) == 0
+            && self.holds.load(Ordering::SeqCst) == 0
+    }
+
+    fn notify_if_idle(&self) {
+        // SeqCst, as `close` and `wait_idle`: either this sees the runner
+        // closed, or the shutdown sees the counts at 0.
+        if self.is_idle() {
+            self.idle.notify_waiters();
+        }
+    }
+
+    pub(super) fn hold(&self) {
+        self.holds.fetch_add(1, Ordering::SeqCst);
+    }
+
+    pub(super) fn release_hold(&self) {
+        self.holds.fetch_sub(1, Ordering::SeqCst);
+        self.notify_if_idle();
     }
 
     /// The shutdown deadline has passed (or a second signal came): running

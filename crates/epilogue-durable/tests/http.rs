@@ -1,0 +1,234 @@
+//! Durable tasks from axum handlers, through `epilogue::axum::serve(..)
+//! .commit(store)`: added ones are stored after a success, before the
+//! response leaves; returned ones whatever the status; none after an error.
+
+mod common;
+
+use std::future::IntoFuture;
+use std::net::SocketAddr;
+
+use axum::http::StatusCode;
+use axum::routing::post;
+use axum::Router;
+use common::{recv, task_in, total, Db};
+use epilogue::{Runner, ShutdownReport};
+use epilogue_durable::{
+    BoxError, DurableError, DurableTask, DurableTasks, Job, RequestDurable, Store, TaskId,
+    TaskState,
+};
+use serde::{Deserialize, Serialize};
+use tokio::sync::mpsc::{unbounded_channel, UnboundedReceiver, UnboundedSender};
+use tokio::sync::oneshot;
+use tokio::task::JoinHandle;
+
+#[derive(Serialize, Deserialize)]
+struct Mail {
+    to: String,
+}
+
+impl DurableTask for Mail {
+    const NAME: &'static str = "mail";
+    type State = UnboundedSender<(TaskId, String)>;
+    type Output = ();
+
+    async fn run(self, job: Job, sent: Self::State) -> Result<(), BoxError> {
+        let _ = sent.send((job.id(), self.to));
+        Ok(())
+    }
+}
+
+fn mail(to: &str) -> Mail {
+    Mail { to: to.to_owned() }
+}
+
+async fn added(durable: RequestDurable) -> Result<StatusCode, DurableError> {
+    durable.add(&mail("added"))?;
+    Ok(StatusCode::CREATED)
+}
+
+async fn added_then_refused(durable: RequestDurable) -> Result<StatusCode, DurableError> {
+    durable.add(&mail("refused"))?;
+    Ok(StatusCode::BAD_REQUEST)
+}
+
+async fn returned() -> Result<(StatusCode, DurableTasks), DurableError> {
+    let mut tasks = DurableTasks::new();
+    tasks.add(&mail("returned"))?;
+    Ok((StatusCode::CREATED, tasks))
+}
+
+async fn returned_with_an_error() -> Result<(StatusCode, DurableTasks, &'static str), DurableError>
+{
+    let mut tasks = DurableTasks::new();
+    tasks.add(&mail("returned with a 400"))?;
+    Ok((StatusCode::BAD_REQUEST, tasks, "no such user"))
+}
+
+async fn enqueued(durable: RequestDurable) -> Result<(StatusCode, String), DurableError> {
+    let id = durable.enqueue(&mail("enqueued")).await?;
+    Ok((StatusCode::CREATED, id.to_string()))
+}
+
+fn app() -> Router {
+    Router::new()
+        .route("/added", post(added))
+        .route("/refused", post(added_then_refused))
+        .route("/returned", post(returned))
+        .route("/returned-400", post(returned_with_an_error))
+        .route("/enqueued", post(enqueued))
+}
+
+/// A server on 127.0.0.1 with a store on a SQLite file of its own.
+struct Server {
+    db: Db,
+    addr: SocketAddr,
+    store: Store,
+    sent: UnboundedReceiver<(TaskId, String)>,
+    stop: oneshot::Sender<()>,
+    served: JoinHandle<ShutdownReport>,
+    client: reqwest::Client,
+}
+
+impl Server {
+    async fn start(commit: bool) -> Self {
+        let db = Db::new();
+        let runner = Runner::new();
+        let (sent_tx, sent) = unbounded_channel();
+        let store = Store::open(&db.url)
+            .await
+            .unwrap()
+            .register::<Mail>(sent_tx)
+            .start(&runner)
+            .await
+            .unwrap();
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let (stop, stopped) = oneshot::channel::<()>();
+        let serve = epilogue::axum::serve(listener, app(), runner).with_graceful_shutdown(async {
+            let _ = stopped.await;
+        });
+        let serve = if commit {
+            serve.commit(store.clone())
+        } else {
+            serve
+        };
+        let served = tokio::spawn(serve.into_future());
+        Self {
+            db,
+            addr,
+            store,
+            sent,
+            stop,
+            served,
+            client: reqwest::Client::new(),
+        }
+    }
+
+    async fn post(&self, path: &str) -> reqwest::Response {
+        self.client
+            .post(format!("http://{}{path}", self.addr))
+            .send()
+            .await
+            .unwrap()
+    }
+
+    async fn stored(&self) -> u64 {
+        total(&self.store.stats().await.unwrap())
+    }
+
+    async fn stop(self) -> ShutdownReport {
+        let _ = self.stop.send(());
+        tokio::time::timeout(common::DEADLINE, self.served)
+            .await
+            .expect("the server to stop")
+            .unwrap()
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_task_added_by_a_successful_handler_is_stored_before_the_response_and_runs() {
+    let mut server = Server::start(true).await;
+    let response = server.post("/added").await;
+    assert_eq!(response.status(), StatusCode::CREATED);
+    // On disk before the response left: no wait.
+    assert_eq!(server.stored().await, 1);
+    let (id, to) = recv(&mut server.sent, "the added task to run").await;
+    assert_eq!(to, "added");
+    task_in::<Mail>(&server.store, id, TaskState::Succeeded).await;
+    assert!(server.stop().await.drained);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_task_added_by_a_handler_that_answers_an_error_is_not_stored() {
+    let mut server = Server::start(true).await;
+    let response = server.post("/refused").await;
+    assert_eq!(response.status(), StatusCode::BAD_REQUEST);
+    assert_eq!(server.stored().await, 0);
+
+    // A success after it stores its own task only, and that one runs: the
+    // refused one was never stored, not merely late.
+    assert_eq!(server.post("/added").await.status(), StatusCode::CREATED);
+    let (_, to) = recv(&mut server.sent, "the added task to run").await;
+    assert_eq!(to, "added");
+    let stats = server.store.stats().await.unwrap();
+    assert_eq!(total(&stats), 1, "{stats:?}");
+    assert!(server.stop().await.drained);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn tasks_returned_with_the_response_are_stored_whatever_its_status() {
+    let mut server = Server::start(true).await;
+    assert_eq!(server.post("/returned").await.status(), StatusCode::CREATED);
+    assert_eq!(server.stored().await, 1);
+    let (id, to) = recv(&mut server.sent, "the returned task to run").await;
+    assert_eq!(to, "returned");
+    task_in::<Mail>(&server.store, id, TaskState::Succeeded).await;
+
+    assert_eq!(
+        server.post("/returned-400").await.status(),
+        StatusCode::BAD_REQUEST
+    );
+    assert_eq!(server.stored().await, 2);
+    let (_, to) = recv(&mut server.sent, "the task returned with a 400 to run").await;
+    assert_eq!(to, "returned with a 400");
+    assert!(server.stop().await.drained);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_task_enqueued_by_a_handler_has_its_id_in_the_response() {
+    let mut server = Server::start(true).await;
+    let response = server.post("/enqueued").await;
+    assert_eq!(response.status(), StatusCode::CREATED);
+    let id: TaskId = response.text().await.unwrap().parse().unwrap();
+    let (ran, to) = recv(&mut server.sent, "the enqueued task to run").await;
+    assert_eq!((ran, to.as_str()), (id, "enqueued"));
+    task_in::<Mail>(&server.store, id, TaskState::Succeeded).await;
+    assert!(server.stop().await.drained);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn without_the_store_on_the_layer_a_handler_that_needs_it_answers_500() {
+    let server = Server::start(false).await;
+    let response = server.post("/added").await;
+    assert_eq!(response.status(), StatusCode::INTERNAL_SERVER_ERROR);
+    let body: serde_json::Value = response.json().await.unwrap();
+    assert_eq!(body["reason"], "durable_misconfigured");
+    assert_eq!(server.stored().await, 0);
+    assert!(server.stop().await.drained);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_store_that_cannot_be_written_answers_503_in_place_of_the_handlers_response() {
+    let server = Server::start(true).await;
+    std::fs::remove_file(server.db.dir.path().join("tasks.db")).unwrap();
+    common::eventually("the store to notice its file is gone", || async {
+        (!server.store.file_intact()).then_some(())
+    })
+    .await;
+    for path in ["/added", "/returned", "/enqueued"] {
+        let response = server.post(path).await;
+        assert_eq!(response.status(), StatusCode::SERVICE_UNAVAILABLE, "{path}");
+        assert!(response.headers().contains_key("retry-after"), "{path}");
+    }
+    server.stop().await;
+}
