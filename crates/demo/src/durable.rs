@@ -12,6 +12,7 @@ use axum::extract::{Path, Query, State};
 use axum::http::{header, HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
+use epilogue::axum::Admitted;
 use epilogue_durable::{
     BoxError, DurableError, DurableTask, Enqueue, Job, RequestDurable, Store, StoreBuilder, TaskId,
     TaskState,
@@ -260,6 +261,7 @@ const MAX_DELAY_S: u64 = 86_400;
 
 /// `POST /durable/register`: 201 once the task is committed.
 pub async fn register(
+    _: Admitted,
     durable: RequestDurable,
     headers: HeaderMap,
     query: Result<Query<DelayQuery>, QueryRejection>,
@@ -313,6 +315,7 @@ fn one() -> u32 {
 
 /// `POST /durable/fail?times=N`.
 pub async fn fail(
+    _: Admitted,
     durable: RequestDurable,
     query: Result<Query<TimesQuery>, QueryRejection>,
     _: Credentials,
@@ -353,6 +356,7 @@ fn created(message: &str, id: TaskId) -> Response {
 /// cannot be written, the upload is removed before the 503, so that a 503
 /// leaves nothing behind.
 pub async fn upload(
+    _: Admitted,
     State(uploads): State<Uploads>,
     State(store): State<Store>,
     body: Result<Bytes, BytesRejection>,

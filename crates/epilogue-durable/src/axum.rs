@@ -64,9 +64,15 @@ impl IntoResponse for DurableError {
         let body = serde_json::json!({ "error": message, "reason": reason }).to_string();
         let mut response = (status, body).into_response();
         let headers = response.headers_mut();
-        headers.insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
+        headers.insert(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("application/json"),
+        );
         if self.is_unavailable() {
-            headers.insert(header::RETRY_AFTER, HeaderValue::from(self.retry_after().as_secs().max(1)));
+            headers.insert(
+                header::RETRY_AFTER,
+                HeaderValue::from(self.retry_after().as_secs().max(1)),
+            );
         }
         response
     }

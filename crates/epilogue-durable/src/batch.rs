@@ -102,7 +102,10 @@ impl Batcher {
 
     /// Inserts `tasks` with the tasks that arrive with them; their rows, in
     /// order.
-    pub(crate) async fn insert(&self, tasks: Tasks) -> Result<Vec<InsertBatchResult>, DurableError> {
+    pub(crate) async fn insert(
+        &self,
+        tasks: Tasks,
+    ) -> Result<Vec<InsertBatchResult>, DurableError> {
         let (reply, replied) = oneshot::channel();
         self.sender
             .send(Request { tasks, reply })

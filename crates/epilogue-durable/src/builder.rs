@@ -115,7 +115,8 @@ impl StoreBuilder {
         period: Duration,
         make: impl Fn() -> T + Send + Sync + 'static,
     ) -> Self {
-        let schedule = IntervalSchedule::new(period).expect("a periodic task needs a period above zero");
+        let schedule =
+            IntervalSchedule::new(period).expect("a periodic task needs a period above zero");
         // A stable id: every process registers the same periodic task,
         // and the leader inserts it once per period.
         let opts = PeriodicJobOpts::new().with_id(format!("epilogue:{}", T::NAME));

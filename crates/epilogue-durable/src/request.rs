@@ -5,12 +5,12 @@
 use std::fmt;
 use std::sync::{Arc, Mutex};
 
-use epilogue::http::{Commit, CommitFuture, PendingCommit};
-use http::{Extensions, StatusCode};
 use crate::batch::Tasks;
 use crate::error::DurableError;
 use crate::store::{Enqueue, Enqueued, Store};
 use crate::{DurableTask, TaskId};
+use epilogue::http::{Commit, CommitFuture, PendingCommit};
+use http::{Extensions, StatusCode};
 
 /// Durable tasks returned with a response, stored by the executing layer
 /// before the response leaves, whatever its status (the handler chose

@@ -93,13 +93,13 @@ impl Enqueue {
     ) -> Result<(Envelope<T>, InsertOpts), DurableError> {
         // A task that does not serialise as an object would fail the whole
         // batch it joins: refuse it here, alone.
-        let value = serde_json::to_value(task).map_err(|e| DurableError::Encode(e))?;
+        let value = serde_json::to_value(task).map_err(DurableError::Encode)?;
         if !value.is_object() {
             return Err(DurableError::Encode(serde::ser::Error::custom(
                 "a durable task must serialise as a JSON object",
             )));
         }
-        let task = serde_json::from_value(value).map_err(|e| DurableError::Encode(e))?;
+        let task = serde_json::from_value(value).map_err(DurableError::Encode)?;
         let mut opts = InsertOpts::default();
         if self.idempotency_key.is_some() {
             opts = opts.with_unique(UniqueOpts::new().with_by_args(true));
@@ -198,7 +198,11 @@ impl Store {
         let (task, opts) = options.prepare(task)?;
         let mut tasks = Tasks::default();
         tasks.push(task, opts);
-        let row = self.insert(tasks).await?.pop().ok_or(DurableError::Closed)?;
+        let row = self
+            .insert(tasks)
+            .await?
+            .pop()
+            .ok_or(DurableError::Closed)?;
         Ok(Enqueued {
             id: TaskId(row.id()),
             duplicate: row.unique_skipped_as_duplicate,
@@ -421,8 +425,6 @@ impl Store {
     /// Runs until Ctrl-C or SIGTERM, then drains `runner` (durable tasks in
     /// flight included) within `grace`: a worker-only process in one call.
     /// The tasks it has not started stay queued for another process.
-    #[cfg(feature = "axum")]
-    #[cfg_attr(docsrs, doc(cfg(feature = "axum")))]
     pub async fn work_until_signal(
         &self,
         runner: &Runner,

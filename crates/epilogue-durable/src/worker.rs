@@ -109,7 +109,10 @@ impl<T: DurableTask> riverqueue::Worker<Envelope<T>> for RunOnRunner<T> {
                     std::future::pending::<()>().await;
                 }
                 let (ended, counted) = match ran {
-                    None => (Ended::Cancelled, Err("cancelled (its timeout, a cancel, or a shutdown)".to_owned())),
+                    None => (
+                        Ended::Cancelled,
+                        Err("cancelled (its timeout, a cancel, or a shutdown)".to_owned()),
+                    ),
                     Some(Ok(Ok(output))) => match serde_json::to_value(output) {
                         Ok(output) => (Ended::Ran(Ok(output)), Ok(())),
                         Err(e) => {

@@ -72,9 +72,9 @@ impl DurableTask for Ping {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_task_refused_by_a_full_runner_waits_and_keeps_its_attempt() {
     let db = Db::new();
-    // One group runs, one more may be admitted: the store's own hold on
-    // the runner's shutdown counts as that one (see `Runner::hold`).
-    let runner = Runner::builder().max_running(1).max_pending(1).build();
+    // One group runs, none waits; the store's own hold on the runner's
+    // shutdown takes no room.
+    let runner = Runner::builder().max_running(1).max_pending(0).build();
     let (ran, mut runs) = unbounded_channel();
     let store = Store::open(&db.url)
         .await
@@ -190,7 +190,10 @@ async fn cancelled_tasks_stop_or_never_run_and_free_their_key() {
     assert!(store.retry(plain).await.unwrap());
     let info = store.task::<Parked>(plain).await.unwrap().unwrap();
     assert_eq!(info.state, TaskState::Queued);
-    assert!(!store.cancel(TaskId::from(plain.get() + 1000)).await.unwrap());
+    assert!(!store
+        .cancel(TaskId::from(plain.get() + 1000))
+        .await
+        .unwrap());
     assert!(runner.shutdown(GRACE).await.drained);
 }
 
@@ -245,7 +248,10 @@ async fn a_task_in_the_applications_transaction_exists_only_if_it_commits() {
         .await
         .unwrap();
     tx.commit().await.unwrap();
-    assert_eq!(recv(&mut runs, "the committed task to run").await.0, committed.id);
+    assert_eq!(
+        recv(&mut runs, "the committed task to run").await.0,
+        committed.id
+    );
     task_in::<Ping>(&store, committed.id, TaskState::Succeeded).await;
     let users: Vec<String> = epilogue_durable::sqlx::query_scalar("SELECT email FROM users")
         .fetch_all(&pool)
@@ -273,9 +279,17 @@ impl DurableTask for NotAnObject {
 async fn a_task_that_is_not_a_json_object_is_refused_alone() {
     let db = Db::new();
     let runner = Runner::new();
-    let store = Store::open(&db.url).await.unwrap().start(&runner).await.unwrap();
+    let store = Store::open(&db.url)
+        .await
+        .unwrap()
+        .start(&runner)
+        .await
+        .unwrap();
     let refused = store.enqueue(&NotAnObject(1)).await;
-    assert!(matches!(refused, Err(DurableError::Encode(_))), "{refused:?}");
+    assert!(
+        matches!(refused, Err(DurableError::Encode(_))),
+        "{refused:?}"
+    );
     assert!(matches!(
         DurableTasks::new().add(&NotAnObject(1)),
         Err(DurableError::Encode(_))
@@ -289,7 +303,12 @@ async fn a_task_that_is_not_a_json_object_is_refused_alone() {
 async fn a_store_whose_file_is_deleted_refuses_writes() {
     let db = Db::new();
     let runner = Runner::new();
-    let store = Store::open(&db.url).await.unwrap().start(&runner).await.unwrap();
+    let store = Store::open(&db.url)
+        .await
+        .unwrap()
+        .start(&runner)
+        .await
+        .unwrap();
     store.enqueue(&Parked {}).await.unwrap();
     assert!(store.file_intact());
 

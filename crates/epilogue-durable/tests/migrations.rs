@@ -99,8 +99,17 @@ async fn run_a_task(db: &Db, pool: Option<SqlitePool>, text: &str) -> TaskId {
         Some(pool) => Store::sqlite(pool),
         None => Store::open(&db.url).await.unwrap(),
     };
-    let store = builder.register::<Note>(notes).start(&runner).await.unwrap();
-    let id = store.enqueue(&Note { text: text.to_owned() }).await.unwrap();
+    let store = builder
+        .register::<Note>(notes)
+        .start(&runner)
+        .await
+        .unwrap();
+    let id = store
+        .enqueue(&Note {
+            text: text.to_owned(),
+        })
+        .await
+        .unwrap();
     assert_eq!(recv(&mut received, "the note").await, text);
     task_in::<Note>(&store, id, TaskState::Succeeded).await;
     assert!(runner.shutdown(GRACE).await.drained);
@@ -117,17 +126,29 @@ async fn the_applications_migrations_first_then_the_store_then_both_again() {
 
     run_a_task(&db, None, "first").await;
     assert!(river_versions(&pool).await > 0);
-    assert_eq!(applied_versions(&pool).await, [1], "River wrote in _sqlx_migrations");
+    assert_eq!(
+        applied_versions(&pool).await,
+        [1],
+        "River wrote in _sqlx_migrations"
+    );
 
     // A new release: one more migration of the application's, then the
     // store again.
-    migrator(&dir, &[USERS, ORDERS]).await.run(&pool).await.unwrap();
+    migrator(&dir, &[USERS, ORDERS])
+        .await
+        .run(&pool)
+        .await
+        .unwrap();
     assert_eq!(applied_versions(&pool).await, [1, 2]);
     let river = river_versions(&pool).await;
 
     // A restart: the store, then the application's migrations, again.
     run_a_task(&db, None, "after the restart").await;
-    migrator(&dir, &[USERS, ORDERS]).await.run(&pool).await.unwrap();
+    migrator(&dir, &[USERS, ORDERS])
+        .await
+        .run(&pool)
+        .await
+        .unwrap();
     assert_eq!(applied_versions(&pool).await, [1, 2]);
     assert_eq!(river_versions(&pool).await, river);
     assert!(has_table(&pool, "users").await);
@@ -153,13 +174,21 @@ async fn the_store_first_then_the_applications_migrations_on_the_same_pool() {
 
     // A restart, the other way round: the application's migrations (one
     // more), then the store on a pool of its own.
-    migrator(&dir, &[USERS, ORDERS]).await.run(&pool).await.unwrap();
+    migrator(&dir, &[USERS, ORDERS])
+        .await
+        .run(&pool)
+        .await
+        .unwrap();
     run_a_task(&db, None, "after the restart").await;
     assert_eq!(applied_versions(&pool).await, [1, 2]);
     assert_eq!(river_versions(&pool).await, river);
     // And once more on the shared pool.
     run_a_task(&db, Some(pool.clone()), "on the shared pool").await;
-    migrator(&dir, &[USERS, ORDERS]).await.run(&pool).await.unwrap();
+    migrator(&dir, &[USERS, ORDERS])
+        .await
+        .run(&pool)
+        .await
+        .unwrap();
     assert_eq!(applied_versions(&pool).await, [1, 2]);
     assert!(has_table(&pool, "users").await);
     assert!(has_table(&pool, "orders").await);

@@ -85,7 +85,10 @@ async fn a_task_cut_off_by_the_shutdown_goes_back_to_the_queue_with_its_attempt(
     let report = runner.shutdown(Duration::from_millis(300)).await;
     assert!(!report.drained, "{report:?}");
     assert_eq!(report.cut_off, [Long::NAME], "{report:?}");
-    assert_eq!(recv(&mut events, "the attempt to be dropped").await, Seen::Dropped);
+    assert_eq!(
+        recv(&mut events, "the attempt to be dropped").await,
+        Seen::Dropped
+    );
 
     // Recorded before the shutdown returned: queued again, and the attempt
     // it was cut off in does not count.
@@ -169,7 +172,10 @@ async fn a_task_in_flight_finishes_within_the_grace_and_is_recorded_before_shutd
         .expect("the shutdown to end")
         .unwrap();
     assert!(report.drained, "{report:?}");
-    assert_eq!(recv(&mut events, "the task to finish").await, Seen::Finished);
+    assert_eq!(
+        recv(&mut events, "the task to finish").await,
+        Seen::Finished
+    );
 
     let done = store.task::<Brief>(id).await.unwrap().unwrap();
     assert_eq!(done.state, TaskState::Succeeded, "{done:?}");

@@ -60,7 +60,11 @@ async fn an_enqueued_task_runs_on_the_runner_and_its_output_is_stored() {
     assert!(info.finalized_at.is_some());
     let json = store.task_json(id).await.unwrap().unwrap();
     assert_eq!(json.output, Some(serde_json::json!(42)));
-    assert!(store.task::<Double>(TaskId::from(id.get() + 1000)).await.unwrap().is_none());
+    assert!(store
+        .task::<Double>(TaskId::from(id.get() + 1000))
+        .await
+        .unwrap()
+        .is_none());
 
     runner_finished(&runner, Double::NAME, 1).await;
     let stats = runner.stats();
@@ -113,7 +117,10 @@ async fn a_failing_task_is_retried_then_dead_then_retried_by_hand() {
     assert_eq!((first, second), (1, 2));
     // The first retry waits a second.
     let waited = second_at - first_at;
-    assert!(waited >= Duration::from_millis(900), "retried after {waited:?}");
+    assert!(
+        waited >= Duration::from_millis(900),
+        "retried after {waited:?}"
+    );
 
     let dead = task_in::<Flaky>(&store, id, TaskState::Dead).await;
     assert_eq!((dead.attempts, dead.max_attempts), (2, 2));
@@ -165,7 +172,12 @@ impl DurableTask for Parked {
 async fn an_idempotency_key_stores_one_task() {
     let db = Db::new();
     let runner = Runner::new();
-    let store = Store::open(&db.url).await.unwrap().start(&runner).await.unwrap();
+    let store = Store::open(&db.url)
+        .await
+        .unwrap()
+        .start(&runner)
+        .await
+        .unwrap();
 
     let first = store
         .enqueue_with(&Parked { n: 1 }, Enqueue::new().idempotency_key("k"))
@@ -202,7 +214,12 @@ async fn an_idempotency_key_stores_one_task() {
 async fn concurrent_enqueues_with_a_repeated_key_each_get_their_own_answer() {
     let db = Db::new();
     let runner = Runner::new();
-    let store = Store::open(&db.url).await.unwrap().start(&runner).await.unwrap();
+    let store = Store::open(&db.url)
+        .await
+        .unwrap()
+        .start(&runner)
+        .await
+        .unwrap();
 
     let mut calls = tokio::task::JoinSet::new();
     for n in 0..32u32 {
@@ -277,7 +294,10 @@ async fn a_delayed_task_starts_no_earlier_than_its_delay() {
         .id;
     let info = store.task::<Stamp>(id).await.unwrap().unwrap();
     assert!(
-        matches!(info.state, TaskState::Scheduled | TaskState::Running | TaskState::Succeeded),
+        matches!(
+            info.state,
+            TaskState::Scheduled | TaskState::Running | TaskState::Succeeded
+        ),
         "{info:?}"
     );
     assert!(info.scheduled_at >= before + delay, "{info:?}");
@@ -285,7 +305,10 @@ async fn a_delayed_task_starts_no_earlier_than_its_delay() {
     let at = recv(&mut starts, "the delayed task to start").await;
     let after = at.duration_since(before).unwrap();
     assert!(after >= delay, "started {after:?} after the enqueue");
-    assert!(after < delay + Duration::from_secs(10), "started {after:?} after the enqueue");
+    assert!(
+        after < delay + Duration::from_secs(10),
+        "started {after:?} after the enqueue"
+    );
     task_in::<Stamp>(&store, id, TaskState::Succeeded).await;
     assert!(runner.shutdown(GRACE).await.drained);
 }
@@ -346,7 +369,10 @@ async fn a_kind_the_process_does_not_register_waits_for_one_that_does() {
     assert_eq!(waiting.attempts, 0);
     assert!(matches!(
         old.task::<Known>(newer).await,
-        Err(DurableError::WrongKind { expected: "known", .. })
+        Err(DurableError::WrongKind {
+            expected: "known",
+            ..
+        })
     ));
 
     let new_runner = Runner::new();
@@ -520,7 +546,9 @@ async fn a_periodic_task_runs_again_and_again() {
         let left = within.saturating_sub(started.elapsed());
         let label = tokio::time::timeout(left, runs.recv())
             .await
-            .unwrap_or_else(|_| panic!("run {run} of the periodic task did not come within {within:?}"))
+            .unwrap_or_else(|_| {
+                panic!("run {run} of the periodic task did not come within {within:?}")
+            })
             .unwrap();
         assert_eq!(label, "every 500 ms");
     }

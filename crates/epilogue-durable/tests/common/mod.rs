@@ -101,10 +101,13 @@ pub fn total(stats: &DurableStats) -> u64 {
 /// Waits until the runner's stats count `n` finished runs (succeeded,
 /// failed, panicked or timed out) of the tasks named `name`.
 pub async fn runner_finished(runner: &epilogue::Runner, name: &str, n: u64) {
-    eventually(&format!("{n} finished runs of {name} on the runner"), || async {
-        let stats = runner.stats();
-        let finished = stats.by_task.get(name).map_or(0, |s| s.finished());
-        (finished >= n).then_some(())
-    })
+    eventually(
+        &format!("{n} finished runs of {name} on the runner"),
+        || async {
+            let stats = runner.stats();
+            let finished = stats.by_task.get(name).map_or(0, |s| s.finished());
+            (finished >= n).then_some(())
+        },
+    )
     .await;
 }
