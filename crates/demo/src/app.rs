@@ -166,9 +166,8 @@ pub fn router(state: State) -> Router {
             post(durable::upload).layer(DefaultBodyLimit::max(MAX_UPLOAD_BYTES)),
         )
         .route("/files/{id}", get(durable::file_status))
-        .route("/durable/stats", get(durable::stats))
-        .route("/durable/dead", get(durable::dead))
-        .route("/durable/dead/{id}/retry", post(durable::retry))
+        // The store's operations, as the library serves them.
+        .nest("/durable", epilogue_durable::admin::router(state.store.clone()))
         .route("/outbox", get(outbox_list))
         .route("/stats", get(stats))
         .route("/metrics", get(metrics))

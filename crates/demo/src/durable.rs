@@ -27,9 +27,6 @@ use crate::tasks::{DurableRun, Outbox};
 /// The largest upload `POST /files` takes: 10 MiB.
 pub const MAX_UPLOAD_BYTES: usize = 10 * 1024 * 1024;
 
-/// The most dead tasks `GET /durable/dead` lists.
-const DEAD_LISTED: u32 = 1000;
-
 /// `POST /durable/register`: a welcome email that survives a crash.
 #[derive(Serialize, Deserialize)]
 pub struct Welcome {
@@ -428,51 +425,6 @@ pub async fn file_status(
         "attempts": info.attempts,
         "result": info.output,
     })))
-}
-
-/// `GET /durable/stats`.
-pub async fn stats(State(store): State<Store>) -> Result<Json<serde_json::Value>, ApiError> {
-    let stats = store.stats().await.map_err(unavailable)?;
-    Ok(Json(json!(stats)))
-}
-
-/// `GET /durable/dead`.
-pub async fn dead(State(store): State<Store>) -> Result<Json<serde_json::Value>, ApiError> {
-    let dead = store.dead(DEAD_LISTED).await.map_err(unavailable)?;
-    let dead: Vec<_> = dead
-        .iter()
-        .map(|task| {
-            json!({
-                "task_id": task.id,
-                "task": task.task,
-                "attempts": task.attempts,
-                "last_error": task.last_error,
-            })
-        })
-        .collect();
-    Ok(Json(json!(dead)))
-}
-
-/// `POST /durable/dead/{id}/retry`.
-pub async fn retry(
-    State(store): State<Store>,
-    Path(id): Path<String>,
-) -> Result<Response, ApiError> {
-    let retried = match id.parse::<TaskId>() {
-        Ok(id) => store.retry(id).await.map_err(unavailable)?,
-        Err(_) => false,
-    };
-    if !retried {
-        return Err(ApiError::new(
-            StatusCode::NOT_FOUND,
-            "no dead task has this id".to_owned(),
-        ));
-    }
-    Ok((
-        StatusCode::ACCEPTED,
-        Json(json!({ "task_id": id, "status": "queued" })),
-    )
-        .into_response())
 }
 
 /// The task was not committed: 503 when the store is down (nothing was

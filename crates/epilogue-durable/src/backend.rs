@@ -50,17 +50,28 @@ impl Pool {
                 use std::str::FromStr;
 
                 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqliteSynchronous};
+                use sqlx::{ConnectOptions, Connection};
+                let in_memory = url.contains(":memory:") || url.contains("mode=memory");
                 let options = SqliteConnectOptions::from_str(url)?
-                    .create_if_missing(true)
                     .journal_mode(SqliteJournalMode::Wal)
                     // River sets no pragma: an acknowledged task must
                     // survive a power loss, not only a crash.
                     .synchronous(SqliteSynchronous::Full)
                     .busy_timeout(Duration::from_secs(5));
+                if !in_memory {
+                    // The file is created here, once. A connection the pool
+                    // opens later must not create a new, empty file where
+                    // the store's was deleted: SQLite would pair it with the
+                    // old file's WAL and shared memory, and truncate the
+                    // shared memory that the open connections map (SIGBUS).
+                    let first = options.clone().create_if_missing(true).connect().await?;
+                    first.close().await?;
+                }
+                let options = options.create_if_missing(in_memory);
                 let mut pool = crate::sqlite::pool_options()
                     .max_connections(8)
                     .acquire_timeout(Duration::from_secs(5));
-                if url.contains(":memory:") || url.contains("mode=memory") {
+                if in_memory {
                     // An in-memory database lives as long as a connection
                     // to it, and (unless shared-cache) in that one only.
                     pool = pool

@@ -229,7 +229,10 @@ impl StoreBuilder {
                 path: path.display().to_string(),
                 lost: AtomicBool::new(false),
             });
-            tokio::spawn(watch_file(path, Arc::downgrade(&lost)));
+            // Now, not in the task: a file deleted before its first poll
+            // would be taken for the one opened.
+            let opened = file_identity(&path).ok();
+            tokio::spawn(watch_file(path, opened, Arc::downgrade(&lost)));
             lost
         });
         Ok(Store {
@@ -311,9 +314,12 @@ fn log_stop(ended: Result<(), riverqueue::Error>) {
 
 /// Notices the SQLite file deleted or replaced under the process: what it
 /// would write from then on is in a file nobody will open again.
-async fn watch_file(path: std::path::PathBuf, lost: std::sync::Weak<Lost>) {
+async fn watch_file(
+    path: std::path::PathBuf,
+    opened: Option<(u64, u64)>,
+    lost: std::sync::Weak<Lost>,
+) {
     let identity = |path: &std::path::Path| file_identity(path).ok();
-    let opened = identity(&path);
     let mut ticks = tokio::time::interval(FILE_CHECK);
     ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {

@@ -134,6 +134,8 @@ mod worker;
 
 #[cfg(feature = "axum")]
 #[cfg_attr(docsrs, doc(cfg(feature = "axum")))]
+pub mod admin;
+#[cfg(feature = "axum")]
 mod axum;
 #[cfg(feature = "sqlite")]
 #[cfg_attr(docsrs, doc(cfg(feature = "sqlite")))]

@@ -222,11 +222,6 @@ async fn a_store_that_cannot_be_written_answers_503_in_place_of_the_handlers_res
     let server = Server::start(true).await;
     std::fs::remove_file(server.db.dir.path().join("tasks.db")).unwrap();
     common::eventually("the store to notice its file is gone", || async {
-        {
-            use std::os::unix::fs::MetadataExt;
-            let m = std::fs::metadata(server.db.dir.path().join("tasks.db"));
-            eprintln!("DBG {:?}", m.map(|m| (m.ino(), m.created().ok(), m.len())));
-        }
         (!server.store.file_intact()).then_some(())
     })
     .await;
