@@ -167,7 +167,10 @@ pub fn router(state: State) -> Router {
         )
         .route("/files/{id}", get(durable::file_status))
         // The store's operations, as the library serves them.
-        .nest("/durable", epilogue_durable::admin::router(state.store.clone()))
+        .nest(
+            "/durable",
+            epilogue_durable::admin::router(state.store.clone()),
+        )
         .route("/outbox", get(outbox_list))
         .route("/stats", get(stats))
         .route("/metrics", get(metrics))

@@ -91,7 +91,10 @@ fn kind(name: &str) -> Result<String, String> {
     if crate::durable::KINDS.contains(&name) {
         Ok(name.to_owned())
     } else {
-        Err(format!("expected one of {}", crate::durable::KINDS.join(", ")))
+        Err(format!(
+            "expected one of {}",
+            crate::durable::KINDS.join(", ")
+        ))
     }
 }
 

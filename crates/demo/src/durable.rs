@@ -201,7 +201,12 @@ impl DurableTask for Tick {
 }
 
 /// Every durable task kind of the demo, as `worker --only` names them.
-pub const KINDS: [&str; 4] = [Welcome::NAME, Recovering::NAME, ProcessFile::NAME, Tick::NAME];
+pub const KINDS: [&str; 4] = [
+    Welcome::NAME,
+    Recovering::NAME,
+    ProcessFile::NAME,
+    Tick::NAME,
+];
 
 /// What a process of the demo registers on its store.
 pub struct Registration<'a> {
@@ -269,7 +274,9 @@ pub async fn register(
         let key = key
             .to_str()
             .ok()
-            .filter(|key| (1..=255).contains(&key.len()) && key.bytes().all(|b| b.is_ascii_graphic()))
+            .filter(|key| {
+                (1..=255).contains(&key.len()) && key.bytes().all(|b| b.is_ascii_graphic())
+            })
             .ok_or_else(|| {
                 ApiError::new(
                     StatusCode::BAD_REQUEST,
@@ -281,7 +288,10 @@ pub async fn register(
     let Query(DelayQuery { delay_s }) = query.map_err(|rejection| {
         ApiError::new(
             StatusCode::BAD_REQUEST,
-            format!("{}; expected `?delay_s=N` with N from 0 to {MAX_DELAY_S}", rejection.body_text()),
+            format!(
+                "{}; expected `?delay_s=N` with N from 0 to {MAX_DELAY_S}",
+                rejection.body_text()
+            ),
         )
     })?;
     if let Some(delay_s) = delay_s {

@@ -157,7 +157,10 @@ async fn a_registration_is_stored_then_sends_one_welcome_email_with_its_task_id(
     assert_eq!(demo.durable_stats().await, DurableStats::default());
 
     let id = register(&demo, "ada@example.com").await;
-    assert!(id.parse::<u64>().is_ok_and(|id| id > 0), "River's job id: {id}");
+    assert!(
+        id.parse::<u64>().is_ok_and(|id| id > 0),
+        "River's job id: {id}"
+    );
     let stats = demo.durable_settled(PATIENCE).await;
     assert_eq!(
         stats,

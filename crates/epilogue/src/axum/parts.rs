@@ -44,4 +44,3 @@ impl IntoResponse for BackgroundTasks {
         (self, ()).into_response()
     }
 }
-
