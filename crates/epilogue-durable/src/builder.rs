@@ -87,6 +87,12 @@ impl StoreBuilder {
     /// process, each with a clone of `state`. A process fetches only the
     /// kinds it registered: during a rolling deploy, tasks of a kind an
     /// older release does not know wait for a process that does.
+    ///
+    /// River's leader takes back the tasks of a dead process after the
+    /// longest timeout *it* knows and 10 s more: every process that may
+    /// become leader should register the same kinds, with the same
+    /// [`TIMEOUT`](DurableTask::TIMEOUT)s (one that does not, build it
+    /// [`without_leader_election`](Self::without_leader_election)).
     pub fn register<T: DurableTask>(mut self, state: T::State) -> Self {
         self.kinds.push(T::NAME);
         if let Some(timeout) = T::TIMEOUT {

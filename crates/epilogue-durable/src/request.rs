@@ -93,6 +93,19 @@ impl Clone for Attached {
     }
 }
 
+impl Drop for Attached {
+    // Only a report: the response they came with reached no executing layer
+    // with a store, so they were never stored, and its success was false.
+    fn drop(&mut self) {
+        if !self.0.is_empty() {
+            tracing::error!(
+                tasks = self.0.len(),
+                "durable tasks returned with a response that reached no executing layer with a store (`.commit(store)`); they were not stored"
+            );
+        }
+    }
+}
+
 /// One request's durable tasks and its store, in the request's extensions.
 #[derive(Clone)]
 pub struct RequestDurable {
@@ -203,7 +216,7 @@ impl PendingCommit for Request {
             .unwrap_or_default();
         let mut tasks = extensions
             .remove::<Attached>()
-            .map(|attached| attached.0)
+            .map(|mut attached| std::mem::take(&mut attached.0))
             .unwrap_or_default();
         // Like extracted in-memory tasks: only a success stores them.
         if status.as_u16() < 400 {
