@@ -10,7 +10,7 @@ use crate::error::DurableError;
 use crate::store::{Enqueue, Enqueued, Store};
 use crate::{DurableTask, TaskId};
 use epilogue::http::{Commit, CommitFuture, PendingCommit};
-use http::{Extensions, StatusCode};
+use http::{Extensions, HeaderMap, StatusCode};
 
 /// Durable tasks returned with a response, stored by the executing layer
 /// before the response leaves, whatever its status (the handler chose
@@ -117,6 +117,20 @@ struct Request {
     /// Added with [`RequestDurable::add`]; `None` once the response is
     /// there.
     added: Mutex<Option<DurableTasks>>,
+    /// The request's W3C trace context, stored with its tasks.
+    traceparent: Option<String>,
+}
+
+/// The request's `traceparent`, if it has a well-formed one
+/// (`00-<32 hex>-<16 hex>-<2 hex>`).
+fn traceparent(headers: &HeaderMap) -> Option<String> {
+    let value = headers.get("traceparent")?.to_str().ok()?;
+    let fields: Vec<&str> = value.split('-').collect();
+    let well_formed = fields.len() == 4
+        && [2, 32, 16, 2].iter().zip(&fields).all(|(len, field)| {
+            field.len() == *len && field.bytes().all(|b| b.is_ascii_hexdigit())
+        });
+    well_formed.then(|| value.to_owned())
 }
 
 impl RequestDurable {
@@ -154,6 +168,7 @@ impl RequestDurable {
     ///
     /// As [`add`](Self::add).
     pub fn add_with<T: DurableTask>(&self, task: &T, options: Enqueue) -> Result<(), DurableError> {
+        let options = self.traced(options);
         let mut added = self.inner.added.lock().unwrap_or_else(|e| e.into_inner());
         let Some(added) = added.as_mut() else {
             return Err(DurableError::Answered);
@@ -170,7 +185,7 @@ impl RequestDurable {
     ///
     /// As [`Store::enqueue`].
     pub async fn enqueue<T: DurableTask>(&self, task: &T) -> Result<TaskId, DurableError> {
-        self.inner.store.enqueue(task).await
+        Ok(self.enqueue_with(task, Enqueue::new()).await?.id)
     }
 
     /// [`enqueue`](Self::enqueue), with an idempotency key or a delay.
@@ -183,7 +198,18 @@ impl RequestDurable {
         task: &T,
         options: Enqueue,
     ) -> Result<Enqueued, DurableError> {
-        self.inner.store.enqueue_with(task, options).await
+        self.inner
+            .store
+            .enqueue_with(task, self.traced(options))
+            .await
+    }
+
+    /// `options`, with the request's trace context.
+    fn traced(&self, options: Enqueue) -> Enqueue {
+        match &self.inner.traceparent {
+            Some(traceparent) => options.traceparent(traceparent.clone()),
+            None => options,
+        }
     }
 }
 
@@ -194,10 +220,15 @@ impl fmt::Debug for RequestDurable {
 }
 
 impl Commit for Store {
-    fn begin(&self, extensions: &mut Extensions) -> Option<Arc<dyn PendingCommit>> {
+    fn begin(
+        &self,
+        headers: &HeaderMap,
+        extensions: &mut Extensions,
+    ) -> Option<Arc<dyn PendingCommit>> {
         let inner = Arc::new(Request {
             store: self.clone(),
             added: Mutex::new(Some(DurableTasks::new())),
+            traceparent: traceparent(headers),
         });
         extensions.insert(RequestDurable {
             inner: inner.clone(),

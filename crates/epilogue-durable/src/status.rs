@@ -99,6 +99,9 @@ pub struct TaskInfo<O> {
     pub output: Option<O>,
     /// The error of its last failed attempt.
     pub last_error: Option<String>,
+    /// The W3C trace context of the request that stored it, if it came with
+    /// one: its runs' spans carry it too.
+    pub traceparent: Option<String>,
 }
 
 impl TaskInfo<serde_json::Value> {
@@ -122,6 +125,11 @@ impl<O> TaskInfo<O> {
             finalized_at: row.finalized_at.map(Into::into),
             output,
             last_error: row.errors.last().map(|error| error.error.clone()),
+            traceparent: row
+                .metadata
+                .get::<String>(crate::store::TRACEPARENT)
+                .ok()
+                .flatten(),
         }
     }
 }

@@ -52,12 +52,16 @@ pub(crate) struct Lost {
     pub(crate) lost: AtomicBool,
 }
 
+/// The metadata key of a task's W3C trace context.
+pub(crate) const TRACEPARENT: &str = "epilogue:traceparent";
+
 /// What an enqueue asks besides the task: an idempotency key, a delay.
 #[derive(Clone, Debug, Default)]
 #[must_use]
 pub struct Enqueue {
     idempotency_key: Option<String>,
     run_at: Option<SystemTime>,
+    traceparent: Option<String>,
 }
 
 impl Enqueue {
@@ -78,6 +82,15 @@ impl Enqueue {
     /// Runs the task no earlier than `delay` from now.
     pub fn delay(self, delay: Duration) -> Self {
         self.run_at(SystemTime::now() + delay)
+    }
+
+    /// Stores a W3C trace context (`traceparent`) with the task: its runs'
+    /// spans carry it as their `traceparent` field, on whichever process
+    /// runs them. [`RequestDurable`](crate::RequestDurable) sets the
+    /// request's own.
+    pub fn traceparent(mut self, traceparent: impl Into<String>) -> Self {
+        self.traceparent = Some(traceparent.into());
+        self
     }
 
     /// Runs the task no earlier than `at`.
@@ -108,6 +121,11 @@ impl Enqueue {
             if let Some(at) = not_before(at) {
                 opts = opts.with_scheduled_at(at);
             }
+        }
+        if let Some(traceparent) = self.traceparent {
+            let mut metadata = serde_json::Map::new();
+            metadata.insert(TRACEPARENT.to_owned(), traceparent.into());
+            opts = opts.with_metadata(metadata);
         }
         Ok((
             Envelope {

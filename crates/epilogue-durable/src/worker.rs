@@ -71,7 +71,21 @@ impl<T: DurableTask> riverqueue::Worker<Envelope<T>> for RunOnRunner<T> {
     ) -> Result<WorkOutcome, BoxError> {
         let id = TaskId(job.row.id);
         let attempt = u32::try_from(job.row.attempt).unwrap_or(1);
-        let span = tracing::info_span!("durable_task", task = T::NAME, id = %id, attempt);
+        // The trace context of the request that stored it, so that a trace
+        // can follow the request to this run, on whichever process.
+        let traceparent = job
+            .row
+            .metadata
+            .get::<String>(crate::store::TRACEPARENT)
+            .ok()
+            .flatten();
+        let span = tracing::info_span!(
+            "durable_task",
+            task = T::NAME,
+            id = %id,
+            attempt,
+            traceparent = traceparent.as_deref(),
+        );
         let run = Job {
             id,
             attempt,

@@ -207,6 +207,34 @@ async fn a_task_enqueued_by_a_handler_has_its_id_in_the_response() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn the_requests_trace_context_is_stored_with_its_tasks() {
+    let mut server = Server::start(true).await;
+    let traceparent = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
+    let mut ids = Vec::new();
+    for (path, header) in [
+        ("/enqueued", Some(traceparent)),
+        ("/added", Some(traceparent)),
+        ("/enqueued", None),
+        ("/enqueued", Some("not-a-trace-context")),
+    ] {
+        let mut request = server.client.post(format!("http://{}{path}", server.addr));
+        if let Some(header) = header {
+            request = request.header("traceparent", header);
+        }
+        assert!(request.send().await.unwrap().status().is_success());
+        ids.push(recv(&mut server.sent, "the task to run").await.0);
+    }
+    let mut stored = Vec::new();
+    for id in ids {
+        let task = server.store.task::<Mail>(id).await.unwrap().unwrap();
+        stored.push(task.traceparent);
+    }
+    let expected = Some(traceparent.to_owned());
+    assert_eq!(stored, [expected.clone(), expected, None, None]);
+    assert!(server.stop().await.drained);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn without_the_store_on_the_layer_a_handler_that_needs_it_answers_500() {
     let server = Server::start(false).await;
     let response = server.post("/added").await;

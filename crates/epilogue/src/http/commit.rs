@@ -14,7 +14,7 @@ use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
 
-use http::{Extensions, StatusCode};
+use http::{Extensions, HeaderMap, StatusCode};
 
 /// The error a commit fails with: logged by the executing layer, never
 /// shown to the client (it may name a file or a server).
@@ -29,8 +29,13 @@ pub trait Commit: Send + Sync + 'static {
     /// Called as each request enters the executing layer: puts what the
     /// handler needs into the request's `extensions` (say, a handle to
     /// which it adds durable tasks), and returns the request's side of it.
-    /// `None`: this request commits nothing.
-    fn begin(&self, extensions: &mut Extensions) -> Option<Arc<dyn PendingCommit>>;
+    /// The request's `headers` are there to read what travels with the work
+    /// (a W3C `traceparent`). `None`: this request commits nothing.
+    fn begin(
+        &self,
+        headers: &HeaderMap,
+        extensions: &mut Extensions,
+    ) -> Option<Arc<dyn PendingCommit>>;
 }
 
 /// One request's side of a [`Commit`].

@@ -132,11 +132,16 @@ where
     fn call(&mut self, mut request: Request<ReqBody>) -> Self::Future {
         let scope = Scope::new(self.layer.runner.clone());
         request.extensions_mut().insert(scope.clone());
-        let commit = self
-            .layer
-            .commit
-            .as_ref()
-            .and_then(|hook| hook.0.begin(request.extensions_mut()));
+        let commit = match &self.layer.commit {
+            Some(hook) => {
+                // Apart, to lend the headers and the extensions at once.
+                let (mut parts, body) = request.into_parts();
+                let begun = hook.0.begin(&parts.headers, &mut parts.extensions);
+                request = Request::from_parts(parts, body);
+                begun
+            }
+            None => None,
+        };
         ResponseFuture {
             inner: self.inner.call(request),
             scope: Pending {
