@@ -169,12 +169,16 @@ pub fn router(state: State) -> Router {
         // The store's operations, as the library serves them.
         .nest(
             "/durable",
-            epilogue_durable::admin::router(state.store.clone()),
+            epilogue_durable::admin::router(state.store.clone(), state.runner.clone()),
         )
         .route("/outbox", get(outbox_list))
         .route("/stats", get(stats))
         .route("/metrics", get(metrics))
-        .route("/dashboard", get(dashboard))
+        // The library's page, reading the demo's own routes.
+        .route(
+            "/dashboard",
+            epilogue_durable::admin::dashboard("/stats", "/durable/stats"),
+        )
         .route("/healthz", get(healthz))
         .with_state(state);
     with_middleware(routes)
@@ -375,20 +379,6 @@ async fn stats(Extract(state): Extract<State>) -> Json<serde_json::Value> {
         fields.insert("limits".to_owned(), limits);
     }
     Json(stats)
-}
-
-/// The page of `GET /dashboard`: self-contained, it polls `GET /stats`.
-const DASHBOARD: &str = include_str!("dashboard.html");
-
-/// `GET /dashboard`: a live view of `/stats` for a person on call.
-async fn dashboard() -> ([(header::HeaderName, &'static str); 2], &'static str) {
-    (
-        [
-            (header::CONTENT_TYPE, "text/html; charset=utf-8"),
-            (header::CACHE_CONTROL, "no-cache"),
-        ],
-        DASHBOARD,
-    )
 }
 
 #[cfg(test)]

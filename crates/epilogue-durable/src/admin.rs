@@ -1,8 +1,10 @@
 //! The store's operations over HTTP, mounted in one line:
-//! `app.nest("/durable", epilogue_durable::admin::router(store))`.
+//! `app.nest("/durable", epilogue_durable::admin::router(store, runner))`.
 //!
 //! | route | answer |
 //! |---|---|
+//! | `GET /dashboard` | 200 one self-contained HTML page (no CDN, works offline) that shows the runner and the durable queue live |
+//! | `GET /runner` | 200 the runner's [`Stats`](epilogue::Stats), with its limits under `limits` |
 //! | `GET /stats` | 200 `{"queued","scheduled","running","retrying","succeeded","dead","cancelled"}` |
 //! | `GET /dead` | 200 `[{"task_id","task","attempts","last_error"}]`, the 1,000 most recently dead |
 //! | `POST /dead/{id}/retry` | 202 `{"task_id","status":"queued"}`: one more attempt; 404 if it is not dead |
@@ -13,27 +15,83 @@
 //! error. Put your own authentication in front of it: it can retry and
 //! cancel tasks.
 
+use axum::body::Bytes;
 use axum::extract::{Path, State};
-use axum::http::StatusCode;
+use axum::http::{header, StatusCode};
 use axum::response::{IntoResponse, Response};
-use axum::routing::{get, post};
+use axum::routing::{get, post, MethodRouter};
 use axum::{Json, Router};
+use epilogue::Runner;
 use serde_json::json;
 
 use crate::{DurableError, Store, TaskId};
 
+/// The dashboard's page, before its two URLs are set.
+const DASHBOARD: &str = include_str!("dashboard.html");
+
 /// The most dead tasks `GET /dead` lists.
 const DEAD_LISTED: u32 = 1000;
 
-/// The routes above, on `store`.
-pub fn router<S>(store: Store) -> Router<S> {
+/// The routes above, on `store` and `runner`.
+pub fn router<S>(store: Store, runner: Runner) -> Router<S>
+where
+    S: Clone + Send + Sync + 'static,
+{
     Router::new()
+        // Relative: the page reads the routes beside it, wherever the
+        // router is nested.
+        .route("/dashboard", dashboard("runner", "stats"))
+        .route("/runner", get(move || runner_stats(runner.clone())))
         .route("/stats", get(stats))
         .route("/dead", get(dead))
         .route("/dead/{id}/retry", post(retry))
         .route("/tasks/{id}", get(task))
         .route("/tasks/{id}/cancel", post(cancel))
         .with_state(store)
+}
+
+/// `GET` of the dashboard page, reading the runner's stats (as `GET
+/// /runner` answers them) from `runner_stats` and the durable queue's (as
+/// `GET /stats`) from `durable_stats`: URLs, absolute or relative to the
+/// page's. For a page at a path of your own:
+/// `.route("/dashboard", admin::dashboard("/stats", "/durable/stats"))`.
+pub fn dashboard<S>(runner_stats: &str, durable_stats: &str) -> MethodRouter<S>
+where
+    S: Clone + Send + Sync + 'static,
+{
+    let page = Bytes::from(
+        DASHBOARD
+            .replace("__RUNNER_URL__", &js_string(runner_stats))
+            .replace("__DURABLE_URL__", &js_string(durable_stats)),
+    );
+    get(move || {
+        let page = page.clone();
+        async move {
+            (
+                [
+                    (header::CONTENT_TYPE, "text/html; charset=utf-8"),
+                    (header::CACHE_CONTROL, "no-cache"),
+                ],
+                page,
+            )
+        }
+    })
+}
+
+/// `text` as a JavaScript string literal that cannot end the page's
+/// `<script>`.
+fn js_string(text: &str) -> String {
+    serde_json::Value::from(text)
+        .to_string()
+        .replace('<', "\\u003c")
+}
+
+async fn runner_stats(runner: Runner) -> Json<serde_json::Value> {
+    let mut stats = json!(runner.stats());
+    if let Some(fields) = stats.as_object_mut() {
+        fields.insert("limits".to_owned(), json!(runner.limits()));
+    }
+    Json(stats)
 }
 
 async fn stats(State(store): State<Store>) -> Result<Response, DurableError> {
