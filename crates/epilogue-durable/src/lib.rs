@@ -1,4 +1,4 @@
-//! Durable background tasks for [epilogue](epilogue): stored **before the
+//! Durable background tasks for [epilogue]: stored **before the
 //! response is sent**, run at least once by this process or by worker
 //! processes on the same store, whatever crashes in between.
 //!

@@ -25,8 +25,8 @@
 //! | `epilogue_max_running`, `epilogue_max_pending`, `epilogue_max_blocking` | gauge | | the runner's limits |
 //! | `epilogue_task_wait_seconds` | histogram | | from acceptance to start |
 //! | `epilogue_task_run_seconds` | histogram | | from start to end, retries included |
-//! | `epilogue_durable_tasks` | gauge | `state` (`queued`, `running`, `retrying`, `dead`, `succeeded`) | durable tasks in the store, by state ([`Store::record_metrics`](crate::durable::Store::record_metrics), features `sqlite`/`postgres`) |
-//! | `epilogue_durable_store_up` | gauge | | 1 if the durable store answered the last [`Store::record_metrics`](crate::durable::Store::record_metrics), else 0 |
+//! | `epilogue_durable_tasks` | gauge | `state` (`queued`, `scheduled`, `running`, `retrying`, `succeeded`, `dead`, `cancelled`) | durable tasks in the store, by state (`epilogue-durable`'s `Store::record_metrics`) |
+//! | `epilogue_durable_store_up` | gauge | | 1 if the durable store answered the last `Store::record_metrics`, else 0 |
 //!
 //! The `task` label is the task's name, at most
 //! [`MAX_TASK_NAMES`](crate::MAX_TASK_NAMES) of them; the others are counted
