@@ -101,8 +101,30 @@ impl Pool {
     /// Creates or upgrades River's tables, recorded in River's own
     /// `river_migration` table: never in the application's
     /// `_sqlx_migrations`, so the two migrators ignore each other.
+    ///
+    /// River's migrators read the applied versions, then apply the others,
+    /// each in a transaction of its own: processes that start together on
+    /// a fresh store race, and the losers fail on what the winner created
+    /// ("table river_migration already exists", a duplicate `pg_type`). A
+    /// later look finds those applied, so a failure is tried again a few
+    /// times, for about two seconds in all.
     pub(crate) async fn migrate(&self) -> Result<(), DurableError> {
-        with_pool!(self, pool => db::migrate(pool).await).map_err(DurableError::Migrate)
+        const ATTEMPTS: u32 = 8;
+        let mut attempt = 1;
+        loop {
+            match with_pool!(self, pool => db::migrate(pool).await) {
+                Ok(()) => return Ok(()),
+                Err(error) if attempt < ATTEMPTS => {
+                    tracing::debug!(%error, attempt, "migrating the durable store failed; trying again");
+                    // Racing processes that started together should not
+                    // try again in step: a few milliseconds of their own.
+                    let own = u64::from(std::process::id() % 37);
+                    tokio::time::sleep(Duration::from_millis(50 * u64::from(attempt) + own)).await;
+                    attempt += 1;
+                }
+                Err(error) => return Err(DurableError::Migrate(error)),
+            }
+        }
     }
 
     /// How many tasks are in each of River's states.

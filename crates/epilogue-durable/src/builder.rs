@@ -212,8 +212,13 @@ impl StoreBuilder {
             .job_timeout(self.timeout)
             .job_stuck_threshold(STUCK_THRESHOLD)
             .maintenance(maintenance);
-        for job in self.periodic {
-            builder = builder.periodic_job(job);
+        // Only a process that may lead schedules periodic tasks (River
+        // refuses them on one that may not); it still runs what the leader
+        // stores.
+        if self.leader {
+            for job in self.periodic {
+                builder = builder.periodic_job(job);
+            }
         }
         if works {
             builder = builder.queue(
