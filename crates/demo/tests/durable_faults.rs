@@ -428,7 +428,8 @@ async fn on_a_full_disk_the_sqlite_store_answers_503_and_every_201_runs_after_a_
 }
 
 /// Promise: the SQLite store's file deleted under a running service is
-/// noticed within 10 s: durable routes answer 503, the metric says the
+/// noticed within 10 s (at the next commit, here): durable routes answer
+/// 503, never a 201 for a task in the deleted file; the metric says the
 /// store is down, and an ERROR names the file; the other routes go on.
 #[tokio::test]
 async fn a_deleted_store_file_is_noticed_within_10_s_and_the_other_routes_keep_working() {
@@ -469,6 +470,9 @@ async fn a_deleted_store_file_is_noticed_within_10_s_and_the_other_routes_keep_w
     let noticed = deleted.elapsed();
     assert_unavailable(&refused);
     assert!(noticed <= Duration::from_secs(10), "{noticed:?}");
+    // Each batch is checked to have landed in the store's own file: not
+    // one 201 for a task committed into the deleted one.
+    assert_eq!(created_meanwhile, 0, "201s for tasks in a deleted file");
 
     // The metric, the log, the other durable routes; and it stays so.
     let metrics = demo.get("/metrics").await;

@@ -68,7 +68,7 @@ impl Pool {
                     first.close().await?;
                 }
                 let options = options.create_if_missing(in_memory);
-                let mut pool = crate::sqlite::pool_options()
+                let mut pool = sqlx::sqlite::SqlitePoolOptions::new()
                     .max_connections(8)
                     .acquire_timeout(Duration::from_secs(5));
                 if in_memory {

@@ -16,6 +16,7 @@ use tokio::sync::{mpsc, oneshot};
 
 use crate::envelope::Envelope;
 use crate::error::DurableError;
+use crate::file::StoreFile;
 use crate::DurableTask;
 
 /// The most callers in one transaction.
@@ -94,9 +95,11 @@ pub(crate) struct Batcher {
 
 impl Batcher {
     /// Starts the inserting task; it ends when every `Batcher` is dropped.
-    pub(crate) fn start(client: Client) -> Self {
+    /// With the store's SQLite `file`, each batch is checked to have been
+    /// committed into that file.
+    pub(crate) fn start(client: Client, file: Option<Arc<StoreFile>>) -> Self {
         let (sender, receiver) = mpsc::channel(QUEUE);
-        tokio::spawn(insert_batches(client, receiver));
+        tokio::spawn(insert_batches(client, file, receiver));
         Self { sender }
     }
 
@@ -115,7 +118,11 @@ impl Batcher {
     }
 }
 
-async fn insert_batches(client: Client, mut receiver: mpsc::Receiver<Request>) {
+async fn insert_batches(
+    client: Client,
+    file: Option<Arc<StoreFile>>,
+    mut receiver: mpsc::Receiver<Request>,
+) {
     let mut requests = Vec::with_capacity(MAX_BATCH);
     // Requests that repeat an idempotency key of the batch before them:
     // River refuses a batch in which a unique key appears twice, so they
@@ -151,7 +158,17 @@ async fn insert_batches(client: Client, mut receiver: mpsc::Receiver<Request>) {
         }
         // River begins on a task of its own, so that this insert cannot be
         // abandoned halfway; the whole batch commits, or none of it.
-        match client.insert_batch(batch).await {
+        let inserted = client
+            .insert_batch(batch)
+            .await
+            .map_err(|e| DurableError::Store(Arc::new(e)));
+        // Committed into a file deleted or replaced meanwhile is not
+        // committed: no one will open it again.
+        let inserted = match (&file, inserted) {
+            (Some(file), Ok(rows)) => file.check().map(|()| rows),
+            (_, inserted) => inserted,
+        };
+        match inserted {
             Ok(rows) => {
                 let mut rows = rows.into_iter();
                 for (reply, len) in replies {
@@ -159,9 +176,8 @@ async fn insert_batches(client: Client, mut receiver: mpsc::Receiver<Request>) {
                 }
             }
             Err(error) => {
-                let error = Arc::new(error);
                 for (reply, _) in replies {
-                    let _ = reply.send(Err(DurableError::Store(error.clone())));
+                    let _ = reply.send(Err(error.share()));
                 }
             }
         }

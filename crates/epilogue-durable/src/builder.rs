@@ -2,7 +2,6 @@
 //! timings; then starting it beside the application's runner.
 
 use std::fmt;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -18,7 +17,8 @@ use crate::backend::Pool;
 use crate::batch::Batcher;
 use crate::envelope::Envelope;
 use crate::error::DurableError;
-use crate::store::{Inner, Lost, Store};
+use crate::file::StoreFile;
+use crate::store::{Inner, Store};
 use crate::worker::RunOnRunner;
 use crate::DurableTask;
 
@@ -48,8 +48,6 @@ const FETCH_COOLDOWN: Duration = Duration::from_millis(2);
 /// How often a queue looks for tasks when no notification came: the
 /// fallback, for a lost notification.
 const FETCH_POLL_INTERVAL: Duration = Duration::from_secs(1);
-/// How often the SQLite file is checked.
-const FILE_CHECK: Duration = Duration::from_secs(2);
 
 type Register = Box<dyn FnOnce(&mut Workers, &Runner) -> Result<(), riverqueue::Error> + Send>;
 
@@ -235,23 +233,13 @@ impl StoreBuilder {
             let run = client.start()?;
             tokio::spawn(supervise(run, runner.clone(), runner.hold(), ready_tx));
         }
-        let lost = self.pool.sqlite_file().map(|path| {
-            let lost = Arc::new(Lost {
-                path: path.display().to_string(),
-                lost: AtomicBool::new(false),
-            });
-            // Now, not in the task: a file deleted before its first poll
-            // would be taken for the one opened.
-            let opened = file_identity(&path).ok();
-            tokio::spawn(watch_file(path, opened, Arc::downgrade(&lost)));
-            lost
-        });
+        let file = self.pool.sqlite_file().map(StoreFile::watch);
         Ok(Store {
             inner: Arc::new(Inner {
-                batcher: Batcher::start(client.clone()),
+                batcher: Batcher::start(client.clone(), file.clone()),
                 client,
                 pool: self.pool,
-                lost,
+                file,
                 ready,
             }),
         })
@@ -321,49 +309,4 @@ fn log_stop(ended: Result<(), riverqueue::Error>) {
     if let Err(error) = ended {
         tracing::error!(%error, "the durable store's client stopped with an error");
     }
-}
-
-/// Notices the SQLite file deleted or replaced under the process: what it
-/// would write from then on is in a file nobody will open again.
-async fn watch_file(
-    path: std::path::PathBuf,
-    opened: Option<(u64, u64)>,
-    lost: std::sync::Weak<Lost>,
-) {
-    let identity = |path: &std::path::Path| file_identity(path).ok();
-    let mut ticks = tokio::time::interval(FILE_CHECK);
-    ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    loop {
-        ticks.tick().await;
-        let Some(lost) = lost.upgrade() else {
-            return;
-        };
-        let now = {
-            let path = path.clone();
-            tokio::task::spawn_blocking(move || identity(&path))
-                .await
-                .unwrap_or(None)
-        };
-        if now != opened {
-            lost.lost.store(true, Ordering::Release);
-            tracing::error!(
-                file = %lost.path,
-                "the durable task store's file was deleted or replaced; durable tasks are refused until the process is restarted"
-            );
-            return;
-        }
-    }
-}
-
-#[cfg(unix)]
-fn file_identity(path: &std::path::Path) -> std::io::Result<(u64, u64)> {
-    use std::os::unix::fs::MetadataExt;
-    let metadata = std::fs::metadata(path)?;
-    Ok((metadata.dev(), metadata.ino()))
-}
-
-#[cfg(not(unix))]
-fn file_identity(path: &std::path::Path) -> std::io::Result<(u64, u64)> {
-    // No inode: a deleted file is noticed, a replaced one is not.
-    std::fs::metadata(path).map(|_| (0, 0))
 }

@@ -72,6 +72,20 @@ impl DurableError {
     }
 }
 
+impl DurableError {
+    /// The same error for another caller of a batch that failed: a store
+    /// error shares its source, a lost file its path.
+    pub(crate) fn share(&self) -> Self {
+        match self {
+            Self::Store(error) => Self::Store(error.clone()),
+            Self::StoreLost { path } => Self::StoreLost { path: path.clone() },
+            other => Self::Store(Arc::new(riverqueue::Error::Database(
+                sqlx::Error::Protocol(other.to_string()),
+            ))),
+        }
+    }
+}
+
 impl From<sqlx::Error> for DurableError {
     fn from(error: sqlx::Error) -> Self {
         Self::Store(Arc::new(riverqueue::Error::Database(error)))

@@ -109,9 +109,9 @@
 //! a 2 ms fetch cooldown (River's 100 ms caps a process at ten fetches a
 //! second), rescue after the longest timeout + 10 s (River's is an hour),
 //! a 2 s rescuer and election interval, a 250 ms scheduler interval (so a
-//! retry due in 1 s is not 5 s late). SQLite pools get a hook that closes a
-//! connection left inside a failed transaction ([`sqlite::pool_options`]).
-//! River is MPL-2.0 (file-level copyleft): depending on it puts no
+//! retry due in 1 s is not 5 s late). It needs sqlx 0.9.1 or later: with
+//! 0.9.0 a connection whose `COMMIT` failed (a full disk) stayed inside the
+//! dead transaction. River is MPL-2.0 (file-level copyleft): depending on it puts no
 //! obligation on your code.
 
 #![deny(missing_docs)]
@@ -126,6 +126,7 @@ mod batch;
 mod builder;
 mod envelope;
 mod error;
+mod file;
 mod request;
 mod status;
 mod store;
@@ -137,9 +138,6 @@ mod worker;
 pub mod admin;
 #[cfg(feature = "axum")]
 mod axum;
-#[cfg(feature = "sqlite")]
-#[cfg_attr(docsrs, doc(cfg(feature = "sqlite")))]
-pub mod sqlite;
 
 pub use builder::{StoreBuilder, DEFAULT_CONCURRENCY, DEFAULT_RETENTION, DEFAULT_TIMEOUT};
 pub use error::DurableError;

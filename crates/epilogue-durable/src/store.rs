@@ -2,7 +2,6 @@
 //! and how it is started beside the application's runner.
 
 use std::fmt;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
@@ -18,6 +17,7 @@ use crate::batch::{Batcher, Tasks};
 use crate::builder::StoreBuilder;
 use crate::envelope::Envelope;
 use crate::error::DurableError;
+use crate::file::StoreFile;
 use crate::status::{DurableStats, TaskInfo, TaskState};
 use crate::{DurableTask, TaskId};
 
@@ -39,17 +39,10 @@ pub(crate) struct Inner {
     pub(crate) client: Client,
     pub(crate) pool: Pool,
     pub(crate) batcher: Batcher,
-    /// Set once the SQLite file was found deleted or replaced.
-    pub(crate) lost: Option<Arc<Lost>>,
+    /// The SQLite file, watched.
+    pub(crate) file: Option<Arc<StoreFile>>,
     /// Whether this process fetches tasks, once ready.
     pub(crate) ready: watch::Receiver<bool>,
-}
-
-/// The SQLite file a store opened, and whether it is still there.
-#[derive(Debug)]
-pub(crate) struct Lost {
-    pub(crate) path: String,
-    pub(crate) lost: AtomicBool,
 }
 
 /// The metadata key of a task's W3C trace context.
@@ -160,9 +153,9 @@ pub struct Enqueued {
 }
 
 impl Store {
-    /// A store on your SQLite pool (feature `sqlite`). Build the pool from
-    /// [`sqlite::pool_options`](crate::sqlite::pool_options), with WAL, a
-    /// busy timeout and `synchronous = FULL`: River sets no pragma.
+    /// A store on your SQLite pool (feature `sqlite`). Give its connect
+    /// options WAL, a busy timeout and `synchronous = FULL` (what
+    /// [`open`](Self::open) sets): River sets no pragma.
     #[cfg(feature = "sqlite")]
     #[cfg_attr(docsrs, doc(cfg(feature = "sqlite")))]
     pub fn sqlite(pool: riverqueue::sqlx::SqlitePool) -> StoreBuilder {
@@ -276,11 +269,9 @@ impl Store {
     /// Refuses writes once the SQLite file is gone: they would land in a
     /// file nobody will open again.
     fn check_file(&self) -> Result<(), DurableError> {
-        match &self.inner.lost {
-            Some(lost) if lost.lost.load(Ordering::Acquire) => Err(DurableError::StoreLost {
-                path: lost.path.clone(),
-            }),
-            _ => Ok(()),
+        match &self.inner.file {
+            Some(file) => file.ensure_intact(),
+            None => Ok(()),
         }
     }
 
