@@ -326,11 +326,9 @@ async fn on_a_full_disk_the_sqlite_store_answers_503_and_every_201_runs_after_a_
     fs::remove_file(data_dir.join("filler")).expect("cannot remove the filler");
     assert!(has_room(&data_dir));
     // The store works again, and each 201 from now on is committed too.
-    // (Without the pool's `after_release` hook, `sqlx::sqlite::pool_options`,
-    // and with sqlx-sqlite 0.9.0, no 201 comes here: every connection that
-    // saw a failed COMMIT believes it is still in a transaction, and River's
-    // `BEGIN IMMEDIATE` on it fails. sqlx-sqlite 0.9.1 resets the depth
-    // itself; the hook then never fires.)
+    // (With sqlx-sqlite 0.9.0, no 201 comes here: every connection that saw
+    // a failed COMMIT believes it is still in a transaction, and River's
+    // `BEGIN IMMEDIATE` on it fails. epilogue-durable requires 0.9.1.)
     let first_after = eventually_within(
         Duration::from_secs(30),
         "a 201 once the disk has room",

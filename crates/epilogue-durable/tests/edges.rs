@@ -208,7 +208,7 @@ async fn a_task_in_the_applications_transaction_exists_only_if_it_commits() {
         .create_if_missing(true)
         .journal_mode(epilogue_durable::sqlx::sqlite::SqliteJournalMode::Wal)
         .busy_timeout(Duration::from_secs(5));
-    let pool = epilogue_durable::sqlite::pool_options()
+    let pool = epilogue_durable::sqlx::sqlite::SqlitePoolOptions::new()
         .max_connections(4)
         .connect_with(options)
         .await
