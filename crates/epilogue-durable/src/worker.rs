@@ -141,7 +141,8 @@ impl<T: DurableTask> riverqueue::Worker<Envelope<T>> for RunOnRunner<T> {
                     Some(Err(payload)) => {
                         // River records the message; the runner counts the
                         // panic as one, by the task's name.
-                        let _ = sender.send(Ended::Panicked(panic_message(&*payload)));
+                        let _ = sender
+                            .send(Ended::Panicked(epilogue::runner::panic_message(&*payload)));
                         std::panic::resume_unwind(payload);
                     }
                 };
@@ -205,16 +206,6 @@ fn error_chain(error: &(dyn std::error::Error + 'static)) -> String {
         source = inner.source();
     }
     text
-}
-
-fn panic_message(payload: &(dyn std::any::Any + Send)) -> String {
-    if let Some(s) = payload.downcast_ref::<&'static str>() {
-        (*s).to_owned()
-    } else if let Some(s) = payload.downcast_ref::<String>() {
-        s.clone()
-    } else {
-        "a panic with a non-string payload".to_owned()
-    }
 }
 
 #[cfg(test)]

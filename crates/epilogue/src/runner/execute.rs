@@ -518,9 +518,10 @@ impl Drop for GiveUpOnDrop {
     }
 }
 
-/// The text of a panic's payload, for the log and the stats; shared with
-/// the durable worker.
-pub(crate) fn panic_message(payload: &(dyn Any + Send)) -> String {
+/// The text of a panic's payload, as the runner reports it in its log and
+/// [`Stats`](crate::Stats): for an executor that catches a task's panic
+/// itself (a durable queue records it with the task).
+pub fn panic_message(payload: &(dyn Any + Send)) -> String {
     if let Some(s) = payload.downcast_ref::<&'static str>() {
         (*s).to_owned()
     } else if let Some(s) = payload.downcast_ref::<String>() {

@@ -73,6 +73,7 @@ use crate::stats::Stats;
 use crate::tasks::BackgroundTasks;
 
 mod execute;
+pub use execute::panic_message;
 mod lanes;
 mod permit;
 mod places;
