@@ -31,23 +31,8 @@ const RECOVERED: &str = "Recovered (durable).";
 /// process's tasks must first be taken back (three missed 2 s heartbeats).
 const RECOVERY: Duration = Duration::from_secs(60);
 
-/// Asserts a durable route's 201: exactly `{"message": message, "task_id":
-/// "<id>"}`; returns the id.
-fn created_task(reply: &common::Reply, message: &str) -> String {
-    assert_eq!(reply.status, StatusCode::CREATED, "{reply:?}");
-    assert_json_content_type(reply.header("content-type"));
-    let body = reply.json();
-    let id = body["task_id"]
-        .as_str()
-        .filter(|id| !id.is_empty())
-        .unwrap_or_else(|| panic!("no task_id in {body}"))
-        .to_owned();
-    assert_eq!(body, json!({ "message": message, "task_id": id }));
-    id
-}
-
 async fn register(demo: &Demo, email: &str) -> String {
-    created_task(
+    common::created_task(
         &demo.post("/durable/register", &signup(email)).await,
         "Email sent",
     )
@@ -191,7 +176,7 @@ async fn a_failing_task_is_retried_with_growing_delays_until_it_succeeds() {
     let reply = demo
         .post("/durable/fail?times=2", &signup("flaky@example.com"))
         .await;
-    let id = created_task(&reply, "Created");
+    let id = common::created_task(&reply, "Created");
 
     // Between its attempts it waits for its retry, and says so.
     eventually("the task to wait for a retry", async || {
@@ -224,7 +209,7 @@ async fn a_failing_task_is_retried_with_growing_delays_until_it_succeeds() {
 #[tokio::test]
 async fn a_task_that_always_fails_is_dead_after_5_attempts_and_can_be_queued_again() {
     let demo = Demo::start(&[]).await;
-    let id = created_task(
+    let id = common::created_task(
         &demo
             .post("/durable/fail?times=100", &signup("doomed@example.com"))
             .await,
@@ -333,7 +318,7 @@ async fn rejected_durable_requests_store_nothing() {
 
     assert_eq!(demo.durable_stats().await, DurableStats::default());
     // The default, 1 failure, is stored: the stats do count what is.
-    let id = created_task(
+    let id = common::created_task(
         &demo.post("/durable/fail", &signup("one@example.com")).await,
         "Created",
     );

@@ -15,7 +15,6 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use chrono::{DateTime, Utc};
-use common::postgres::Postgres;
 use common::{
     assert_json_content_type, eventually_within, signup, Demo, Email, Reply, Scratch,
     WorkerProcess, PATIENCE,
@@ -30,28 +29,6 @@ const WELCOME: &str = "Welcome (durable).";
 /// How long a test waits for stored tasks to have run after a fault, where
 /// a dead process's tasks must first be taken back.
 const RECOVERY: Duration = Duration::from_secs(120);
-
-/// A cluster started off the async runtime (initdb takes seconds).
-async fn postgres() -> Postgres {
-    tokio::task::spawn_blocking(Postgres::start)
-        .await
-        .expect("the cluster's start")
-}
-
-/// Asserts a durable route's 201 `{"message": message, "task_id": "<id>"}`;
-/// returns the id.
-fn created_task(reply: &Reply, message: &str) -> String {
-    assert_eq!(reply.status, StatusCode::CREATED, "{reply:?}");
-    assert_json_content_type(reply.header("content-type"));
-    let body = reply.json();
-    let id = body["task_id"]
-        .as_str()
-        .filter(|id| !id.is_empty())
-        .unwrap_or_else(|| panic!("no task_id in {body}"))
-        .to_owned();
-    assert_eq!(body, json!({ "message": message, "task_id": id }));
-    id
-}
 
 /// Asserts a 503 of a durable route: a JSON error and `Retry-After`.
 fn assert_unavailable(reply: &Reply) {
@@ -94,7 +71,7 @@ impl Round {
         match reply.status {
             StatusCode::CREATED => self
                 .created
-                .push((created_task(reply, "Email sent"), email)),
+                .push((common::created_task(reply, "Email sent"), email)),
             StatusCode::SERVICE_UNAVAILABLE => {
                 assert_unavailable(reply);
                 self.unavailable += 1;
@@ -435,7 +412,7 @@ async fn a_deleted_store_file_is_noticed_within_10_s_and_the_other_routes_keep_w
     let reply = demo
         .post("/durable/register", &signup("before@example.com"))
         .await;
-    created_task(&reply, "Email sent");
+    common::created_task(&reply, "Email sent");
     demo.wait_for_emails(WELCOME, 1).await;
 
     let db = demo.data_dir().join("tasks.db");
@@ -516,7 +493,7 @@ async fn a_deleted_store_file_is_noticed_within_10_s_and_the_other_routes_keep_w
 async fn a_30_s_postgres_outage_under_20_s_tasks_never_runs_a_task_twice() {
     const TASK: Duration = Duration::from_secs(20);
     const TASKS: usize = 8;
-    let pg = postgres().await;
+    let pg = common::start_postgres().await;
     let store = pg.url();
     let task_flags = ["--email-delay-ms", "20000", "--durable-timeout-s", "60"];
     let mut flags = vec!["--store", store.as_str()];
@@ -533,7 +510,7 @@ async fn a_30_s_postgres_outage_under_20_s_tasks_never_runs_a_task_twice() {
                 &signup(&format!("long-{n}@example.com")),
             )
             .await;
-        ids.push(created_task(&reply, "Email sent"));
+        ids.push(common::created_task(&reply, "Email sent"));
     }
     // Four run in the service, four in the worker.
     let running = eventually_within(
@@ -636,7 +613,7 @@ async fn the_tasks_of_a_killed_worker_process_run_again_within_the_timeout_and_1
     /// What a loaded two-core CI machine may add.
     const CI_MARGIN: Duration = Duration::from_secs(10);
     const TASKS: usize = 8;
-    let pg = postgres().await;
+    let pg = common::start_postgres().await;
     let store = pg.url();
     let task_flags = ["--email-delay-ms", "4000", "--durable-timeout-s", "5"];
     let mut flags = vec!["--store", store.as_str()];
@@ -653,7 +630,7 @@ async fn the_tasks_of_a_killed_worker_process_run_again_within_the_timeout_and_1
                 &signup(&format!("orphan-{n}@example.com")),
             )
             .await;
-        ids.push(created_task(&reply, "Email sent"));
+        ids.push(common::created_task(&reply, "Email sent"));
     }
     // Four slots in each process: four of them run in the worker.
     eventually_within(

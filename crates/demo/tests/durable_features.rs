@@ -9,10 +9,8 @@ use std::collections::{HashMap, HashSet};
 use std::time::{Duration, Instant};
 
 use chrono::{DateTime, FixedOffset, Utc};
-use common::postgres::Postgres;
 use common::{
-    assert_json_content_type, eventually_within, run_to_exit, signup, Demo, Email, Reply, Scratch,
-    WorkerProcess, PATIENCE,
+    eventually_within, run_to_exit, signup, Demo, Email, Reply, Scratch, WorkerProcess, PATIENCE,
 };
 use reqwest::header::HeaderValue;
 use reqwest::StatusCode;
@@ -25,28 +23,6 @@ const TICK: &str = "tick";
 
 /// How long a test waits for a durable task to run.
 const RUN: Duration = Duration::from_secs(30);
-
-/// A cluster started off the async runtime (initdb takes seconds).
-async fn postgres() -> Postgres {
-    tokio::task::spawn_blocking(Postgres::start)
-        .await
-        .expect("the cluster's start")
-}
-
-/// Asserts a durable route's 201 `{"message": message, "task_id": "<id>"}`;
-/// returns the id.
-fn created_task(reply: &Reply, message: &str) -> String {
-    assert_eq!(reply.status, StatusCode::CREATED, "{reply:?}");
-    assert_json_content_type(reply.header("content-type"));
-    let body = reply.json();
-    let id = body["task_id"]
-        .as_str()
-        .filter(|id| !id.is_empty())
-        .unwrap_or_else(|| panic!("no task_id in {body}"))
-        .to_owned();
-    assert_eq!(body, json!({ "message": message, "task_id": id }));
-    id
-}
 
 /// Asserts a 400 with a JSON error.
 fn assert_bad_request(reply: &Reply, what: &str) {
@@ -112,13 +88,13 @@ async fn a_task_of_a_kind_no_running_process_knows_stays_queued_until_one_does()
     // An older release, on the same SQLite file: it knows one kind.
     let mut old =
         WorkerProcess::start(None, demo.data_dir(), &["--only", "recovering_durable"]).await;
-    let welcome = created_task(
+    let welcome = common::created_task(
         &demo
             .post("/durable/register", &signup("new@example.com"))
             .await,
         "Email sent",
     );
-    let first = created_task(
+    let first = common::created_task(
         &demo
             .post("/durable/fail?times=0", &signup("old@example.com"))
             .await,
@@ -135,7 +111,7 @@ async fn a_task_of_a_kind_no_running_process_knows_stays_queued_until_one_does()
     let watching = Instant::now();
     let mut ran = vec![first];
     while ran.len() < 6 || (watching.elapsed() < Duration::from_secs(5) && ran.len() < 100) {
-        let id = created_task(
+        let id = common::created_task(
             &demo
                 .post("/durable/fail?times=0", &signup("old@example.com"))
                 .await,
@@ -224,7 +200,7 @@ async fn worker_only_refuses_a_kind_it_does_not_know() {
 async fn an_idempotency_key_stores_one_task_and_a_bad_key_is_400() {
     let demo = Demo::start(&[]).await;
 
-    let first = created_task(
+    let first = common::created_task(
         &register_with_key(&demo, "ada@example.com", b"signup-ada-0001").await,
         "Email sent",
     );
@@ -240,7 +216,10 @@ async fn an_idempotency_key_stores_one_task_and_a_bad_key_is_400() {
     }
     let mut concurrent = HashSet::new();
     while let Some(reply) = requests.join_next().await {
-        concurrent.insert(created_task(&reply.expect("a request"), "Email sent"));
+        concurrent.insert(common::created_task(
+            &reply.expect("a request"),
+            "Email sent",
+        ));
     }
     assert_eq!(concurrent.len(), 1, "{concurrent:?}");
     let bob = concurrent.into_iter().next().expect("one id");
@@ -251,18 +230,18 @@ async fn an_idempotency_key_stores_one_task_and_a_bad_key_is_400() {
     let email = email_of(&first, || demo.outbox()).await;
     assert_eq!(email.to.as_deref(), Some("ada@example.com"));
     for body in ["ada@example.com", "eve@example.com"] {
-        let again = created_task(
+        let again = common::created_task(
             &register_with_key(&demo, body, b"signup-ada-0001").await,
             "Email sent",
         );
         assert_eq!(again, first, "the same key, another task");
     }
-    let other = created_task(
+    let other = common::created_task(
         &register_with_key(&demo, "ada@example.com", b"signup-ada-0003").await,
         "Email sent",
     );
     assert_ne!(other, first);
-    let longest = created_task(
+    let longest = common::created_task(
         &register_with_key(&demo, "max@example.com", &[b'k'; 255]).await,
         "Email sent",
     );
@@ -274,7 +253,7 @@ async fn an_idempotency_key_stores_one_task_and_a_bad_key_is_400() {
             .await,
     ]
     .iter()
-    .map(|reply| created_task(reply, "Email sent"))
+    .map(|reply| common::created_task(reply, "Email sent"))
     .collect();
     assert_eq!(plain.len(), 2);
 
@@ -329,7 +308,7 @@ async fn an_idempotency_key_stores_one_task_and_a_bad_key_is_400() {
 #[tokio::test]
 async fn a_delayed_task_is_acknowledged_at_once_and_runs_no_earlier_than_its_delay() {
     let demo = Demo::start(&[]).await;
-    let tomorrow = created_task(
+    let tomorrow = common::created_task(
         &demo
             .post(
                 "/durable/register?delay_s=86400",
@@ -343,12 +322,12 @@ async fn a_delayed_task_is_acknowledged_at_once_and_runs_no_earlier_than_its_del
         .post("/durable/register?delay_s=2", &signup("later@example.com"))
         .await;
     let acknowledged = Utc::now();
-    let later = created_task(&reply, "Email sent");
+    let later = common::created_task(&reply, "Email sent");
     assert!(
         reply.elapsed < Duration::from_secs(2),
         "the 201 waited for the delay: {reply:?}"
     );
-    let now = created_task(
+    let now = common::created_task(
         &demo
             .post("/durable/register?delay_s=0", &signup("now@example.com"))
             .await,
@@ -453,7 +432,7 @@ async fn measure_ticks(window: Duration, emails: impl Fn() -> Vec<Email>) -> Vec
 #[tokio::test]
 async fn the_periodic_tick_comes_once_a_period_across_two_processes_on_postgres() {
     const WINDOW: Duration = Duration::from_secs(6);
-    let pg = postgres().await;
+    let pg = common::start_postgres().await;
     let store = pg.url();
     let mut demo = Demo::start(&["--store", &store, "--tick-every-s", "1"]).await;
     let dirs = Scratch::new();
@@ -589,7 +568,7 @@ async fn start_three_at_once(store: Option<&str>, data_dir: &std::path::Path) {
         WorkerProcess::start(store, dir_a, &[]),
         WorkerProcess::start(store, dir_b, &[]),
     );
-    let id = created_task(
+    let id = common::created_task(
         &demo
             .post("/durable/register", &signup("together@example.com"))
             .await,
@@ -626,7 +605,7 @@ async fn three_processes_started_at_once_on_a_fresh_sqlite_store_all_start() {
 
 #[tokio::test]
 async fn three_processes_started_at_once_on_a_fresh_postgres_store_all_start() {
-    let pg = postgres().await;
+    let pg = common::start_postgres().await;
     for round in 0..3 {
         let database = format!("fresh_{round}");
         pg.psql(&format!("create database {database}"));

@@ -9,7 +9,6 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
-use common::postgres::Postgres;
 use common::{
     assert_json_content_type, eventually_within, files_in, signup, Demo, Email, Scratch,
     WorkerProcess, PATIENCE,
@@ -23,13 +22,6 @@ const WELCOME: &str = "Welcome (durable).";
 
 /// How long a test waits for a thousand tasks, or for the store to be back.
 const LONG: Duration = Duration::from_secs(90);
-
-/// A cluster started off the async runtime (initdb takes seconds).
-async fn postgres() -> Postgres {
-    tokio::task::spawn_blocking(Postgres::start)
-        .await
-        .expect("the cluster's start")
-}
 
 /// Posts `count` registrations, `at_once` at a time; every one must get
 /// its 201. Returns the task ids with their emails.
@@ -63,7 +55,7 @@ async fn register_many(demo: &Demo, count: usize, at_once: usize) -> HashMap<Str
 
 #[tokio::test]
 async fn two_worker_processes_share_the_work_and_never_run_a_task_twice() {
-    let pg = postgres().await;
+    let pg = common::start_postgres().await;
     let store = pg.url();
     let demo = Demo::start(&["--store", &store, "--workers", "0"]).await;
     let dirs = Scratch::new();
@@ -126,7 +118,7 @@ async fn two_worker_processes_share_the_work_and_never_run_a_task_twice() {
 
 #[tokio::test]
 async fn while_the_store_is_down_durable_routes_answer_503_and_the_others_work() {
-    let pg = postgres().await;
+    let pg = common::start_postgres().await;
     let demo = Demo::start(&["--store", &pg.url()]).await;
     let reply = demo
         .post("/durable/register", &signup("before@example.com"))

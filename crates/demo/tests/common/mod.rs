@@ -990,3 +990,26 @@ pub fn files_in(data_dir: &Path) -> Vec<String> {
     names.sort();
     names
 }
+
+/// A throwaway PostgreSQL cluster, started off the async runtime (initdb
+/// takes seconds).
+pub async fn start_postgres() -> postgres::Postgres {
+    tokio::task::spawn_blocking(postgres::Postgres::start)
+        .await
+        .expect("the cluster's start")
+}
+
+/// Asserts a durable route's 201: exactly `{"message": message, "task_id":
+/// "<id>"}`; returns the id.
+pub fn created_task(reply: &Reply, message: &str) -> String {
+    assert_eq!(reply.status, StatusCode::CREATED, "{reply:?}");
+    assert_json_content_type(reply.header("content-type"));
+    let body = reply.json();
+    let id = body["task_id"]
+        .as_str()
+        .filter(|id| !id.is_empty())
+        .unwrap_or_else(|| panic!("no task_id in {body}"))
+        .to_owned();
+    assert_eq!(body, json!({ "message": message, "task_id": id }));
+    id
+}
