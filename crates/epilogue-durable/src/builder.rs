@@ -136,7 +136,11 @@ impl StoreBuilder {
     }
 
     /// How many tasks this process runs at once (4 by default); `0` stores
-    /// tasks but runs none, for a process that leaves them to workers.
+    /// tasks but runs none, for a process that leaves them to workers. A
+    /// process that runs none never becomes River's leader (which schedules
+    /// retries, delayed and periodic tasks, and takes over a dead process's
+    /// tasks): at least one process on the store must run tasks and stay
+    /// eligible.
     pub fn concurrency(mut self, tasks: usize) -> Self {
         self.concurrency = tasks;
         self
