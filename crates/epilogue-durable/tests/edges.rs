@@ -4,20 +4,22 @@
 
 mod common;
 
-use std::str::FromStr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use common::{eventually, recv, runner_finished, task_in, total, Db};
+use common::{
+    recv, runner_finished, shut_down, start, stored_total, task_in, task_info, wait_until, Db,
+    Parked, SendOnDrop, GRACE,
+};
 use epilogue::{BackgroundTask, Runner};
+use epilogue_durable::riverqueue::database::begin_sqlite_write;
+use epilogue_durable::sqlx::{Sqlite, SqlitePool, Transaction};
 use epilogue_durable::{
     BoxError, DurableError, DurableTask, DurableTasks, Enqueue, Job, Store, TaskId, TaskState,
 };
 use serde::{Deserialize, Serialize};
 use tokio::sync::mpsc::{unbounded_channel, UnboundedSender};
 use tokio::sync::Notify;
-
-const GRACE: Duration = Duration::from_secs(10);
 
 /// Panics.
 #[derive(Serialize, Deserialize)]
@@ -38,35 +40,19 @@ impl DurableTask for Boom {
 async fn a_panic_is_a_failed_attempt_and_the_runner_counts_it() {
     let db = Db::new();
     let runner = Runner::new();
-    let store = Store::open(&db.url)
-        .await
-        .unwrap()
-        .register::<Boom>(())
-        .start(&runner)
-        .await
-        .unwrap();
+    let store = start(&db, &runner, |store| store.register::<Boom>(())).await;
     let id = store.enqueue(&Boom {}).await.unwrap();
     let dead = task_in::<Boom>(&store, id, TaskState::Dead).await;
     let error = dead.last_error.unwrap();
     assert!(error.contains("boom: the task panicked"), "{error}");
     runner_finished(&runner, Boom::NAME, 1).await;
     assert_eq!(runner.stats().by_task[Boom::NAME].panicked, 1);
-    assert!(runner.shutdown(GRACE).await.drained);
+    shut_down(&runner).await;
 }
 
-/// Says which attempt ran.
-#[derive(Serialize, Deserialize)]
-struct Ping {}
-
-impl DurableTask for Ping {
-    const NAME: &'static str = "ping";
-    type State = UnboundedSender<(TaskId, u32)>;
-    type Output = ();
-
-    async fn run(self, job: Job, ran: Self::State) -> Result<(), BoxError> {
-        let _ = ran.send((job.id(), job.attempt()));
-        Ok(())
-    }
+common::reporting_task! {
+    /// Says which attempt ran.
+    Ping = "ping"
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -76,13 +62,7 @@ async fn a_task_refused_by_a_full_runner_waits_and_keeps_its_attempt() {
     // shutdown takes no room.
     let runner = Runner::builder().max_running(1).max_pending(0).build();
     let (ran, mut runs) = unbounded_channel();
-    let store = Store::open(&db.url)
-        .await
-        .unwrap()
-        .register::<Ping>(ran)
-        .start(&runner)
-        .await
-        .unwrap();
+    let store = start(&db, &runner, |store| store.register::<Ping>(ran)).await;
     store.ready().await;
 
     // An in-memory task fills the runner.
@@ -99,8 +79,8 @@ async fn a_task_refused_by_a_full_runner_waits_and_keeps_its_attempt() {
         .expect("room for the blocker");
 
     let id = store.enqueue(&Ping {}).await.unwrap();
-    eventually("the runner to refuse the durable task twice", || async {
-        (runner.stats().refused >= 2).then_some(())
+    wait_until("the runner to refuse the durable task twice", || async {
+        runner.stats().refused >= 2
     })
     .await;
     assert!(runs.try_recv().is_err(), "it ran in a full runner");
@@ -109,20 +89,12 @@ async fn a_task_refused_by_a_full_runner_waits_and_keeps_its_attempt() {
     assert_eq!(recv(&mut runs, "the task to run").await, (id, 1));
     let done = task_in::<Ping>(&store, id, TaskState::Succeeded).await;
     assert_eq!(done.attempts, 1);
-    assert!(runner.shutdown(GRACE).await.drained);
+    shut_down(&runner).await;
 }
 
 /// Never ends by itself; tells when it is dropped.
 #[derive(Serialize, Deserialize)]
 struct Forever {}
-
-struct Dropped(UnboundedSender<&'static str>);
-
-impl Drop for Dropped {
-    fn drop(&mut self) {
-        let _ = self.0.send("dropped");
-    }
-}
 
 impl DurableTask for Forever {
     const NAME: &'static str = "forever";
@@ -131,23 +103,9 @@ impl DurableTask for Forever {
     type Output = ();
 
     async fn run(self, _: Job, events: Self::State) -> Result<(), BoxError> {
-        let _dropped = Dropped(events.clone());
+        let _dropped = SendOnDrop(events.clone(), || "dropped");
         let _ = events.send("started");
         std::future::pending::<()>().await;
-        Ok(())
-    }
-}
-
-/// Registered nowhere: stays queued.
-#[derive(Serialize, Deserialize)]
-struct Parked {}
-
-impl DurableTask for Parked {
-    const NAME: &'static str = "parked";
-    type State = ();
-    type Output = ();
-
-    async fn run(self, _: Job, (): ()) -> Result<(), BoxError> {
         Ok(())
     }
 }
@@ -157,13 +115,7 @@ async fn cancelled_tasks_stop_or_never_run_and_free_their_key() {
     let db = Db::new();
     let runner = Runner::new();
     let (events, mut seen) = unbounded_channel();
-    let store = Store::open(&db.url)
-        .await
-        .unwrap()
-        .register::<Forever>(events)
-        .start(&runner)
-        .await
-        .unwrap();
+    let store = start(&db, &runner, |store| store.register::<Forever>(events)).await;
 
     // A running task: its future is dropped.
     let running = store.enqueue(&Forever {}).await.unwrap();
@@ -176,38 +128,52 @@ async fn cancelled_tasks_stop_or_never_run_and_free_their_key() {
 
     // A queued task with a key: cancelled, it no longer holds the key.
     let key = || Enqueue::new().idempotency_key("order-7");
-    let queued = store.enqueue_with(&Parked {}, key()).await.unwrap();
+    let queued = store.enqueue_with(&Parked { n: 0 }, key()).await.unwrap();
     assert!(store.cancel(queued.id).await.unwrap());
-    let info = store.task::<Parked>(queued.id).await.unwrap().unwrap();
+    let info = task_info::<Parked>(&store, queued.id).await;
     assert_eq!(info.state, TaskState::Cancelled);
-    let again = store.enqueue_with(&Parked {}, key()).await.unwrap();
+    let again = store.enqueue_with(&Parked { n: 0 }, key()).await.unwrap();
     assert!(!again.duplicate);
     assert_ne!(again.id, queued.id);
 
     // A cancelled task can be queued again.
-    let plain = store.enqueue(&Parked {}).await.unwrap();
+    let plain = store.enqueue(&Parked { n: 0 }).await.unwrap();
     assert!(store.cancel(plain).await.unwrap());
     assert!(store.retry(plain).await.unwrap());
-    let info = store.task::<Parked>(plain).await.unwrap().unwrap();
+    let info = task_info::<Parked>(&store, plain).await;
     assert_eq!(info.state, TaskState::Queued);
     assert!(!store
         .cancel(TaskId::from(plain.get() + 1000))
         .await
         .unwrap());
-    assert!(runner.shutdown(GRACE).await.drained);
+    shut_down(&runner).await;
+}
+
+/// Adds the user `email` and a [`Ping`] in one write on `pool`, left open.
+async fn user_and_task(
+    pool: &SqlitePool,
+    store: &Store,
+    email: &str,
+) -> (Transaction<'static, Sqlite>, TaskId) {
+    let mut tx = begin_sqlite_write(pool).await.unwrap();
+    epilogue_durable::sqlx::query("INSERT INTO users VALUES (?)")
+        .bind(email)
+        .execute(&mut *tx)
+        .await
+        .unwrap();
+    let enqueued = store
+        .enqueue_tx(&mut tx, &Ping {}, Enqueue::new())
+        .await
+        .unwrap();
+    (tx, enqueued.id)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_task_in_the_applications_transaction_exists_only_if_it_commits() {
-    use epilogue_durable::riverqueue::database::begin_sqlite_write;
-    use epilogue_durable::sqlx::sqlite::SqliteConnectOptions;
-
     let db = Db::new();
-    let options = SqliteConnectOptions::from_str(&db.url)
-        .unwrap()
-        .create_if_missing(true)
-        .journal_mode(epilogue_durable::sqlx::sqlite::SqliteJournalMode::Wal)
-        .busy_timeout(Duration::from_secs(5));
+    let options = db
+        .options()
+        .journal_mode(epilogue_durable::sqlx::sqlite::SqliteJournalMode::Wal);
     let pool = epilogue_durable::sqlx::sqlite::SqlitePoolOptions::new()
         .max_connections(4)
         .connect_with(options)
@@ -225,40 +191,24 @@ async fn a_task_in_the_applications_transaction_exists_only_if_it_commits() {
         .await
         .unwrap();
 
-    let mut tx = begin_sqlite_write(&pool).await.unwrap();
-    epilogue_durable::sqlx::query("INSERT INTO users VALUES ('rolled@back')")
-        .execute(&mut *tx)
-        .await
-        .unwrap();
-    let rolled_back = store
-        .enqueue_tx(&mut tx, &Ping {}, Enqueue::new())
-        .await
-        .unwrap();
+    let (tx, rolled_back) = user_and_task(&pool, &store, "rolled@back").await;
     tx.rollback().await.unwrap();
-    assert!(store.task::<Ping>(rolled_back.id).await.unwrap().is_none());
-    assert_eq!(total(&store.stats().await.unwrap()), 0);
+    assert!(store.task::<Ping>(rolled_back).await.unwrap().is_none());
+    assert_eq!(stored_total(&store).await, 0);
 
-    let mut tx = begin_sqlite_write(&pool).await.unwrap();
-    epilogue_durable::sqlx::query("INSERT INTO users VALUES ('committed')")
-        .execute(&mut *tx)
-        .await
-        .unwrap();
-    let committed = store
-        .enqueue_tx(&mut tx, &Ping {}, Enqueue::new())
-        .await
-        .unwrap();
+    let (tx, committed) = user_and_task(&pool, &store, "committed").await;
     tx.commit().await.unwrap();
     assert_eq!(
         recv(&mut runs, "the committed task to run").await.0,
-        committed.id
+        committed
     );
-    task_in::<Ping>(&store, committed.id, TaskState::Succeeded).await;
+    task_in::<Ping>(&store, committed, TaskState::Succeeded).await;
     let users: Vec<String> = epilogue_durable::sqlx::query_scalar("SELECT email FROM users")
         .fetch_all(&pool)
         .await
         .unwrap();
     assert_eq!(users, ["committed"]);
-    assert!(runner.shutdown(GRACE).await.drained);
+    shut_down(&runner).await;
 }
 
 /// Serialises as a number, not an object.
@@ -279,12 +229,7 @@ impl DurableTask for NotAnObject {
 async fn a_task_that_is_not_a_json_object_is_refused_alone() {
     let db = Db::new();
     let runner = Runner::new();
-    let store = Store::open(&db.url)
-        .await
-        .unwrap()
-        .start(&runner)
-        .await
-        .unwrap();
+    let store = start(&db, &runner, |store| store).await;
     let refused = store.enqueue(&NotAnObject(1)).await;
     assert!(
         matches!(refused, Err(DurableError::Encode(_))),
@@ -294,30 +239,21 @@ async fn a_task_that_is_not_a_json_object_is_refused_alone() {
         DurableTasks::new().add(&NotAnObject(1)),
         Err(DurableError::Encode(_))
     ));
-    store.enqueue(&Parked {}).await.unwrap();
-    assert_eq!(total(&store.stats().await.unwrap()), 1);
-    assert!(runner.shutdown(GRACE).await.drained);
+    store.enqueue(&Parked { n: 0 }).await.unwrap();
+    assert_eq!(stored_total(&store).await, 1);
+    shut_down(&runner).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_store_whose_file_is_deleted_refuses_writes() {
     let db = Db::new();
     let runner = Runner::new();
-    let store = Store::open(&db.url)
-        .await
-        .unwrap()
-        .start(&runner)
-        .await
-        .unwrap();
-    store.enqueue(&Parked {}).await.unwrap();
+    let store = start(&db, &runner, |store| store).await;
+    store.enqueue(&Parked { n: 0 }).await.unwrap();
     assert!(store.file_intact());
 
-    std::fs::remove_file(db.dir.path().join("tasks.db")).unwrap();
-    eventually("the store to notice its file is gone", || async {
-        (!store.file_intact()).then_some(())
-    })
-    .await;
-    let refused = store.enqueue(&Parked {}).await;
+    db.delete_under(&store).await;
+    let refused = store.enqueue(&Parked { n: 0 }).await;
     assert!(
         matches!(refused, Err(DurableError::StoreLost { .. })),
         "{refused:?}"

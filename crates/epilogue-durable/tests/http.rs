@@ -10,7 +10,7 @@ use std::net::SocketAddr;
 use axum::http::StatusCode;
 use axum::routing::post;
 use axum::Router;
-use common::{recv, task_in, total, Db};
+use common::{join, recv, start, stored_total, task_in, task_info, total, Db};
 use epilogue::{Runner, ShutdownReport};
 use epilogue_durable::{
     BoxError, DurableError, DurableTask, DurableTasks, Job, RequestDurable, Store, TaskId,
@@ -94,13 +94,7 @@ impl Server {
         let db = Db::new();
         let runner = Runner::new();
         let (sent_tx, sent) = unbounded_channel();
-        let store = Store::open(&db.url)
-            .await
-            .unwrap()
-            .register::<Mail>(sent_tx)
-            .start(&runner)
-            .await
-            .unwrap();
+        let store = start(&db, &runner, |store| store.register::<Mail>(sent_tx)).await;
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         let (stop, stopped) = oneshot::channel::<()>();
@@ -124,36 +118,42 @@ impl Server {
         }
     }
 
-    async fn post(&self, path: &str) -> reqwest::Response {
-        self.client
-            .post(format!("http://{}{path}", self.addr))
-            .send()
-            .await
-            .unwrap()
+    /// The URL of `path` on this server.
+    fn url(&self, path: &str) -> String {
+        format!("http://{}{path}", self.addr)
+    }
+
+    /// Posts to `path`, and checks the response's status.
+    async fn post_expecting(&self, path: &str, status: StatusCode) -> reqwest::Response {
+        let response = self.client.post(self.url(path)).send().await.unwrap();
+        assert_eq!(response.status(), status, "POST {path}");
+        response
     }
 
     async fn stored(&self) -> u64 {
-        total(&self.store.stats().await.unwrap())
+        stored_total(&self.store).await
+    }
+
+    /// Waits for the next mail to run, checks it went `to`, and returns its id.
+    async fn sent_to(&mut self, to: &str) -> TaskId {
+        let (id, sent_to) = recv(&mut self.sent, &format!("the task for {to:?} to run")).await;
+        assert_eq!(sent_to, to);
+        id
     }
 
     async fn stop(self) -> ShutdownReport {
         let _ = self.stop.send(());
-        tokio::time::timeout(common::DEADLINE, self.served)
-            .await
-            .expect("the server to stop")
-            .unwrap()
+        join(self.served, "the server to stop").await
     }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_task_added_by_a_successful_handler_is_stored_before_the_response_and_runs() {
     let mut server = Server::start(true).await;
-    let response = server.post("/added").await;
-    assert_eq!(response.status(), StatusCode::CREATED);
+    server.post_expecting("/added", StatusCode::CREATED).await;
     // On disk before the response left: no wait.
     assert_eq!(server.stored().await, 1);
-    let (id, to) = recv(&mut server.sent, "the added task to run").await;
-    assert_eq!(to, "added");
+    let id = server.sent_to("added").await;
     task_in::<Mail>(&server.store, id, TaskState::Succeeded).await;
     assert!(server.stop().await.drained);
 }
@@ -161,15 +161,15 @@ async fn a_task_added_by_a_successful_handler_is_stored_before_the_response_and_
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_task_added_by_a_handler_that_answers_an_error_is_not_stored() {
     let mut server = Server::start(true).await;
-    let response = server.post("/refused").await;
-    assert_eq!(response.status(), StatusCode::BAD_REQUEST);
+    server
+        .post_expecting("/refused", StatusCode::BAD_REQUEST)
+        .await;
     assert_eq!(server.stored().await, 0);
 
     // A success after it stores its own task only, and that one runs: the
     // refused one was never stored, not merely late.
-    assert_eq!(server.post("/added").await.status(), StatusCode::CREATED);
-    let (_, to) = recv(&mut server.sent, "the added task to run").await;
-    assert_eq!(to, "added");
+    server.post_expecting("/added", StatusCode::CREATED).await;
+    server.sent_to("added").await;
     let stats = server.store.stats().await.unwrap();
     assert_eq!(total(&stats), 1, "{stats:?}");
     assert!(server.stop().await.drained);
@@ -178,30 +178,29 @@ async fn a_task_added_by_a_handler_that_answers_an_error_is_not_stored() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn tasks_returned_with_the_response_are_stored_whatever_its_status() {
     let mut server = Server::start(true).await;
-    assert_eq!(server.post("/returned").await.status(), StatusCode::CREATED);
+    server
+        .post_expecting("/returned", StatusCode::CREATED)
+        .await;
     assert_eq!(server.stored().await, 1);
-    let (id, to) = recv(&mut server.sent, "the returned task to run").await;
-    assert_eq!(to, "returned");
+    let id = server.sent_to("returned").await;
     task_in::<Mail>(&server.store, id, TaskState::Succeeded).await;
 
-    assert_eq!(
-        server.post("/returned-400").await.status(),
-        StatusCode::BAD_REQUEST
-    );
+    server
+        .post_expecting("/returned-400", StatusCode::BAD_REQUEST)
+        .await;
     assert_eq!(server.stored().await, 2);
-    let (_, to) = recv(&mut server.sent, "the task returned with a 400 to run").await;
-    assert_eq!(to, "returned with a 400");
+    server.sent_to("returned with a 400").await;
     assert!(server.stop().await.drained);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_task_enqueued_by_a_handler_has_its_id_in_the_response() {
     let mut server = Server::start(true).await;
-    let response = server.post("/enqueued").await;
-    assert_eq!(response.status(), StatusCode::CREATED);
+    let response = server
+        .post_expecting("/enqueued", StatusCode::CREATED)
+        .await;
     let id: TaskId = response.text().await.unwrap().parse().unwrap();
-    let (ran, to) = recv(&mut server.sent, "the enqueued task to run").await;
-    assert_eq!((ran, to.as_str()), (id, "enqueued"));
+    assert_eq!(server.sent_to("enqueued").await, id);
     task_in::<Mail>(&server.store, id, TaskState::Succeeded).await;
     assert!(server.stop().await.drained);
 }
@@ -217,7 +216,7 @@ async fn the_requests_trace_context_is_stored_with_its_tasks() {
         ("/enqueued", None),
         ("/enqueued", Some("not-a-trace-context")),
     ] {
-        let mut request = server.client.post(format!("http://{}{path}", server.addr));
+        let mut request = server.client.post(server.url(path));
         if let Some(header) = header {
             request = request.header("traceparent", header);
         }
@@ -226,7 +225,7 @@ async fn the_requests_trace_context_is_stored_with_its_tasks() {
     }
     let mut stored = Vec::new();
     for id in ids {
-        let task = server.store.task::<Mail>(id).await.unwrap().unwrap();
+        let task = task_info::<Mail>(&server.store, id).await;
         stored.push(task.traceparent);
     }
     let expected = Some(traceparent.to_owned());
@@ -237,8 +236,9 @@ async fn the_requests_trace_context_is_stored_with_its_tasks() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn without_the_store_on_the_layer_a_handler_that_needs_it_answers_500() {
     let server = Server::start(false).await;
-    let response = server.post("/added").await;
-    assert_eq!(response.status(), StatusCode::INTERNAL_SERVER_ERROR);
+    let response = server
+        .post_expecting("/added", StatusCode::INTERNAL_SERVER_ERROR)
+        .await;
     let body: serde_json::Value = response.json().await.unwrap();
     assert_eq!(body["reason"], "durable_misconfigured");
     assert_eq!(server.stored().await, 0);
@@ -248,14 +248,11 @@ async fn without_the_store_on_the_layer_a_handler_that_needs_it_answers_500() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_store_that_cannot_be_written_answers_503_in_place_of_the_handlers_response() {
     let server = Server::start(true).await;
-    std::fs::remove_file(server.db.dir.path().join("tasks.db")).unwrap();
-    common::eventually("the store to notice its file is gone", || async {
-        (!server.store.file_intact()).then_some(())
-    })
-    .await;
+    server.db.delete_under(&server.store).await;
     for path in ["/added", "/returned", "/enqueued"] {
-        let response = server.post(path).await;
-        assert_eq!(response.status(), StatusCode::SERVICE_UNAVAILABLE, "{path}");
+        let response = server
+            .post_expecting(path, StatusCode::SERVICE_UNAVAILABLE)
+            .await;
         assert!(response.headers().contains_key("retry-after"), "{path}");
     }
     server.stop().await;

@@ -6,27 +6,23 @@
 mod common;
 
 use std::path::Path;
-use std::str::FromStr;
-use std::time::Duration;
 
-use common::{recv, task_in, Db};
+use common::{recv, shut_down, task_in, Db};
 use epilogue::Runner;
 use epilogue_durable::{BoxError, DurableTask, Job, Store, TaskId, TaskState};
 use serde::{Deserialize, Serialize};
 use sqlx::migrate::Migrator;
-use sqlx::sqlite::SqliteConnectOptions;
 use sqlx::SqlitePool;
 use tokio::sync::mpsc::{unbounded_channel, UnboundedSender};
 
-const GRACE: Duration = Duration::from_secs(10);
-
-/// The application's migrations, one file per `(version, name, sql)`.
-async fn migrator(dir: &Path, migrations: &[(i64, &str, &str)]) -> Migrator {
+/// Writes the application's `(version, name, sql)` migrations to `dir` and runs them on `pool`.
+async fn migrate(dir: &Path, pool: &SqlitePool, migrations: &[(i64, &str, &str)]) {
     std::fs::create_dir_all(dir).unwrap();
     for (version, name, sql) in migrations {
         std::fs::write(dir.join(format!("{version}_{name}.sql")), sql).unwrap();
     }
-    Migrator::new(dir.to_path_buf()).await.unwrap()
+    let migrator = Migrator::new(dir.to_path_buf()).await.unwrap();
+    migrator.run(pool).await.unwrap();
 }
 
 const USERS: (i64, &str, &str) = (
@@ -42,11 +38,7 @@ const ORDERS: (i64, &str, &str) = (
 
 /// The application's own pool on the file.
 async fn app_pool(db: &Db) -> SqlitePool {
-    let options = SqliteConnectOptions::from_str(&db.url)
-        .unwrap()
-        .create_if_missing(true)
-        .busy_timeout(Duration::from_secs(5));
-    SqlitePool::connect_with(options).await.unwrap()
+    SqlitePool::connect_with(db.options()).await.unwrap()
 }
 
 async fn applied_versions(pool: &SqlitePool) -> Vec<i64> {
@@ -112,7 +104,7 @@ async fn run_a_task(db: &Db, pool: Option<SqlitePool>, text: &str) -> TaskId {
         .unwrap();
     assert_eq!(recv(&mut received, "the note").await, text);
     task_in::<Note>(&store, id, TaskState::Succeeded).await;
-    assert!(runner.shutdown(GRACE).await.drained);
+    shut_down(&runner).await;
     id
 }
 
@@ -121,7 +113,7 @@ async fn the_applications_migrations_first_then_the_store_then_both_again() {
     let db = Db::new();
     let dir = db.dir.path().join("migrations");
     let pool = app_pool(&db).await;
-    migrator(&dir, &[USERS]).await.run(&pool).await.unwrap();
+    migrate(&dir, &pool, &[USERS]).await;
     assert_eq!(applied_versions(&pool).await, [1]);
 
     run_a_task(&db, None, "first").await;
@@ -134,21 +126,13 @@ async fn the_applications_migrations_first_then_the_store_then_both_again() {
 
     // A new release: one more migration of the application's, then the
     // store again.
-    migrator(&dir, &[USERS, ORDERS])
-        .await
-        .run(&pool)
-        .await
-        .unwrap();
+    migrate(&dir, &pool, &[USERS, ORDERS]).await;
     assert_eq!(applied_versions(&pool).await, [1, 2]);
     let river = river_versions(&pool).await;
 
     // A restart: the store, then the application's migrations, again.
     run_a_task(&db, None, "after the restart").await;
-    migrator(&dir, &[USERS, ORDERS])
-        .await
-        .run(&pool)
-        .await
-        .unwrap();
+    migrate(&dir, &pool, &[USERS, ORDERS]).await;
     assert_eq!(applied_versions(&pool).await, [1, 2]);
     assert_eq!(river_versions(&pool).await, river);
     assert!(has_table(&pool, "users").await);
@@ -169,26 +153,18 @@ async fn the_store_first_then_the_applications_migrations_on_the_same_pool() {
     assert!(!has_table(&pool, "_sqlx_migrations").await);
     let river = river_versions(&pool).await;
 
-    migrator(&dir, &[USERS]).await.run(&pool).await.unwrap();
+    migrate(&dir, &pool, &[USERS]).await;
     assert_eq!(applied_versions(&pool).await, [1]);
 
     // A restart, the other way round: the application's migrations (one
     // more), then the store on a pool of its own.
-    migrator(&dir, &[USERS, ORDERS])
-        .await
-        .run(&pool)
-        .await
-        .unwrap();
+    migrate(&dir, &pool, &[USERS, ORDERS]).await;
     run_a_task(&db, None, "after the restart").await;
     assert_eq!(applied_versions(&pool).await, [1, 2]);
     assert_eq!(river_versions(&pool).await, river);
     // And once more on the shared pool.
     run_a_task(&db, Some(pool.clone()), "on the shared pool").await;
-    migrator(&dir, &[USERS, ORDERS])
-        .await
-        .run(&pool)
-        .await
-        .unwrap();
+    migrate(&dir, &pool, &[USERS, ORDERS]).await;
     assert_eq!(applied_versions(&pool).await, [1, 2]);
     assert!(has_table(&pool, "users").await);
     assert!(has_table(&pool, "orders").await);

@@ -8,9 +8,9 @@ mod common;
 use std::sync::Arc;
 use std::time::Duration;
 
-use common::{eventually, recv, task_in, Db};
+use common::{join, recv, shut_down, start, task_in, task_info, wait_until, Db, SendOnDrop};
 use epilogue::Runner;
-use epilogue_durable::{BoxError, DurableTask, Job, Store, TaskState};
+use epilogue_durable::{BoxError, DurableTask, Job, TaskState};
 use serde::{Deserialize, Serialize};
 use tokio::sync::mpsc::{unbounded_channel, UnboundedSender};
 use tokio::sync::Notify;
@@ -21,14 +21,6 @@ enum Seen {
     Started { attempt: u32 },
     Dropped,
     Finished,
-}
-
-struct DropGuard(UnboundedSender<Seen>);
-
-impl Drop for DropGuard {
-    fn drop(&mut self) {
-        let _ = self.0.send(Seen::Dropped);
-    }
 }
 
 /// Never ends in a process whose state says `stuck`; ends at once in one
@@ -54,7 +46,7 @@ impl DurableTask for Long {
             attempt: job.attempt(),
         });
         if state.stuck {
-            let _guard = DropGuard(state.seen.clone());
+            let _guard = SendOnDrop(state.seen.clone(), || Seen::Dropped);
             std::future::pending::<()>().await;
         }
         let _ = state.seen.send(Seen::Finished);
@@ -67,19 +59,16 @@ async fn a_task_cut_off_by_the_shutdown_goes_back_to_the_queue_with_its_attempt(
     let db = Db::new();
     let runner = Runner::new();
     let (seen, mut events) = unbounded_channel();
-    let store = Store::open(&db.url)
-        .await
-        .unwrap()
-        .register::<Long>(LongState { stuck: true, seen })
-        .start(&runner)
-        .await
-        .unwrap();
+    let store = start(&db, &runner, |store| {
+        store.register::<Long>(LongState { stuck: true, seen })
+    })
+    .await;
     let id = store.enqueue(&Long {}).await.unwrap();
     assert_eq!(
         recv(&mut events, "the task to start").await,
         Seen::Started { attempt: 1 }
     );
-    let running = store.task::<Long>(id).await.unwrap().unwrap();
+    let running = task_info::<Long>(&store, id).await;
     assert_eq!((running.state, running.attempts), (TaskState::Running, 1));
 
     let report = runner.shutdown(Duration::from_millis(300)).await;
@@ -92,7 +81,7 @@ async fn a_task_cut_off_by_the_shutdown_goes_back_to_the_queue_with_its_attempt(
 
     // Recorded before the shutdown returned: queued again, and the attempt
     // it was cut off in does not count.
-    let back = store.task::<Long>(id).await.unwrap().unwrap();
+    let back = task_info::<Long>(&store, id).await;
     assert_eq!(back.state, TaskState::Queued, "{back:?}");
     assert_eq!(back.attempts, 0, "{back:?}");
     assert_eq!(back.last_error, None, "{back:?}");
@@ -100,20 +89,17 @@ async fn a_task_cut_off_by_the_shutdown_goes_back_to_the_queue_with_its_attempt(
     // The next process runs it, as its first attempt.
     let next_runner = Runner::new();
     let (seen, mut next_events) = unbounded_channel();
-    let next = Store::open(&db.url)
-        .await
-        .unwrap()
-        .register::<Long>(LongState { stuck: false, seen })
-        .start(&next_runner)
-        .await
-        .unwrap();
+    let next = start(&db, &next_runner, |store| {
+        store.register::<Long>(LongState { stuck: false, seen })
+    })
+    .await;
     assert_eq!(
         recv(&mut next_events, "the task to start again").await,
         Seen::Started { attempt: 1 }
     );
     let done = task_in::<Long>(&next, id, TaskState::Succeeded).await;
     assert_eq!((done.attempts, done.output), (1, Some(1)));
-    assert!(next_runner.shutdown(Duration::from_secs(10)).await.drained);
+    shut_down(&next_runner).await;
     // Nothing else of the first process is left running.
     assert!(events.try_recv().is_err());
 }
@@ -143,13 +129,10 @@ async fn a_task_in_flight_finishes_within_the_grace_and_is_recorded_before_shutd
     let runner = Runner::new();
     let go = Arc::new(Notify::new());
     let (seen, mut events) = unbounded_channel();
-    let store = Store::open(&db.url)
-        .await
-        .unwrap()
-        .register::<Brief>((go.clone(), seen))
-        .start(&runner)
-        .await
-        .unwrap();
+    let store = start(&db, &runner, |store| {
+        store.register::<Brief>((go.clone(), seen))
+    })
+    .await;
     let id = store.enqueue(&Brief {}).await.unwrap();
     assert_eq!(
         recv(&mut events, "the task to start").await,
@@ -160,24 +143,18 @@ async fn a_task_in_flight_finishes_within_the_grace_and_is_recorded_before_shutd
         let runner = runner.clone();
         async move { runner.shutdown(Duration::from_secs(30)).await }
     });
-    eventually("the shutdown to start", || async {
-        runner.is_closed().then_some(())
-    })
-    .await;
+    wait_until("the shutdown to start", || async { runner.is_closed() }).await;
     // The task is still running: the shutdown waits for it.
     assert!(!shutdown.is_finished());
     go.notify_one();
-    let report = tokio::time::timeout(common::DEADLINE, shutdown)
-        .await
-        .expect("the shutdown to end")
-        .unwrap();
+    let report = join(shutdown, "the shutdown to end").await;
     assert!(report.drained, "{report:?}");
     assert_eq!(
         recv(&mut events, "the task to finish").await,
         Seen::Finished
     );
 
-    let done = store.task::<Brief>(id).await.unwrap().unwrap();
+    let done = task_info::<Brief>(&store, id).await;
     assert_eq!(done.state, TaskState::Succeeded, "{done:?}");
     assert_eq!(done.output.as_deref(), Some("done"));
     assert_eq!(runner.stats().by_task[Brief::NAME].succeeded, 1);

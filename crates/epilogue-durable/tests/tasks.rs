@@ -8,15 +8,14 @@ use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
-use common::{eventually, recv, runner_finished, task_in, total, Db, DEADLINE};
-use epilogue::Runner;
-use epilogue_durable::{
-    BoxError, DurableError, DurableTask, Enqueue, Job, Store, TaskId, TaskState,
+use common::{
+    recv, runner_finished, shut_down, start, stored_total, succeeded_at_least, task_in, task_info,
+    total, Db, Parked, SendOnDrop, DEADLINE,
 };
+use epilogue::Runner;
+use epilogue_durable::{BoxError, DurableError, DurableTask, Enqueue, Job, TaskId, TaskState};
 use serde::{Deserialize, Serialize};
 use tokio::sync::mpsc::{unbounded_channel, UnboundedSender};
-
-const GRACE: Duration = Duration::from_secs(10);
 
 /// Doubles its number, and says which attempt of which task ran.
 #[derive(Serialize, Deserialize)]
@@ -40,13 +39,7 @@ async fn an_enqueued_task_runs_on_the_runner_and_its_output_is_stored() {
     let db = Db::new();
     let runner = Runner::new();
     let (ran, mut runs) = unbounded_channel();
-    let store = Store::open(&db.url)
-        .await
-        .unwrap()
-        .register::<Double>(ran)
-        .start(&runner)
-        .await
-        .unwrap();
+    let store = start(&db, &runner, |store| store.register::<Double>(ran)).await;
 
     let id = store.enqueue(&Double { n: 21 }).await.unwrap();
     assert_eq!(recv(&mut runs, "the task to run").await, (id, 1, 21));
@@ -74,8 +67,7 @@ async fn an_enqueued_task_runs_on_the_runner_and_its_output_is_stored() {
     let stored = store.stats().await.unwrap();
     assert_eq!((stored.succeeded, total(&stored)), (1, 1));
 
-    let report = runner.shutdown(GRACE).await;
-    assert!(report.drained, "{report:?}");
+    shut_down(&runner).await;
 }
 
 /// Fails its first `MAX_ATTEMPTS` attempts, then succeeds.
@@ -103,13 +95,7 @@ async fn a_failing_task_is_retried_then_dead_then_retried_by_hand() {
     let db = Db::new();
     let runner = Runner::new();
     let (ran, mut runs) = unbounded_channel();
-    let store = Store::open(&db.url)
-        .await
-        .unwrap()
-        .register::<Flaky>(ran)
-        .start(&runner)
-        .await
-        .unwrap();
+    let store = start(&db, &runner, |store| store.register::<Flaky>(ran)).await;
     let id = store.enqueue(&Flaky {}).await.unwrap();
 
     let (first, first_at) = recv(&mut runs, "the first attempt").await;
@@ -149,35 +135,14 @@ async fn a_failing_task_is_retried_then_dead_then_retried_by_hand() {
     runner_finished(&runner, Flaky::NAME, 3).await;
     let by_task = &runner.stats().by_task[Flaky::NAME];
     assert_eq!((by_task.failed, by_task.succeeded), (2, 1));
-    assert!(runner.shutdown(GRACE).await.drained);
-}
-
-/// A task nobody runs in these tests: it stays where it was stored.
-#[derive(Serialize, Deserialize)]
-struct Parked {
-    n: u32,
-}
-
-impl DurableTask for Parked {
-    const NAME: &'static str = "parked";
-    type State = ();
-    type Output = ();
-
-    async fn run(self, _: Job, (): ()) -> Result<(), BoxError> {
-        panic!("a parked task is never registered");
-    }
+    shut_down(&runner).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn an_idempotency_key_stores_one_task() {
     let db = Db::new();
     let runner = Runner::new();
-    let store = Store::open(&db.url)
-        .await
-        .unwrap()
-        .start(&runner)
-        .await
-        .unwrap();
+    let store = start(&db, &runner, |store| store).await;
 
     let first = store
         .enqueue_with(&Parked { n: 1 }, Enqueue::new().idempotency_key("k"))
@@ -204,8 +169,8 @@ async fn an_idempotency_key_stores_one_task() {
     let a = store.enqueue(&Parked { n: 1 }).await.unwrap();
     let b = store.enqueue(&Parked { n: 1 }).await.unwrap();
     assert_ne!(a, b);
-    assert_eq!(total(&store.stats().await.unwrap()), 4);
-    assert!(runner.shutdown(GRACE).await.drained);
+    assert_eq!(stored_total(&store).await, 4);
+    shut_down(&runner).await;
 }
 
 /// The enqueues that share a transaction each get their own row back, keys
@@ -214,12 +179,7 @@ async fn an_idempotency_key_stores_one_task() {
 async fn concurrent_enqueues_with_a_repeated_key_each_get_their_own_answer() {
     let db = Db::new();
     let runner = Runner::new();
-    let store = Store::open(&db.url)
-        .await
-        .unwrap()
-        .start(&runner)
-        .await
-        .unwrap();
+    let store = start(&db, &runner, |store| store).await;
 
     let mut calls = tokio::task::JoinSet::new();
     for n in 0..32u32 {
@@ -252,8 +212,8 @@ async fn concurrent_enqueues_with_a_repeated_key_each_get_their_own_answer() {
         let args: serde_json::Value = row.decode_args().unwrap();
         assert_eq!(args["n"], *n, "task {n} got the id of another");
     }
-    assert_eq!(total(&store.stats().await.unwrap()), 17);
-    assert!(runner.shutdown(GRACE).await.drained);
+    assert_eq!(stored_total(&store).await, 17);
+    shut_down(&runner).await;
 }
 
 /// Says when it started.
@@ -276,13 +236,7 @@ async fn a_delayed_task_starts_no_earlier_than_its_delay() {
     let db = Db::new();
     let runner = Runner::new();
     let (started, mut starts) = unbounded_channel();
-    let store = Store::open(&db.url)
-        .await
-        .unwrap()
-        .register::<Stamp>(started)
-        .start(&runner)
-        .await
-        .unwrap();
+    let store = start(&db, &runner, |store| store.register::<Stamp>(started)).await;
     store.ready().await;
 
     let delay = Duration::from_secs(2);
@@ -292,7 +246,7 @@ async fn a_delayed_task_starts_no_earlier_than_its_delay() {
         .await
         .unwrap()
         .id;
-    let info = store.task::<Stamp>(id).await.unwrap().unwrap();
+    let info = task_info::<Stamp>(&store, id).await;
     assert!(
         matches!(
             info.state,
@@ -310,37 +264,17 @@ async fn a_delayed_task_starts_no_earlier_than_its_delay() {
         "started {after:?} after the enqueue"
     );
     task_in::<Stamp>(&store, id, TaskState::Succeeded).await;
-    assert!(runner.shutdown(GRACE).await.drained);
+    shut_down(&runner).await;
 }
 
-/// The kind an older process knows.
-#[derive(Serialize, Deserialize)]
-struct Known {}
-
-impl DurableTask for Known {
-    const NAME: &'static str = "known";
-    type State = UnboundedSender<TaskId>;
-    type Output = ();
-
-    async fn run(self, job: Job, ran: Self::State) -> Result<(), BoxError> {
-        let _ = ran.send(job.id());
-        Ok(())
-    }
+common::reporting_task! {
+    /// The kind an older process knows.
+    Known = "known"
 }
 
-/// The kind only a newer process knows.
-#[derive(Serialize, Deserialize)]
-struct Newer {}
-
-impl DurableTask for Newer {
-    const NAME: &'static str = "newer";
-    type State = UnboundedSender<TaskId>;
-    type Output = ();
-
-    async fn run(self, job: Job, ran: Self::State) -> Result<(), BoxError> {
-        let _ = ran.send(job.id());
-        Ok(())
-    }
+common::reporting_task! {
+    /// The kind only a newer process knows.
+    Newer = "newer"
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -348,23 +282,17 @@ async fn a_kind_the_process_does_not_register_waits_for_one_that_does() {
     let db = Db::new();
     let old_runner = Runner::new();
     let (old_ran, mut old_runs) = unbounded_channel();
-    let old = Store::open(&db.url)
-        .await
-        .unwrap()
-        .register::<Known>(old_ran)
-        .start(&old_runner)
-        .await
-        .unwrap();
+    let old = start(&db, &old_runner, |store| store.register::<Known>(old_ran)).await;
     old.ready().await;
 
     // Stored first, so that a process fetching every kind would claim it
     // no later than the task after it.
     let newer = old.enqueue(&Newer {}).await.unwrap();
     let known = old.enqueue(&Known {}).await.unwrap();
-    assert_eq!(recv(&mut old_runs, "the known task").await, known);
+    assert_eq!(recv(&mut old_runs, "the known task").await.0, known);
     task_in::<Known>(&old, known, TaskState::Succeeded).await;
     // A claim marks a task running in the fetch itself: it was never taken.
-    let waiting = old.task::<Newer>(newer).await.unwrap().unwrap();
+    let waiting = task_info::<Newer>(&old, newer).await;
     assert_eq!(waiting.state, TaskState::Queued, "{waiting:?}");
     assert_eq!(waiting.attempts, 0);
     assert!(matches!(
@@ -377,22 +305,20 @@ async fn a_kind_the_process_does_not_register_waits_for_one_that_does() {
 
     let new_runner = Runner::new();
     let (new_ran, mut new_runs) = unbounded_channel();
-    let new = Store::open(&db.url)
-        .await
-        .unwrap()
-        .register::<Known>(unbounded_channel().0)
-        .register::<Newer>(new_ran)
-        .start(&new_runner)
-        .await
-        .unwrap();
-    assert_eq!(recv(&mut new_runs, "the newer task").await, newer);
+    let new = start(&db, &new_runner, |store| {
+        store
+            .register::<Known>(unbounded_channel().0)
+            .register::<Newer>(new_ran)
+    })
+    .await;
+    assert_eq!(recv(&mut new_runs, "the newer task").await.0, newer);
     let info = task_in::<Newer>(&new, newer, TaskState::Succeeded).await;
     assert_eq!(info.attempts, 1);
     runner_finished(&new_runner, Newer::NAME, 1).await;
     assert!(!old_runner.stats().by_task.contains_key(Newer::NAME));
 
-    assert!(old_runner.shutdown(GRACE).await.drained);
-    assert!(new_runner.shutdown(GRACE).await.drained);
+    shut_down(&old_runner).await;
+    shut_down(&new_runner).await;
 }
 
 /// What happened to a [`Stuck`] attempt.
@@ -401,15 +327,6 @@ enum Stuck {
     Started,
     Dropped(Instant),
     SleptToTheEnd,
-}
-
-/// Tells when it is dropped.
-struct DropGuard(UnboundedSender<Stuck>);
-
-impl Drop for DropGuard {
-    fn drop(&mut self) {
-        let _ = self.0.send(Stuck::Dropped(Instant::now()));
-    }
 }
 
 /// Sleeps far past its timeout.
@@ -424,7 +341,7 @@ impl DurableTask for Sleepy {
     type Output = ();
 
     async fn run(self, _: Job, events: Self::State) -> Result<(), BoxError> {
-        let _guard = DropGuard(events.clone());
+        let _guard = SendOnDrop(events.clone(), || Stuck::Dropped(Instant::now()));
         let _ = events.send(Stuck::Started);
         tokio::time::sleep(Duration::from_secs(10)).await;
         let _ = events.send(Stuck::SleptToTheEnd);
@@ -437,13 +354,7 @@ async fn a_task_past_its_timeout_is_dropped_and_its_attempt_fails() {
     let db = Db::new();
     let runner = Runner::new();
     let (events, mut seen) = unbounded_channel();
-    let store = Store::open(&db.url)
-        .await
-        .unwrap()
-        .register::<Sleepy>(events)
-        .start(&runner)
-        .await
-        .unwrap();
+    let store = start(&db, &runner, |store| store.register::<Sleepy>(events)).await;
     let id = store.enqueue(&Sleepy {}).await.unwrap();
 
     assert!(matches!(recv(&mut seen, "the start").await, Stuck::Started));
@@ -461,7 +372,7 @@ async fn a_task_past_its_timeout_is_dropped_and_its_attempt_fails() {
     assert!(dead.last_error.is_some(), "{dead:?}");
     runner_finished(&runner, Sleepy::NAME, 1).await;
     assert_eq!(runner.stats().by_task[Sleepy::NAME].succeeded, 0);
-    assert!(runner.shutdown(GRACE).await.drained);
+    shut_down(&runner).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -469,14 +380,10 @@ async fn concurrent_enqueues_all_commit_with_distinct_ids() {
     let db = Db::new();
     let runner = Runner::new();
     let (ran, mut runs) = unbounded_channel();
-    let store = Store::open(&db.url)
-        .await
-        .unwrap()
-        .register::<Double>(ran)
-        .concurrency(8)
-        .start(&runner)
-        .await
-        .unwrap();
+    let store = start(&db, &runner, |store| {
+        store.register::<Double>(ran).concurrency(8)
+    })
+    .await;
 
     let mut calls = tokio::task::JoinSet::new();
     for n in 0..32u32 {
@@ -498,11 +405,8 @@ async fn concurrent_enqueues_all_commit_with_distinct_ids() {
     let mut expected = ids.clone();
     expected.sort();
     assert_eq!(ran, expected);
-    eventually("every task to be recorded as succeeded", || async {
-        (store.stats().await.unwrap().succeeded == 32).then_some(())
-    })
-    .await;
-    assert!(runner.shutdown(GRACE).await.drained);
+    succeeded_at_least(&store, 32).await;
+    shut_down(&runner).await;
 }
 
 /// Counts its runs.
@@ -529,16 +433,16 @@ async fn a_periodic_task_runs_again_and_again() {
     let runner = Runner::new();
     let (ran, mut runs) = unbounded_channel();
     let count = Arc::new(AtomicU32::new(0));
-    let store = Store::open(&db.url)
-        .await
-        .unwrap()
-        .register::<Tick>((count.clone(), ran))
-        .every::<Tick>(Duration::from_millis(500), || Tick {
-            label: "every 500 ms".to_owned(),
-        })
-        .start(&runner)
-        .await
-        .unwrap();
+    let every = Duration::from_millis(500);
+    let tick = || Tick {
+        label: "every 500 ms".to_owned(),
+    };
+    let store = start(&db, &runner, |store| {
+        store
+            .register::<Tick>((count.clone(), ran))
+            .every::<Tick>(every, tick)
+    })
+    .await;
 
     let within = Duration::from_secs(10).min(DEADLINE);
     let started = Instant::now();
@@ -553,9 +457,6 @@ async fn a_periodic_task_runs_again_and_again() {
         assert_eq!(label, "every 500 ms");
     }
     assert!(count.load(Ordering::SeqCst) >= 2);
-    eventually("two periodic runs recorded as succeeded", || async {
-        (store.stats().await.unwrap().succeeded >= 2).then_some(())
-    })
-    .await;
-    assert!(runner.shutdown(GRACE).await.drained);
+    succeeded_at_least(&store, 2).await;
+    shut_down(&runner).await;
 }
