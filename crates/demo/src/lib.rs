@@ -9,7 +9,7 @@ pub mod input;
 pub mod service;
 pub mod tasks;
 
-use std::io::IsTerminal;
+use std::io::{IsTerminal, Write};
 
 use tracing_subscriber::EnvFilter;
 
@@ -23,6 +23,10 @@ pub fn init_logging() {
         )
         .with_writer(std::io::stderr)
         .with_ansi(std::io::stderr().is_terminal())
+        // A log line that cannot be written (stderr full or closed) is
+        // dropped: reporting it with `eprintln!` would panic, and a service
+        // must not die of its own log.
+        .log_internal_errors(false)
         .init();
 }
 
@@ -117,7 +121,8 @@ pub fn exit(program: &str, result: Result<(), String>) -> std::process::ExitCode
     match result {
         Ok(()) => std::process::ExitCode::SUCCESS,
         Err(error) => {
-            eprintln!("{program}: {error}");
+            // Not `eprintln!`, which panics when stderr cannot be written.
+            let _ = writeln!(std::io::stderr(), "{program}: {error}");
             std::process::ExitCode::FAILURE
         }
     }

@@ -169,3 +169,56 @@ async fn limits_and_a_grace_period_of_any_size_neither_panic_nor_lose_work() {
     assert_eq!(status.code(), Some(0), "stderr:\n{}", demo.stderr());
     assert_eq!(demo.emails_saying("Thank you for registering.").len(), 5);
 }
+
+/// A full stderr (`2>/dev/full`) is no reason to die: log lines that cannot
+/// be written are dropped, and SIGTERM still drains and exits 0.
+#[tokio::test]
+async fn sigterm_exits_0_when_stderr_cannot_be_written() {
+    use std::io::{BufRead, BufReader};
+    use std::process::{Command, Stdio};
+
+    let scratch = common::Scratch::new();
+    let full = std::fs::OpenOptions::new()
+        .write(true)
+        .open("/dev/full")
+        .expect("/dev/full");
+    let mut child = Command::new(env!("CARGO_BIN_EXE_epilogue-demo"))
+        .args(["--addr", "127.0.0.1:0", "--data-dir"])
+        .arg(scratch.path().join("data"))
+        .current_dir(scratch.path())
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(full)
+        .spawn()
+        .expect("epilogue-demo starts");
+    let stdout = child.stdout.take().expect("piped stdout");
+    let line = tokio::task::spawn_blocking(move || {
+        let mut line = String::new();
+        BufReader::new(stdout).read_line(&mut line).map(|_| line)
+    })
+    .await
+    .unwrap()
+    .expect("the listening line");
+    let addr = line
+        .trim()
+        .strip_prefix("listening on http://")
+        .unwrap_or_else(|| panic!("not the listening line: {line:?}"))
+        .to_owned();
+
+    // A failing task logs a warning, which cannot be written.
+    let reply = reqwest::Client::new()
+        .post(format!("http://{addr}/fail?mode=error"))
+        .json(&signup("full@example.com"))
+        .send()
+        .await
+        .expect("an answer");
+    assert_eq!(reply.status(), reqwest::StatusCode::CREATED);
+
+    let pid = nix::unistd::Pid::from_raw(i32::try_from(child.id()).unwrap());
+    nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM).unwrap();
+    let status = common::eventually("epilogue-demo to exit", async || {
+        child.try_wait().expect("try_wait")
+    })
+    .await;
+    assert_eq!(status.code(), Some(0), "{status}");
+}
