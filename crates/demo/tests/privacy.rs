@@ -90,3 +90,26 @@ async fn the_password_never_comes_out() {
         assert_no_password(file, &text);
     }
 }
+
+/// The store URL's password, given in `EPILOGUE_STORE`, is not shown by
+/// `--help` (clap shows environment values unless told not to).
+#[tokio::test]
+async fn help_does_not_show_the_store_urls_password() {
+    const SECRET: &str = "s3cret-store-pw";
+    let scratch = common::Scratch::new();
+    for args in [&["--help"][..], &["worker", "--help"][..]] {
+        let mut command = Demo::command();
+        command.args(args).env(
+            "EPILOGUE_STORE",
+            format!("postgres://app:{SECRET}@127.0.0.1:1/app"),
+        );
+        let exited = common::run_to_exit(command, &scratch).await;
+        assert!(exited.status.success(), "{args:?}: {}", exited.stderr);
+        assert!(exited.stdout.contains("--store"), "{}", exited.stdout);
+        assert!(
+            !exited.stdout.contains(SECRET) && !exited.stderr.contains(SECRET),
+            "{args:?} shows the password:\n{}",
+            exited.stdout
+        );
+    }
+}
