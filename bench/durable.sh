@@ -26,7 +26,7 @@
 # 3. Throughput: the demo's workers >= 0.9x River used directly (no-op
 #    jobs, 1 ms fetch cooldown: bench/river-direct), tasks/s, SQLite with
 #    1 worker process, PostgreSQL with 1 and 2, at concurrency 16 and 100;
-#    beside River with epilogue-durable's 2 ms cooldown, and the store's
+#    beside River at a 2 ms cooldown too (how much that setting weighs), and the store's
 #    ceiling (a raw SQL claim-and-complete loop, 100 rows per statement).
 # 4. The in-memory request path pays nothing for the durable tier:
 #    instructions per request of POST /response/single, --workers 4 vs
@@ -459,8 +459,8 @@ for round in $(seq "$rounds"); do
     ((procs == 1)) || plural=es
     label="$store_name, $procs process$plural, concurrency $conc"
     # The order alternates between rounds: neither side always goes first.
-    # River with the store's own 2 ms cooldown too (epilogue-durable's
-    # FETCH_COOLDOWN), to tell that setting's share of a difference.
+    # River at a 2 ms cooldown too, to tell how much that setting weighs
+    # (epilogue-durable sets 1 ms, River's least).
     if (((round + i) % 2 == 0)); then
       e2e "$label" "$(store_url "$kind" "demo-r$round-c$i")" "$procs" "$conc"
       direct "$label" "$(store_url "$kind" "river-r$round-c$i")" "$procs" "$conc" 1

@@ -106,7 +106,7 @@
 //! # The engine, and where we work around it
 //!
 //! River's defaults suit a queue, not a request path, so the store sets:
-//! a 2 ms fetch cooldown (River's 100 ms caps a process at ten fetches a
+//! a 1 ms fetch cooldown (River's 100 ms caps a process at ten fetches a
 //! second), rescue after the longest timeout + 10 s (River's is an hour),
 //! a 2 s rescuer and election interval, a 250 ms scheduler interval (so a
 //! retry due in 1 s is not 5 s late). It needs sqlx 0.9.1 or later: with
