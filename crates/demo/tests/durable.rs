@@ -7,7 +7,7 @@
 
 mod common;
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashSet;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
@@ -36,19 +36,6 @@ async fn register(demo: &Demo, email: &str) -> String {
         &demo.post("/durable/register", &signup(email)).await,
         "Email sent",
     )
-}
-
-/// The durable emails with `message`, by task id.
-fn by_task(emails: &[Email], message: &str) -> HashMap<String, Vec<Email>> {
-    let mut by_task: HashMap<String, Vec<Email>> = HashMap::new();
-    for email in emails.iter().filter(|email| email.message == message) {
-        let id = email
-            .task_id
-            .clone()
-            .unwrap_or_else(|| panic!("a durable email without a task_id: {email:?}"));
-        by_task.entry(id).or_default().push(email.clone());
-    }
-    by_task
 }
 
 /// How far [`register_many`] is, and whether it should stop.
@@ -114,7 +101,7 @@ struct Tally {
 }
 
 fn tally(created: &[(String, String)], emails: &[Email]) -> Tally {
-    let sent = by_task(emails, WELCOME);
+    let sent = common::by_task(emails, WELCOME);
     for (id, email) in created {
         let runs = sent
             .get(id)

@@ -5,7 +5,6 @@
 
 mod common;
 
-use std::collections::HashMap;
 use std::fs;
 use std::io::{ErrorKind, Write};
 use std::path::{Path, PathBuf};
@@ -39,22 +38,6 @@ fn assert_unavailable(reply: &Reply) {
         panic!("a 503 without Retry-After: {reply:?}");
     });
     assert!(retry_after.parse::<u64>().is_ok(), "{reply:?}");
-}
-
-/// The emails of `message`, by task id.
-fn by_task<'a>(
-    emails: impl IntoIterator<Item = &'a Email>,
-    message: &str,
-) -> HashMap<String, Vec<Email>> {
-    let mut by_task: HashMap<String, Vec<Email>> = HashMap::new();
-    for email in emails.into_iter().filter(|email| email.message == message) {
-        let id = email
-            .task_id
-            .clone()
-            .unwrap_or_else(|| panic!("a durable email without a task_id: {email:?}"));
-        by_task.entry(id).or_default().push(email.clone());
-    }
-    by_task
 }
 
 /// What one round of registrations got.
@@ -347,7 +330,7 @@ async fn on_a_full_disk_the_sqlite_store_answers_503_and_every_201_runs_after_a_
     let mut demo = demo_on(&data_dir, &[]).await;
     let stats = settled(&demo, RECOVERY).await;
     let emails = demo.outbox();
-    let sent = by_task(&emails, WELCOME);
+    let sent = common::by_task(&emails, WELCOME);
 
     let mut created = before.created.clone();
     created.extend(full.created.iter().cloned());
@@ -547,12 +530,12 @@ async fn a_30_s_postgres_outage_under_20_s_tasks_never_runs_a_task_twice() {
     let settled = eventually_within(RECOVERY, "every task to have run", async || {
         let stats = stats_if_up(&demo).await?;
         let emails: Vec<Email> = demo.outbox().into_iter().chain(worker.outbox()).collect();
-        let sent = by_task(&emails, WELCOME);
+        let sent = common::by_task(&emails, WELCOME);
         (stats.settled() && ids.iter().all(|id| sent.contains_key(id))).then_some(stats)
     })
     .await;
     let (in_service, in_worker) = (demo.outbox(), worker.outbox());
-    let sent = by_task(in_service.iter().chain(&in_worker), WELCOME);
+    let sent = common::by_task(in_service.iter().chain(&in_worker), WELCOME);
     let mut twice = 0;
     let mut overlapping = Vec::new();
     for (id, runs) in &sent {
@@ -645,7 +628,7 @@ async fn the_tasks_of_a_killed_worker_process_run_again_within_the_timeout_and_1
 
     let stats = settled(&demo, RECOVERY).await;
     let emails = demo.outbox();
-    let sent = by_task(emails.iter().chain(&sent_by_worker), WELCOME);
+    let sent = common::by_task(emails.iter().chain(&sent_by_worker), WELCOME);
     let taken_over: Vec<&Email> = sent
         .values()
         .flatten()

@@ -5,7 +5,7 @@
 
 mod common;
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashSet;
 use std::time::{Duration, Instant};
 
 use chrono::{DateTime, FixedOffset, Utc};
@@ -67,16 +67,6 @@ async fn email_of(id: &str, emails: impl Fn() -> Vec<Email>) -> Email {
             .find(|email| email.task_id.as_deref() == Some(id))
     })
     .await
-}
-
-/// The welcome emails by task id.
-fn by_task(emails: &[Email], message: &str) -> HashMap<String, Vec<Email>> {
-    let mut by_task: HashMap<String, Vec<Email>> = HashMap::new();
-    for email in emails.iter().filter(|email| email.message == message) {
-        let id = email.task_id.clone().expect("a durable email");
-        by_task.entry(id).or_default().push(email.clone());
-    }
-    by_task
 }
 
 /// Promise: `worker --only` registers only those kinds, as an older release
@@ -283,7 +273,7 @@ async fn an_idempotency_key_stores_one_task_and_a_bad_key_is_400() {
         .chain(&plain)
         .collect();
     let emails = demo.outbox();
-    let sent = by_task(&emails, WELCOME);
+    let sent = common::by_task(&emails, WELCOME);
     println!(
         "idempotency keys: {} distinct tasks from 15 accepted requests, {} emails; {stats:?}",
         ids.len(),

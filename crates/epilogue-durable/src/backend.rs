@@ -109,7 +109,9 @@ impl Pool {
     /// later look finds those applied, so a failure is tried again a few
     /// times, for about two seconds in all.
     pub(crate) async fn migrate(&self) -> Result<(), DurableError> {
-        const ATTEMPTS: u32 = 8;
+        // About 8 s in all: processes started together on a loaded machine
+        // may each take a second or more to migrate.
+        const ATTEMPTS: u32 = 12;
         let mut attempt = 1;
         loop {
             match with_pool!(self, pool => db::migrate(pool).await) {
@@ -119,7 +121,7 @@ impl Pool {
                     // Racing processes that started together should not
                     // try again in step: a few milliseconds of their own.
                     let own = u64::from(std::process::id() % 37);
-                    tokio::time::sleep(Duration::from_millis(50 * u64::from(attempt) + own)).await;
+                    tokio::time::sleep(Duration::from_millis(100 * u64::from(attempt) + own)).await;
                     attempt += 1;
                 }
                 Err(error) => return Err(DurableError::Migrate(error)),

@@ -1013,3 +1013,19 @@ pub fn created_task(reply: &Reply, message: &str) -> String {
     assert_eq!(body, json!({ "message": message, "task_id": id }));
     id
 }
+
+/// The durable emails with `message`, by task id.
+pub fn by_task<'a>(
+    emails: impl IntoIterator<Item = &'a Email>,
+    message: &str,
+) -> HashMap<String, Vec<Email>> {
+    let mut by_task: HashMap<String, Vec<Email>> = HashMap::new();
+    for email in emails.into_iter().filter(|email| email.message == message) {
+        let id = email
+            .task_id
+            .clone()
+            .unwrap_or_else(|| panic!("a durable email without a task_id: {email:?}"));
+        by_task.entry(id).or_default().push(email.clone());
+    }
+    by_task
+}
