@@ -50,7 +50,7 @@ impl Pool {
                 use std::str::FromStr;
 
                 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqliteSynchronous};
-                use sqlx::{ConnectOptions, Connection};
+                use sqlx::Connection;
                 let in_memory = url.contains(":memory:") || url.contains("mode=memory");
                 let options = SqliteConnectOptions::from_str(url)?
                     .journal_mode(SqliteJournalMode::Wal)
@@ -64,7 +64,7 @@ impl Pool {
                     // the store's was deleted: SQLite would pair it with the
                     // old file's WAL and shared memory, and truncate the
                     // shared memory that the open connections map (SIGBUS).
-                    let first = options.clone().create_if_missing(true).connect().await?;
+                    let first = connect_first(options.clone().create_if_missing(true)).await?;
                     first.close().await?;
                 }
                 let options = options.create_if_missing(in_memory);
@@ -154,6 +154,32 @@ impl Pool {
             }
             #[allow(unreachable_patterns)]
             _ => None,
+        }
+    }
+}
+
+/// The first connection to a SQLite file, which may turn it to WAL. That
+/// needs the file to itself, and SQLite answers "database is locked" at
+/// once, without its busy timeout, when another process starting at the
+/// same moment holds it: wait and try again, for up to about 5 s.
+#[cfg(feature = "sqlite")]
+async fn connect_first(
+    options: sqlx::sqlite::SqliteConnectOptions,
+) -> Result<sqlx::SqliteConnection, sqlx::Error> {
+    use sqlx::ConnectOptions;
+    const SQLITE_BUSY: &str = "5";
+    let mut attempt = 1;
+    loop {
+        match options.connect().await {
+            Err(error)
+                if attempt < 50
+                    && error.as_database_error().and_then(|e| e.code()).as_deref()
+                        == Some(SQLITE_BUSY) =>
+            {
+                tokio::time::sleep(Duration::from_millis(100)).await;
+                attempt += 1;
+            }
+            connected => return connected,
         }
     }
 }
