@@ -103,6 +103,18 @@
 //! - A process fetches only the kinds it registered: tasks of a kind it
 //!   does not know wait for one that does (rolling deploys).
 //!
+//! # Tracing
+//!
+//! Each attempt runs in a DEBUG span `durable_task` (`task`, `id`,
+//! `attempt`, `traceparent`). A task stores the W3C trace context of the
+//! request that stored it: its `traceparent` header, or with the
+//! `opentelemetry` feature the current span's own context (the request's
+//! span, when a `tracing-opentelemetry` layer traces the service). With that
+//! feature each run's span is **linked** to it, on whichever process runs
+//! it: a trace shows the request, then its task seconds later on another
+//! worker. Enable `epilogue_durable=debug` in the OpenTelemetry layer's
+//! filter to export those spans.
+//!
 //! # The engine, and where we work around it
 //!
 //! River's defaults suit a queue, not a request path, so the store sets:
@@ -131,6 +143,7 @@ mod request;
 mod status;
 mod store;
 mod task;
+mod trace;
 mod worker;
 
 #[cfg(feature = "axum")]

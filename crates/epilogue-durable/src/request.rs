@@ -121,18 +121,6 @@ struct Request {
     traceparent: Option<String>,
 }
 
-/// The request's `traceparent`, if it has a well-formed one
-/// (`00-<32 hex>-<16 hex>-<2 hex>`).
-fn traceparent(headers: &HeaderMap) -> Option<String> {
-    let value = headers.get("traceparent")?.to_str().ok()?;
-    let fields: Vec<&str> = value.split('-').collect();
-    let well_formed = fields.len() == 4
-        && [2, 32, 16, 2].iter().zip(&fields).all(|(len, field)| {
-            field.len() == *len && field.bytes().all(|b| b.is_ascii_hexdigit())
-        });
-    well_formed.then(|| value.to_owned())
-}
-
 impl RequestDurable {
     /// The handle the executing layer put in these extensions, if it was
     /// given a store.
@@ -228,7 +216,9 @@ impl Commit for Store {
         let inner = Arc::new(Request {
             store: self.clone(),
             added: Mutex::new(Some(DurableTasks::new())),
-            traceparent: traceparent(headers),
+            // The request's span's own context when OpenTelemetry traces the
+            // service (the task's runs link to that span), else its header.
+            traceparent: crate::trace::current().or_else(|| crate::trace::from_headers(headers)),
         });
         extensions.insert(RequestDurable {
             inner: inner.clone(),

@@ -79,8 +79,10 @@ impl Enqueue {
 
     /// Stores a W3C trace context (`traceparent`) with the task: its runs'
     /// spans carry it as their `traceparent` field, on whichever process
-    /// runs them. [`RequestDurable`](crate::RequestDurable) sets the
-    /// request's own.
+    /// runs them, and with the `opentelemetry` feature are linked to it.
+    /// [`RequestDurable`](crate::RequestDurable) sets the request's own;
+    /// with the `opentelemetry` feature, an enqueue without one takes the
+    /// current span's.
     pub fn traceparent(mut self, traceparent: impl Into<String>) -> Self {
         self.traceparent = Some(traceparent.into());
         self
@@ -115,7 +117,7 @@ impl Enqueue {
                 opts = opts.with_scheduled_at(at);
             }
         }
-        if let Some(traceparent) = self.traceparent {
+        if let Some(traceparent) = self.traceparent.or_else(crate::trace::current) {
             let mut metadata = serde_json::Map::new();
             metadata.insert(TRACEPARENT.to_owned(), traceparent.into());
             opts = opts.with_metadata(metadata);

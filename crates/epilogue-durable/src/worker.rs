@@ -88,6 +88,9 @@ impl<T: DurableTask> riverqueue::Worker<Envelope<T>> for RunOnRunner<T> {
             attempt,
             traceparent = traceparent.as_deref(),
         );
+        if let Some(traceparent) = &traceparent {
+            crate::trace::link(&span, traceparent);
+        }
         let run = Job {
             id,
             attempt,
