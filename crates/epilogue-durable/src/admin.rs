@@ -24,7 +24,9 @@ use axum::{Json, Router};
 use epilogue::Runner;
 use serde_json::json;
 
-use crate::{DurableError, Store, TaskId};
+use crate::error::DurableError;
+use crate::store::Store;
+use crate::task::TaskId;
 
 /// The dashboard's page, before its two URLs are set.
 const DASHBOARD: &str = include_str!("dashboard.html");

@@ -8,7 +8,8 @@ use axum::http::request::Parts;
 use axum::http::{header, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, IntoResponseParts, Response, ResponseParts};
 
-use crate::{DurableError, DurableTasks, RequestDurable};
+use crate::error::DurableError;
+use crate::request::{DurableTasks, RequestDurable};
 
 /// The request's durable handle: `add` (stored after a success, before the
 /// response), `enqueue` (stored now, its id returned). Needs the store on

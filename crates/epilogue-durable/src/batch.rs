@@ -17,7 +17,7 @@ use tokio::sync::{mpsc, oneshot};
 use crate::envelope::Envelope;
 use crate::error::DurableError;
 use crate::file::StoreFile;
-use crate::DurableTask;
+use crate::task::DurableTask;
 
 /// The most callers in one transaction.
 const MAX_BATCH: usize = 256;

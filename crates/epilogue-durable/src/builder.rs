@@ -19,8 +19,8 @@ use crate::envelope::Envelope;
 use crate::error::DurableError;
 use crate::file::StoreFile;
 use crate::store::{Inner, Store};
+use crate::task::DurableTask;
 use crate::worker::RunOnRunner;
-use crate::DurableTask;
 
 /// How long one attempt may run by default ([`StoreBuilder::timeout`]).
 pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(30);
@@ -65,6 +65,39 @@ pub struct StoreBuilder {
     timeout: Duration,
     retention: Duration,
     leader: bool,
+}
+
+impl Store {
+    /// A store on your SQLite pool (feature `sqlite`). Give its connect
+    /// options WAL, a busy timeout and `synchronous = FULL` (what
+    /// [`open`](Self::open) sets): River sets no pragma.
+    #[cfg(feature = "sqlite")]
+    #[cfg_attr(docsrs, doc(cfg(feature = "sqlite")))]
+    pub fn sqlite(pool: riverqueue::sqlx::SqlitePool) -> StoreBuilder {
+        StoreBuilder::new(Pool::Sqlite(pool))
+    }
+
+    /// A store on your PostgreSQL pool (feature `postgres`).
+    #[cfg(feature = "postgres")]
+    #[cfg_attr(docsrs, doc(cfg(feature = "postgres")))]
+    pub fn postgres(pool: riverqueue::sqlx::PgPool) -> StoreBuilder {
+        StoreBuilder::new(Pool::Postgres(pool))
+    }
+
+    /// Opens a pool at `url` and a store on it: `sqlite://PATH` (created if
+    /// missing, WAL, `synchronous = FULL`, 8 connections) or
+    /// `postgres://USER:PASS@HOST:PORT/DB` (16 connections). For your own
+    /// sizes and timeouts, build the pool yourself and use
+    /// [`sqlite`](Self::sqlite) or [`postgres`](Self::postgres).
+    ///
+    /// # Errors
+    ///
+    /// [`DurableError::UnsupportedUrl`] for another scheme, or one whose
+    /// feature is off; [`DurableError::Store`] if it cannot be opened. The
+    /// error never shows the URL (it may hold a password).
+    pub async fn open(url: &str) -> Result<StoreBuilder, DurableError> {
+        Ok(StoreBuilder::new(Pool::open(url).await?))
+    }
 }
 
 impl StoreBuilder {

@@ -4,7 +4,7 @@
 use riverqueue::{InsertOpts, JobArgs};
 use serde::{Deserialize, Serialize};
 
-use crate::DurableTask;
+use crate::task::DurableTask;
 
 /// The name of the idempotency key among a stored task's arguments.
 pub(crate) const KEY_FIELD: &str = "idempotency_key";

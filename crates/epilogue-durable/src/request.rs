@@ -8,7 +8,7 @@ use std::sync::{Arc, Mutex};
 use crate::batch::Tasks;
 use crate::error::DurableError;
 use crate::store::{Enqueue, Enqueued, Store};
-use crate::{DurableTask, TaskId};
+use crate::task::{DurableTask, TaskId};
 use epilogue::http::{Commit, CommitFuture, PendingCommit};
 use http::{Extensions, HeaderMap, StatusCode};
 

@@ -6,7 +6,7 @@ use std::time::SystemTime;
 use riverqueue::{JobRow, JobState};
 use serde::Serialize;
 
-use crate::TaskId;
+use crate::task::TaskId;
 
 /// Where a stored task is in its life.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize)]
@@ -127,7 +127,7 @@ impl<O> TaskInfo<O> {
             last_error: row.errors.last().map(|error| error.error.clone()),
             traceparent: row
                 .metadata
-                .get::<String>(crate::store::TRACEPARENT)
+                .get::<String>(crate::trace::METADATA_KEY)
                 .ok()
                 .flatten(),
         }

@@ -14,19 +14,19 @@ use tokio::sync::watch;
 
 use crate::backend::Pool;
 use crate::batch::{Batcher, Tasks};
-use crate::builder::StoreBuilder;
 use crate::envelope::Envelope;
 use crate::error::DurableError;
 use crate::file::StoreFile;
 use crate::status::{DurableStats, TaskInfo, TaskState};
-use crate::{DurableTask, TaskId};
+use crate::task::{DurableTask, TaskId};
+use crate::trace;
 
 /// A durable task store, SQLite or PostgreSQL: River's client on your pool.
 /// Cheap to clone; the clones share one client.
 ///
 /// Build one with [`Store::sqlite`], [`Store::postgres`] or [`Store::open`],
 /// register the tasks this process runs, and
-/// [`start`](StoreBuilder::start) it beside your [`Runner`]. Then store
+/// [`start`](crate::StoreBuilder::start) it beside your [`Runner`]. Then store
 /// tasks with [`enqueue`](Self::enqueue) (or from a request, through the
 /// executing layer: see the [crate docs](crate)), and look inside with
 /// [`stats`](Self::stats), [`task`](Self::task) and [`dead`](Self::dead).
@@ -44,9 +44,6 @@ pub(crate) struct Inner {
     /// Whether this process fetches tasks, once ready.
     pub(crate) ready: watch::Receiver<bool>,
 }
-
-/// The metadata key of a task's W3C trace context.
-pub(crate) const TRACEPARENT: &str = "epilogue:traceparent";
 
 /// What an enqueue asks besides the task: an idempotency key, a delay.
 #[derive(Clone, Debug, Default)]
@@ -117,9 +114,9 @@ impl Enqueue {
                 opts = opts.with_scheduled_at(at);
             }
         }
-        if let Some(traceparent) = self.traceparent.or_else(crate::trace::current) {
+        if let Some(traceparent) = self.traceparent.or_else(trace::current) {
             let mut metadata = serde_json::Map::new();
-            metadata.insert(TRACEPARENT.to_owned(), traceparent.into());
+            metadata.insert(trace::METADATA_KEY.to_owned(), traceparent.into());
             opts = opts.with_metadata(metadata);
         }
         Ok((
@@ -155,37 +152,6 @@ pub struct Enqueued {
 }
 
 impl Store {
-    /// A store on your SQLite pool (feature `sqlite`). Give its connect
-    /// options WAL, a busy timeout and `synchronous = FULL` (what
-    /// [`open`](Self::open) sets): River sets no pragma.
-    #[cfg(feature = "sqlite")]
-    #[cfg_attr(docsrs, doc(cfg(feature = "sqlite")))]
-    pub fn sqlite(pool: riverqueue::sqlx::SqlitePool) -> StoreBuilder {
-        StoreBuilder::new(Pool::Sqlite(pool))
-    }
-
-    /// A store on your PostgreSQL pool (feature `postgres`).
-    #[cfg(feature = "postgres")]
-    #[cfg_attr(docsrs, doc(cfg(feature = "postgres")))]
-    pub fn postgres(pool: riverqueue::sqlx::PgPool) -> StoreBuilder {
-        StoreBuilder::new(Pool::Postgres(pool))
-    }
-
-    /// Opens a pool at `url` and a store on it: `sqlite://PATH` (created if
-    /// missing, WAL, `synchronous = FULL`, 8 connections) or
-    /// `postgres://USER:PASS@HOST:PORT/DB` (16 connections). For your own
-    /// sizes and timeouts, build the pool yourself and use
-    /// [`sqlite`](Self::sqlite) or [`postgres`](Self::postgres).
-    ///
-    /// # Errors
-    ///
-    /// [`DurableError::UnsupportedUrl`] for another scheme, or one whose
-    /// feature is off; [`DurableError::Store`] if it cannot be opened. The
-    /// error never shows the URL (it may hold a password).
-    pub async fn open(url: &str) -> Result<StoreBuilder, DurableError> {
-        Ok(StoreBuilder::new(Pool::open(url).await?))
-    }
-
     /// Stores `task` now, with the tasks that concurrent calls store (one
     /// transaction for all of them), and returns its id once committed.
     ///

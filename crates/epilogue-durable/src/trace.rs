@@ -11,6 +11,9 @@
 
 use http::HeaderMap;
 
+/// The key of a task's trace context in its River metadata.
+pub(crate) const METADATA_KEY: &str = "epilogue:traceparent";
+
 /// The request's `traceparent`, if it has a well-formed one.
 pub(crate) fn from_headers(headers: &HeaderMap) -> Option<String> {
     let value = headers.get("traceparent")?.to_str().ok()?;

@@ -76,7 +76,7 @@ impl<T: DurableTask> riverqueue::Worker<Envelope<T>> for RunOnRunner<T> {
         let traceparent = job
             .row
             .metadata
-            .get::<String>(crate::store::TRACEPARENT)
+            .get::<String>(crate::trace::METADATA_KEY)
             .ok()
             .flatten();
         // DEBUG, as the runner's own task spans: inside River's `river_job`
