@@ -56,6 +56,7 @@ macro_rules! inner_accessors {
 
 mod body;
 mod commit;
+mod error;
 mod layer;
 mod refusal;
 mod route;
@@ -65,10 +66,11 @@ use std::sync::atomic::Ordering;
 
 pub use body::BackgroundBody;
 pub use commit::{Commit, CommitError, CommitFuture, PendingCommit};
+pub use error::ScopeError;
 pub use layer::{Background, BackgroundLayer, ResponseFuture};
 pub use refusal::{GrpcRefusal, JsonRefusal, Refusal};
 pub use route::{RouteFuture, RouteTasks, RouteTasksLayer};
-pub use scope::{RequestTasks, ScopeError};
+pub use scope::RequestTasks;
 
 use scope::Attached;
 

@@ -7,7 +7,7 @@ use std::time::Duration;
 use http::{header, HeaderValue, Response, StatusCode};
 
 use super::body::BackgroundBody;
-use super::scope::ScopeError;
+use super::error::{ScopeError, MISSING_LAYER};
 use crate::runner::Refused;
 
 /// How a route-level layer answers a request it refuses before the handler.
@@ -129,10 +129,6 @@ fn retry_after(error: &ScopeError) -> Option<HeaderValue> {
         .saturating_add(u64::from(secs.subsec_nanos() > 0));
     Some(HeaderValue::from(secs.max(1)))
 }
-
-pub(crate) const MISSING_LAYER: &str = "epilogue's BackgroundLayer is missing: wrap the \
-    application in it (epilogue::axum::serve does), outside every route-level background \
-    layer and RequestTasks or Admitted extractor";
 
 #[cfg(test)]
 mod tests {

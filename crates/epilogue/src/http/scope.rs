@@ -19,6 +19,7 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use http::{Extensions, StatusCode};
 use tracing::Span;
 
+use super::error::ScopeError;
 use crate::runner::{Deferred, Permit, Refused, Runner};
 use crate::task::{BackgroundTask, TaskFn};
 use crate::tasks::BackgroundTasks;
@@ -267,23 +268,6 @@ impl fmt::Debug for RequestTasks {
             .field("always", &state.always)
             .finish()
     }
-}
-
-/// Why a request's scope could not be used.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, thiserror::Error)]
-#[non_exhaustive]
-pub enum ScopeError {
-    /// The runner is full or shutting down: answer `503` with `Retry-After`.
-    #[error("{refused}")]
-    Refused {
-        /// Why.
-        refused: Refused,
-        /// When to try again.
-        retry_after: std::time::Duration,
-    },
-    /// No [`BackgroundLayer`](super::BackgroundLayer) around the service.
-    #[error("{}", super::refusal::MISSING_LAYER)]
-    MissingLayer,
 }
 
 /// Tasks on their way out with a response, in its extensions.
