@@ -4,17 +4,19 @@
 mod common;
 
 use std::convert::Infallible;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
-use common::{report, report_after, serve_tower, Connection, Probe};
+use common::{report, report_when_opened, serve_tower, Connection, Probe};
 use epilogue::http::{attach, BackgroundLayer};
 use epilogue::{BackgroundTask, Runner};
 use http::{Request, Response, StatusCode};
 use http_body_util::{BodyExt, Channel, Empty, Full};
 use hyper::body::Incoming;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::sync::{mpsc, oneshot, Mutex};
+use tokio::sync::{mpsc, Mutex};
 use tower::util::BoxCloneService;
 use tower::{service_fn, Layer};
 
@@ -92,34 +94,48 @@ fn streaming_service(probe: &Probe) -> (Streaming, mpsc::Sender<Channel<Bytes>>)
 
 #[tokio::test]
 async fn a_streaming_body_runs_its_tasks_only_after_its_last_chunk() {
-    let mut probe = Probe::new();
-    let (service, bodies) = streaming_service(&probe);
+    // Set by the test just before it ends the body: a task that starts any
+    // earlier sees it false.
+    let body_ended = Arc::new(AtomicBool::new(false));
+    let (started_tx, mut started) = mpsc::unbounded_channel();
+    let (bodies, bodies_rx) = mpsc::channel::<Channel<Bytes>>(1);
+    let bodies_rx = Arc::new(Mutex::new(bodies_rx));
+    let ended = body_ended.clone();
+    let service = service_fn(move |_: Request<Incoming>| {
+        let (bodies_rx, ended, started_tx) = (bodies_rx.clone(), ended.clone(), started_tx.clone());
+        async move {
+            let body = bodies_rx.lock().await.recv().await.unwrap();
+            let mut response = Response::new(body);
+            let task = move || async move {
+                let _ = started_tx.send(ended.load(Ordering::SeqCst));
+            };
+            attach(response.extensions_mut(), BackgroundTask::new(task, ()));
+            Ok::<_, Infallible>(response)
+        }
+    });
     let addr = serve_tower(BackgroundLayer::new(Runner::new()).layer(service)).await;
     let (mut chunks, body) = Channel::<Bytes>::new(1);
     bodies.send(body).await.unwrap();
 
     let mut connection = Connection::open(addr).await;
-    let (done_tx, done_rx) = oneshot::channel();
     let request = common::request("GET", addr, "/", "");
     // The response arrives at once; its body only as the test sends chunks.
-    let client = tokio::spawn(async move {
-        let answer = connection.send(request).await;
-        let _ = done_tx.send(());
-        answer
-    });
+    let client = tokio::spawn(async move { connection.send(request).await });
     for chunk in ["one ", "two ", "three"] {
+        // Each send waits for the server to take the chunk before: a task
+        // started with the head would have run by the last one.
         chunks
             .send_data(Bytes::from_static(chunk.as_bytes()))
             .await
             .unwrap();
-        // A client read and a round trip of the scheduler: had the task
-        // started early, its report would be waiting by now.
-        tokio::time::sleep(Duration::from_millis(50)).await;
-        assert!(probe.is_empty(), "a task started before the body ended");
     }
+    body_ended.store(true, Ordering::SeqCst);
     drop(chunks);
-    assert_eq!(probe.next().await.name, "streamed");
-    done_rx.await.unwrap();
+    let saw_the_end = tokio::time::timeout(common::PATIENCE, started.recv())
+        .await
+        .expect("the task runs")
+        .unwrap();
+    assert!(saw_the_end, "the task started before the body ended");
     assert_eq!(client.await.unwrap().text(), "one two three");
 }
 
@@ -165,29 +181,27 @@ async fn a_client_gone_mid_body_does_not_cancel_the_tasks() {
 async fn a_slow_task_delays_neither_the_response_nor_the_next_request_on_the_connection() {
     let mut probe = Probe::new();
     let tx = probe.tx.clone();
+    let gate = common::gate();
+    let closed = gate.clone();
     let service = service_fn(move |_: Request<Incoming>| {
-        let tx = tx.clone();
+        let (tx, closed) = (tx.clone(), closed.clone());
         async move {
             let mut response = Response::new(Full::new(Bytes::from_static(b"ok")));
             attach(
                 response.extensions_mut(),
-                BackgroundTask::new(report_after, (tx, "slow", Duration::from_secs(1))),
+                BackgroundTask::new(report_when_opened, (tx, "slow", closed)),
             );
             Ok::<_, Infallible>(response)
         }
     });
     let addr = serve_tower(BackgroundLayer::new(Runner::new()).layer(service)).await;
     let mut connection = Connection::open(addr).await;
-    let first = connection.get("/").await;
-    let second = connection.get("/").await;
-    // The tasks sleep a second each; the answers must not wait for them.
-    assert!(first.took < Duration::from_millis(700), "{:?}", first.took);
-    assert!(
-        second.took < Duration::from_millis(700),
-        "{:?}",
-        second.took
-    );
-    assert!(probe.is_empty(), "the slow tasks cannot have finished yet");
+    // The tasks cannot end until the gate opens: both answers (each within
+    // the client's patience) come while they wait.
+    assert_eq!(connection.get("/").await.text(), "ok");
+    assert_eq!(connection.get("/").await.text(), "ok");
+    assert!(probe.is_empty());
+    gate.add_permits(2);
     assert_eq!(probe.names(2).await, ["slow", "slow"]);
 }
 

@@ -6,6 +6,7 @@
 use std::convert::Infallible;
 use std::future::Future;
 use std::net::SocketAddr;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
@@ -15,7 +16,7 @@ use hyper::client::conn::http1::SendRequest;
 use hyper_util::rt::TokioIo;
 use hyper_util::service::TowerToHyperService;
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::{mpsc, oneshot, Semaphore};
 use tokio::task::JoinHandle;
 
 use epilogue::{Runner, ShutdownReport};
@@ -77,6 +78,22 @@ pub async fn report(tx: mpsc::UnboundedSender<Event>, name: &'static str) {
 pub async fn report_after(tx: mpsc::UnboundedSender<Event>, name: &'static str, delay: Duration) {
     tokio::time::sleep(delay).await;
     report(tx, name).await;
+}
+
+/// Waits until the test opens `gate` (one permit per task), then reports: a
+/// task that cannot finish before the test says so.
+pub async fn report_when_opened(
+    tx: mpsc::UnboundedSender<Event>,
+    name: &'static str,
+    gate: Arc<Semaphore>,
+) {
+    gate.acquire().await.unwrap().forget();
+    report(tx, name).await;
+}
+
+/// A closed gate for [`report_when_opened`].
+pub fn gate() -> Arc<Semaphore> {
+    Arc::new(Semaphore::new(0))
 }
 
 /// Blocks the thread, then reports: a plain `fn` task.
