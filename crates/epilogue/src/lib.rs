@@ -223,8 +223,9 @@
 //!
 //! # How it fits together
 //!
-//! The core knows nothing of HTTP: [`task`] and [`tasks`] are values, the
-//! [`runner`] runs them. [`http`] adapts the runner to any tower service:
+//! The core knows nothing of HTTP: [`BackgroundTask`] and
+//! [`BackgroundTasks`] are values, the [`runner`] runs them. [`http`]
+//! adapts the runner to any tower service:
 //! the executing layer puts a scope in each request's extensions, and
 //! gathers the request's tasks when its response comes back. [`axum`] adds
 //! the extractor, response parts, route layers and [`serve`](axum::serve).
@@ -255,7 +256,7 @@ mod stats;
 pub mod http;
 pub mod runner;
 pub mod task;
-pub mod tasks;
+mod tasks;
 
 #[cfg(feature = "axum")]
 #[cfg_attr(docsrs, doc(cfg(feature = "axum")))]

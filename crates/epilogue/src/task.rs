@@ -225,20 +225,26 @@ impl<E: fmt::Display> TaskOutput for Result<(), E> {
     }
 }
 
-/// Marks a task function that returns a future: it runs on the async workers.
-#[derive(Debug)]
-pub enum Async {}
+/// The two kinds of task function, which the compiler infers: users never
+/// name them, so they are public only inside this private module.
+mod kind {
+    /// A task function that returns a future: it runs on the async workers.
+    #[derive(Debug)]
+    pub enum Async {}
 
-/// Marks a plain task function: it runs on the blocking pool.
-#[derive(Debug)]
-pub enum Blocking {}
+    /// A plain task function: it runs on the blocking pool.
+    #[derive(Debug)]
+    pub enum Blocking {}
+}
+use kind::{Async, Blocking};
 
 /// A function that [`BackgroundTask::new`] accepts with arguments `Args`.
 ///
 /// Implemented for every `FnOnce` of up to twelve arguments that is
 /// `Clone + Send + Sync + 'static` and returns either a [`TaskOutput`]
-/// (a plain function, `Kind` = [`Blocking`]) or a future of one (an async
-/// function, `Kind` = [`Async`]). You never implement it yourself.
+/// (a plain function: it runs on the blocking pool) or a future of one (an
+/// async function). `Kind` tells the two apart; the compiler infers it. You
+/// never implement it yourself.
 #[diagnostic::on_unimplemented(
     message = "`{Self}` cannot be a background task taking `{Args}`",
     label = "not a task function for these arguments",
