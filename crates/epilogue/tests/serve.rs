@@ -452,6 +452,81 @@ async fn the_header_read_timeout_spares_busy_connections_and_restarts_after_each
     stop(fire, server).await;
 }
 
+/// An app that echoes the request body, and counts the bodies it got whole.
+fn echo(received: UnboundedSender<String>) -> Router {
+    Router::new()
+        .route(
+            "/echo",
+            post(
+                |State(received): State<UnboundedSender<String>>, body: String| async move {
+                    let _ = received.send(body.clone());
+                    body
+                },
+            ),
+        )
+        .with_state(received)
+}
+
+#[tokio::test]
+async fn a_stalled_request_body_is_answered_408_and_its_connection_closed() {
+    const TIMEOUT: Duration = Duration::from_millis(300);
+    let (received, mut bodies) = tokio::sync::mpsc::unbounded_channel();
+    let (listener, addr) = bind().await;
+    let (fire, signal) = signal();
+    let server = tokio::spawn(
+        serve(listener, echo(received), Runner::new())
+            .body_read_timeout(TIMEOUT)
+            .with_graceful_shutdown(signal)
+            .into_future(),
+    );
+    let mut stream = TcpStream::connect(addr).await.unwrap();
+    // A head, five bytes of a chunked body, then nothing.
+    stream
+        .write_all(b"POST /echo HTTP/1.1\r\nHost: test\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n")
+        .await
+        .unwrap();
+    let sent = Instant::now();
+    let answer = read_until_closed(&mut stream, PATIENCE).await;
+    assert!(answer.starts_with("HTTP/1.1 408"), "{answer}");
+    assert!(answer.contains(r#""reason":"body_timeout""#), "{answer}");
+    assert!(answer.contains("connection: close"), "{answer}");
+    assert!(sent.elapsed() >= TIMEOUT - Duration::from_millis(50));
+    assert!(bodies.try_recv().is_err(), "the handler got a body");
+    stop(fire, server).await;
+}
+
+#[tokio::test]
+async fn a_slow_body_that_keeps_sending_is_not_cut() {
+    // Each chunk comes within the timeout of the last, the whole body after
+    // more than twice the timeout.
+    const TIMEOUT: Duration = Duration::from_secs(1);
+    let (received, mut bodies) = tokio::sync::mpsc::unbounded_channel();
+    let (listener, addr) = bind().await;
+    let (fire, signal) = signal();
+    let server = tokio::spawn(
+        serve(listener, echo(received), Runner::new())
+            .body_read_timeout(TIMEOUT)
+            .with_graceful_shutdown(signal)
+            .into_future(),
+    );
+    let mut stream = TcpStream::connect(addr).await.unwrap();
+    stream
+        .write_all(b"POST /echo HTTP/1.1\r\nHost: test\r\nContent-Length: 10\r\n\r\n")
+        .await
+        .unwrap();
+    let started = Instant::now();
+    for chunk in ["ab", "cd", "ef", "gh", "ij"] {
+        tokio::time::sleep(TIMEOUT / 2).await;
+        stream.write_all(chunk.as_bytes()).await.unwrap();
+    }
+    let answer = read_response(&mut stream).await;
+    assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+    assert!(answer.ends_with("abcdefghij"), "{answer}");
+    assert!(started.elapsed() > 2 * TIMEOUT);
+    assert_eq!(bodies.recv().await.unwrap(), "abcdefghij");
+    stop(fire, server).await;
+}
+
 #[tokio::test]
 async fn past_the_connection_cap_connections_wait_and_open_ones_are_served() {
     let probe = Probe::new();

@@ -25,7 +25,9 @@ use tower_service::Service;
 use crate::http::{Background, BackgroundBody, BackgroundLayer};
 use crate::latch::Latch;
 
+use super::body::{request_timeout, Watched};
 use super::head::{HeadClock, HeadTimeout, MarkIdle};
+use std::sync::atomic::{AtomicBool, Ordering};
 
 type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
@@ -49,10 +51,15 @@ pub(super) struct Connections {
     http2: Arc<http2::Builder<TokioExecutor>>,
     layer: BackgroundLayer,
     header_read_timeout: Option<Duration>,
+    body_read_timeout: Option<Duration>,
 }
 
 impl Connections {
-    pub(super) fn new(layer: BackgroundLayer, header_read_timeout: Option<Duration>) -> Self {
+    pub(super) fn new(
+        layer: BackgroundLayer,
+        header_read_timeout: Option<Duration>,
+        body_read_timeout: Option<Duration>,
+    ) -> Self {
         // Our sniff already knows the protocol, so each connection is
         // served by hyper's HTTP/1 or HTTP/2 connection directly rather
         // than by hyper-util's auto one, which sniffs again behind a
@@ -82,6 +89,7 @@ impl Connections {
             http2: Arc::new(http2),
             layer,
             header_read_timeout,
+            body_read_timeout,
         }
     }
 
@@ -105,6 +113,7 @@ impl Connections {
         let http1 = self.http1.clone();
         let http2 = self.http2.clone();
         let header_read_timeout = self.header_read_timeout;
+        let body = self.body_read_timeout;
         self.tracker.spawn(async move {
             let _permit = permit;
             let accepted = tokio::time::Instant::now();
@@ -124,7 +133,7 @@ impl Connections {
                     return;
                 }
                 None => {
-                    tracing::debug!("no request head within the header read timeout");
+                    head_timed_out();
                     return;
                 }
             };
@@ -132,17 +141,17 @@ impl Connections {
             let io = TokioIo::new(io);
             let served = if h2 {
                 // An open HTTP/2 connection is pinged instead.
-                let service = Hyper::new(service, None);
+                let service = Hyper::new(service, None, body);
                 let connection = http2.serve_connection(io, service);
                 drive(connection, std::future::pending(), &closing, &cut).await
             } else if let Some(timeout) = header_read_timeout {
                 let clock = Arc::new(HeadClock::default());
                 let head = HeadTimeout::new(clock.clone(), accepted, timeout);
-                let service = Hyper::new(service, Some(clock));
+                let service = Hyper::new(service, Some(clock), body);
                 let connection = http1.serve_connection(io, service).with_upgrades();
                 drive(connection, head, &closing, &cut).await
             } else {
-                let service = Hyper::new(service, None);
+                let service = Hyper::new(service, None, body);
                 let connection = http1.serve_connection(io, service).with_upgrades();
                 drive(connection, std::future::pending(), &closing, &cut).await
             };
@@ -151,9 +160,7 @@ impl Connections {
                 Served::Ended(Err(error)) => {
                     tracing::trace!("connection closed with an error: {error}");
                 }
-                Served::HeadTimedOut => {
-                    tracing::debug!("no request head within the header read timeout");
-                }
+                Served::HeadTimedOut => head_timed_out(),
             }
         });
     }
@@ -283,19 +290,36 @@ async fn within<F: std::future::Future>(limit: Option<Duration>, future: F) -> O
     }
 }
 
+/// Counts and logs a connection closed by the header read timeout.
+fn head_timed_out() {
+    tracing::debug!("no request head within the header read timeout");
+    #[cfg(feature = "metrics")]
+    metrics::counter!("epilogue_http_timeouts_total", "part" => "head").increment(1);
+}
+
 /// The app as a hyper service, behind the executing layer: it takes
 /// hyper's request body as axum's `Body`, as `axum::serve` does (axum would
 /// box it anyway), and leaves the response body as the app made it. With a
 /// clock (HTTP/1 with a header read timeout), it tells the clock when a
-/// request head is in and when its response is done.
+/// request head is in and when its response is done. With a body read
+/// timeout, a request body that stalls gets `408`.
 struct Hyper<S> {
     service: Background<S>,
     clock: Option<Arc<HeadClock>>,
+    body_read_timeout: Option<Duration>,
 }
 
 impl<S> Hyper<S> {
-    fn new(service: Background<S>, clock: Option<Arc<HeadClock>>) -> Self {
-        Self { service, clock }
+    fn new(
+        service: Background<S>,
+        clock: Option<Arc<HeadClock>>,
+        body_read_timeout: Option<Duration>,
+    ) -> Self {
+        Self {
+            service,
+            clock,
+            body_read_timeout,
+        }
     }
 }
 
@@ -311,34 +335,60 @@ where
         if let Some(clock) = &self.clock {
             clock.busy();
         }
+        let http1 = request.version() < http::Version::HTTP_2;
+        let (request, body_timeout) = match self.body_read_timeout {
+            // A request without a body (most GETs) pays for nothing.
+            Some(timeout) if !http_body::Body::is_end_stream(request.body()) => {
+                let (parts, body) = request.into_parts();
+                let (body, timed_out) = Watched::new(body, timeout);
+                let request = Request::from_parts(parts, axum::body::Body::new(body));
+                (request, Some(BodyTimeout { timed_out, timeout }))
+            }
+            _ => (request.map(axum::body::Body::new), None),
+        };
         MarkingIdle {
-            inner: self
-                .service
-                .clone()
-                .oneshot(request.map(axum::body::Body::new)),
+            inner: self.service.clone().oneshot(request),
             clock: self.clock.clone(),
+            body_timeout,
+            http1,
         }
     }
 }
 
+/// A request body under the body read timeout.
+struct BodyTimeout {
+    timed_out: Arc<AtomicBool>,
+    timeout: Duration,
+}
+
 pin_project! {
-    /// A response future whose response body marks the connection idle.
+    /// A response future whose response body marks the connection idle, and
+    /// whose response becomes `408` if the request body timed out.
     struct MarkingIdle<F> {
         #[pin]
         inner: F,
         clock: Option<Arc<HeadClock>>,
+        body_timeout: Option<BodyTimeout>,
+        http1: bool,
     }
 }
 
 impl<F, B> Future for MarkingIdle<F>
 where
-    F: Future<Output = Result<http::Response<B>, Infallible>>,
+    F: Future<Output = Result<http::Response<BackgroundBody<B>>, Infallible>>,
 {
-    type Output = Result<http::Response<MarkIdle<B>>, Infallible>;
+    type Output = Result<http::Response<MarkIdle<BackgroundBody<B>>>, Infallible>;
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         let this = self.project();
-        let Ok(response) = ready!(this.inner.poll(cx));
+        let Ok(mut response) = ready!(this.inner.poll(cx));
+        if let Some(body) = this.body_timeout.take() {
+            if body.timed_out.load(Ordering::Relaxed) {
+                // Whatever the handler made of the error; its own response
+                // (and the tasks it carries) is dropped as if sent.
+                response = request_timeout(*this.http1, body.timeout);
+            }
+        }
         let clock = this.clock.take();
         Poll::Ready(Ok(response.map(|body| MarkIdle::new(body, clock))))
     }

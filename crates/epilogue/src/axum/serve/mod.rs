@@ -7,6 +7,7 @@
 //! second time, and every frame would pay for it (about 2 % of the
 //! instructions of a whole request, measured with `bench/profile.sh`).
 
+mod body;
 mod connection;
 mod head;
 mod incoming;
@@ -98,6 +99,7 @@ where
         signal: None,
         grace: Serve::<L, M, S>::DEFAULT_GRACE,
         header_read_timeout: Some(Serve::<L, M, S>::DEFAULT_HEADER_READ_TIMEOUT),
+        body_read_timeout: Some(Serve::<L, M, S>::DEFAULT_BODY_READ_TIMEOUT),
         max_connections: None,
         _service: PhantomData,
     }
@@ -143,6 +145,9 @@ type Signal = Pin<Box<dyn Future<Output = ()> + Send>>;
 ///   [header read timeout](Serve::header_read_timeout) (30 s by default),
 ///   or its connection is closed; over HTTP/1 this is also how long a
 ///   keep-alive connection may stay idle between requests.
+/// - A request body that sends nothing for the
+///   [body read timeout](Serve::body_read_timeout) (30 s by default) is
+///   answered `408`, and its HTTP/1 connection closed.
 /// - At most [`max_connections`](Serve::max_connections) connections are
 ///   open at once; past it, new ones wait in the listener's backlog, and
 ///   those open are served as usual.
@@ -163,7 +168,7 @@ type Signal = Pin<Box<dyn Future<Output = ()> + Send>>;
 ///   of `io::Result<()>` (which `axum::serve` never fails with either).
 /// - It shuts down on Ctrl-C or SIGTERM by default, and only waits a grace
 ///   period for connections, where `axum::serve` waits for ever.
-/// - It has a header read timeout, a connection cap and HTTP/1 half-close,
+/// - It has header and body read timeouts, a connection cap and HTTP/1 half-close,
 ///   which `axum::serve` does not configure.
 /// - The response body is the app's own, not converted to axum's `Body`.
 /// - Make services are called with [`IncomingStream`], not axum's own
@@ -178,6 +183,7 @@ pub struct Serve<L, M, S> {
     signal: Option<Signal>,
     grace: Duration,
     header_read_timeout: Option<Duration>,
+    body_read_timeout: Option<Duration>,
     max_connections: Option<usize>,
     _service: PhantomData<fn() -> S>,
 }
@@ -192,6 +198,9 @@ impl<L, M, S> Serve<L, M, S> {
 
     /// The default header read timeout.
     pub const DEFAULT_HEADER_READ_TIMEOUT: Duration = Duration::from_secs(30);
+
+    /// The default body read timeout.
+    pub const DEFAULT_BODY_READ_TIMEOUT: Duration = Duration::from_secs(30);
 
     /// The most connections open at once when
     /// [`max_connections`](Serve::max_connections) is not called: 4096, or
@@ -228,6 +237,18 @@ impl<L, M, S> Serve<L, M, S> {
     /// answering.
     pub fn header_read_timeout(mut self, timeout: impl Into<Option<Duration>>) -> Self {
         self.header_read_timeout = timeout.into().filter(|timeout| *timeout < FOREVER);
+        self
+    }
+
+    /// How long a request body may send nothing: past it, the handler's
+    /// next read of the body fails, and the response is `408 Request
+    /// Timeout` (JSON, `"reason":"body_timeout"`) whatever the handler
+    /// answered, after which an HTTP/1 connection closes. The wait restarts
+    /// with every chunk received, so a slow upload that keeps sending is
+    /// not cut. A handler that does not read the body is not affected.
+    /// `None` (or `Duration::MAX`) turns it off. 30 s by default.
+    pub fn body_read_timeout(mut self, timeout: impl Into<Option<Duration>>) -> Self {
+        self.body_read_timeout = timeout.into().filter(|timeout| *timeout < FOREVER);
         self
     }
 
@@ -272,6 +293,7 @@ where
             .field("runner", &self.runner)
             .field("grace", &self.grace)
             .field("header_read_timeout", &self.header_read_timeout)
+            .field("body_read_timeout", &self.body_read_timeout)
             .field("max_connections", &self.max_connections)
             .finish_non_exhaustive()
     }
@@ -297,6 +319,7 @@ where
             signal,
             grace,
             header_read_timeout,
+            body_read_timeout,
             max_connections,
             _service,
         } = self;
@@ -305,7 +328,7 @@ where
         let cap = Arc::new(Semaphore::new(
             max_connections.unwrap_or_else(default_max_connections),
         ));
-        let connections = Connections::new(layer, header_read_timeout);
+        let connections = Connections::new(layer, header_read_timeout, body_read_timeout);
         loop {
             let (permit, io, remote_addr) = tokio::select! {
                 () = &mut signal => break,
