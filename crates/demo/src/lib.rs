@@ -13,6 +13,27 @@ use std::io::{IsTerminal, Write};
 
 use tracing_subscriber::EnvFilter;
 
+/// Raises the soft limit on open files to the hard one (at most 1,048,576):
+/// each connection takes one, and `serve` caps connections at three
+/// quarters of the soft limit (16,384 at most), so that thousands of
+/// stalled clients leave room for new ones. A failure is logged, not fatal.
+pub fn raise_open_files_limit() {
+    #[cfg(unix)]
+    {
+        use nix::sys::resource::{getrlimit, setrlimit, Resource};
+        const MOST: u64 = 1 << 20;
+        match getrlimit(Resource::RLIMIT_NOFILE) {
+            Ok((soft, hard)) if soft < hard.min(MOST) => {
+                if let Err(error) = setrlimit(Resource::RLIMIT_NOFILE, hard.min(MOST), hard) {
+                    tracing::warn!(soft, hard, "cannot raise the open files limit: {error}");
+                }
+            }
+            Ok(_) => {}
+            Err(error) => tracing::warn!("cannot read the open files limit: {error}"),
+        }
+    }
+}
+
 /// Logs to stderr, at `info` unless `RUST_LOG` says otherwise (sqlx's
 /// notices of already-applied migrations at `warn`): stdout carries only
 /// the "listening on" line.

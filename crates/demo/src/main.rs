@@ -13,6 +13,7 @@ use epilogue_demo::service;
 #[tokio::main]
 async fn main() -> ExitCode {
     epilogue_demo::init_logging();
+    epilogue_demo::raise_open_files_limit();
     let config = Config::parse();
     let result = match &config.command {
         Some(Command::Worker(flags)) => service::work(flags).await,

@@ -203,11 +203,13 @@ impl<L, M, S> Serve<L, M, S> {
     pub const DEFAULT_BODY_READ_TIMEOUT: Duration = Duration::from_secs(30);
 
     /// The most connections open at once when
-    /// [`max_connections`](Serve::max_connections) is not called: 4096, or
-    /// three quarters of the soft limit on open files (`RLIMIT_NOFILE`) if
-    /// that is lower, so that the process keeps descriptors for its files
-    /// and outgoing connections.
-    pub const DEFAULT_MAX_CONNECTIONS: usize = 4096;
+    /// [`max_connections`](Serve::max_connections) is not called: 16,384,
+    /// or three quarters of the soft limit on open files (`RLIMIT_NOFILE`)
+    /// if that is lower, so that the process keeps descriptors for its files
+    /// and outgoing connections. Raise the soft limit (to the hard one) at
+    /// start-up to have room for that many: Linux's default soft limit is
+    /// 1,024.
+    pub const DEFAULT_MAX_CONNECTIONS: usize = 16_384;
 
     /// Shuts down when `signal` completes, instead of on Ctrl-C or SIGTERM.
     pub fn with_graceful_shutdown<F>(mut self, signal: F) -> Self
