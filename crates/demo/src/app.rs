@@ -23,7 +23,7 @@ use tower_http::trace::{DefaultOnFailure, OnFailure, TraceLayer};
 use tracing::Span;
 
 use crate::config::TaskFlags;
-use crate::durable::{self, Uploads, MAX_UPLOAD_BYTES};
+use crate::durable::{self, Uploads};
 use crate::input::{ApiError, Credentials, MAX_BODY_BYTES};
 use crate::tasks::{
     chaos, fail, send_email_notification, write_in_file, AuditLog, Email, FailMode, Outbox,
@@ -161,10 +161,8 @@ pub fn router(state: State) -> Router {
         // Durable tasks: stored before the response is sent.
         .route("/durable/register", post(durable::register))
         .route("/durable/fail", post(durable::fail))
-        .route(
-            "/files",
-            post(durable::upload).layer(DefaultBodyLimit::max(MAX_UPLOAD_BYTES)),
-        )
+        // Streamed to disk, with its own limit (10 MiB).
+        .route("/files", post(durable::upload))
         .route("/files/{id}", get(durable::file_status))
         // The store's operations, as the library serves them.
         .nest(

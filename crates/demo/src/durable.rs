@@ -2,12 +2,12 @@
 //! routes, and the worker that runs them (in the service, or alone with
 //! `epilogue-demo worker`).
 
-use std::io::{self, Read, Write};
+use std::io::{self, Read};
 use std::path::{Path as FilePath, PathBuf};
 use std::sync::Arc;
 
-use axum::body::Bytes;
-use axum::extract::rejection::{BytesRejection, QueryRejection};
+use axum::body::Body;
+use axum::extract::rejection::QueryRejection;
 use axum::extract::{Path, Query, State};
 use axum::http::{header, HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
@@ -17,9 +17,11 @@ use epilogue_durable::{
     BoxError, DurableError, DurableTask, Enqueue, Job, RequestDurable, Store, StoreBuilder, TaskId,
     TaskState,
 };
+use http_body_util::BodyExt;
 use serde::{Deserialize, Serialize};
 use serde_json::json;
 use sha2::{Digest, Sha256};
+use tokio::io::AsyncWriteExt;
 
 use crate::input::{ApiError, Credentials};
 use crate::tasks::{DurableRun, Outbox};
@@ -116,18 +118,47 @@ impl Uploads {
         ours.then(|| self.0.join(name))
     }
 
-    /// Writes the upload whole and synced, under a temporary name first:
-    /// a file under its final name is complete. Returns its name.
-    fn store(&self, body: &[u8]) -> io::Result<String> {
+    /// Streams `body` to disk, whole and synced, under a temporary name
+    /// first: a file under its final name is complete, and no failure (a
+    /// full disk, a body cut short or too large, the client gone and the
+    /// request dropped) leaves the temporary one behind. At most one chunk
+    /// of it is in memory at a time. Returns its name.
+    async fn receive(&self, mut body: Body) -> Result<String, UploadError> {
         let name = ulid::Ulid::new().to_string();
         let path = self.0.join(&name);
-        let partial = path.with_extension("partial");
-        let mut file = std::fs::File::create(&partial)?;
-        file.write_all(body)?;
-        file.sync_all()?;
-        std::fs::rename(&partial, &path)?;
+        let mut partial = Partial {
+            path: path.with_extension("partial"),
+            kept: false,
+        };
+        let mut file = tokio::fs::File::create(&partial.path)
+            .await
+            .map_err(UploadError::Disk)?;
+        let mut size = 0;
+        while let Some(frame) = body.frame().await {
+            let frame = frame.map_err(UploadError::Body)?;
+            let Ok(chunk) = frame.into_data() else {
+                continue;
+            };
+            size += chunk.len();
+            if size > MAX_UPLOAD_BYTES {
+                return Err(UploadError::TooLarge);
+            }
+            file.write_all(&chunk).await.map_err(UploadError::Disk)?;
+        }
+        file.flush().await.map_err(UploadError::Disk)?;
+        file.sync_all().await.map_err(UploadError::Disk)?;
+        drop(file);
+        tokio::fs::rename(&partial.path, &path)
+            .await
+            .map_err(UploadError::Disk)?;
+        partial.kept = true;
         // The rename itself is durable once the directory is synced.
-        std::fs::File::open(&self.0)?.sync_all()?;
+        let dir = self.0.clone();
+        tokio::task::spawn_blocking(move || std::fs::File::open(&*dir)?.sync_all())
+            .await
+            .map_err(io::Error::other)
+            .and_then(|synced| synced)
+            .map_err(UploadError::Disk)?;
         Ok(name)
     }
 
@@ -135,6 +166,67 @@ impl Uploads {
         if let Some(path) = self.path(name) {
             if let Err(error) = std::fs::remove_file(&path) {
                 tracing::error!(%error, path = %path.display(), "cannot remove an upload");
+            }
+        }
+    }
+}
+
+/// An upload being written under its temporary name: removed when dropped
+/// before it was kept.
+struct Partial {
+    path: PathBuf,
+    kept: bool,
+}
+
+impl Drop for Partial {
+    fn drop(&mut self) {
+        if !self.kept {
+            if let Err(error) = std::fs::remove_file(&self.path) {
+                tracing::error!(%error, path = %self.path.display(), "cannot remove a partial upload");
+            }
+        }
+    }
+}
+
+/// Why an upload was not stored; nothing of it is left on disk.
+#[derive(Debug)]
+enum UploadError {
+    TooLarge,
+    /// The request body failed: cut short, or stalled past the server's
+    /// body read timeout (answered 408 by `serve` whatever we say).
+    Body(axum::Error),
+    Disk(io::Error),
+}
+
+impl From<UploadError> for ApiError {
+    fn from(error: UploadError) -> Self {
+        match error {
+            UploadError::TooLarge => ApiError::new(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                format!("the upload is larger than {} MiB", MAX_UPLOAD_BYTES >> 20),
+            ),
+            UploadError::Body(error) => ApiError::new(
+                StatusCode::BAD_REQUEST,
+                format!("the upload was cut short: {error}"),
+            ),
+            UploadError::Disk(error)
+                if matches!(
+                    error.kind(),
+                    io::ErrorKind::StorageFull | io::ErrorKind::QuotaExceeded
+                ) =>
+            {
+                tracing::error!(%error, "cannot store an upload");
+                ApiError::new(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "the disk is full; nothing was stored, try again later".to_owned(),
+                )
+            }
+            UploadError::Disk(error) => {
+                tracing::error!(%error, "cannot store an upload");
+                ApiError::new(
+                    StatusCode::INTERNAL_SERVER_ERROR,
+                    "the upload could not be stored".to_owned(),
+                )
             }
         }
     }
@@ -359,37 +451,19 @@ fn created(message: &str, id: TaskId) -> Response {
 
 /// `POST /files`: 202 once the upload is on disk and its task is stored.
 ///
-/// The task is stored here rather than by the executing layer: if the store
-/// cannot be written, the upload is removed before the 503, so that a 503
-/// leaves nothing behind.
+/// The body is streamed to disk as it comes. The task is stored here rather
+/// than by the executing layer: if the store cannot be written, the upload
+/// is removed before the 503, so that a 503 leaves nothing behind.
 pub async fn upload(
     _: Admitted,
     State(uploads): State<Uploads>,
     State(store): State<Store>,
-    body: Result<Bytes, BytesRejection>,
+    body: Body,
 ) -> Result<Response, ApiError> {
-    let body = body.map_err(|rejection| {
-        let message = if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE {
-            format!("the upload is larger than {} MiB", MAX_UPLOAD_BYTES >> 20)
-        } else {
-            rejection.body_text()
-        };
-        ApiError::new(rejection.status(), message)
-    })?;
-    let stored = {
-        let uploads = uploads.clone();
-        tokio::task::spawn_blocking(move || uploads.store(&body)).await
-    };
-    let upload = stored
-        .map_err(io::Error::other)
-        .and_then(|result| result)
-        .map_err(|error| {
-            tracing::error!(%error, "cannot store an upload");
-            ApiError::new(
-                StatusCode::INTERNAL_SERVER_ERROR,
-                "the upload could not be stored".to_owned(),
-            )
-        })?;
+    // Past 10 MiB it stops reading, and answers 413. Not sooner, from the
+    // `Content-Length`: most HTTP/1 clients read no answer before they have
+    // sent their whole body, and would see the connection closed instead.
+    let upload = uploads.receive(body).await?;
     let id = match store
         .enqueue(&ProcessFile {
             upload: upload.clone(),

@@ -8,8 +8,6 @@ mod common;
 use std::fs;
 use std::io::{ErrorKind, Write};
 use std::path::{Path, PathBuf};
-use std::process::Command;
-use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -104,66 +102,6 @@ async fn register_concurrently(demo: &Demo, prefix: &str, count: usize, at_once:
     round
 }
 
-/// A tmpfs of its own for one test, unmounted and its mount point removed
-/// when dropped, also when the test fails.
-struct Tmpfs {
-    dir: PathBuf,
-}
-
-impl Tmpfs {
-    /// Mounts one of `size`; the error says why not (a container without
-    /// the right to mount, say).
-    fn mount(size: &str) -> Result<Self, String> {
-        static NEXT: AtomicU32 = AtomicU32::new(0);
-        let dir = std::env::temp_dir().join(format!(
-            "epilogue-demo-tmpfs-{}-{}",
-            std::process::id(),
-            NEXT.fetch_add(1, Ordering::Relaxed)
-        ));
-        // A leftover of an earlier run that had the same process id.
-        let _ = Command::new("umount").arg(&dir).output();
-        let _ = fs::remove_dir_all(&dir);
-        fs::create_dir_all(&dir).expect("cannot create the mount point");
-        let output = Command::new("mount")
-            .args(["-t", "tmpfs", "-o", &format!("size={size},mode=0755")])
-            .arg("tmpfs")
-            .arg(&dir)
-            .output();
-        match output {
-            Ok(output) if output.status.success() => Ok(Self { dir }),
-            failed => {
-                let _ = fs::remove_dir(&dir);
-                Err(match failed {
-                    Ok(output) => format!(
-                        "mount -t tmpfs failed ({}): {}",
-                        output.status,
-                        String::from_utf8_lossy(&output.stderr).trim()
-                    ),
-                    Err(e) => format!("cannot run mount: {e}"),
-                })
-            }
-        }
-    }
-
-    fn path(&self) -> &Path {
-        &self.dir
-    }
-}
-
-impl Drop for Tmpfs {
-    fn drop(&mut self) {
-        let unmounted = Command::new("umount")
-            .arg(&self.dir)
-            .output()
-            .is_ok_and(|output| output.status.success());
-        if !unmounted {
-            // Something still has a file open there: detach it anyway.
-            let _ = Command::new("umount").arg("-l").arg(&self.dir).output();
-        }
-        let _ = fs::remove_dir(&self.dir);
-    }
-}
-
 /// Writes `dir/filler` until the file system is full; returns its size.
 fn fill(dir: &Path) -> u64 {
     let mut filler = fs::File::create(dir.join("filler")).expect("cannot create the filler");
@@ -190,16 +128,6 @@ fn has_room(dir: &Path) -> bool {
         .is_ok();
     let _ = fs::remove_file(&probe);
     room
-}
-
-/// The demo on `data_dir` (a directory of the test's), with `flags`.
-async fn demo_on(data_dir: &Path, flags: &[&str]) -> Demo {
-    let mut command = Demo::command();
-    command
-        .args(["--addr", "127.0.0.1:0", "--data-dir"])
-        .arg(data_dir)
-        .args(flags);
-    Demo::spawn(command, Scratch::new(), data_dir.to_owned()).await
 }
 
 /// SIGTERM, then an exit 0 within [`PATIENCE`].
@@ -254,7 +182,7 @@ async fn on_a_full_disk_the_sqlite_store_answers_503_and_every_201_runs_after_a_
         return;
     }
     // Declared first: unmounted after the demo is gone.
-    let tmpfs = match Tmpfs::mount("16m") {
+    let tmpfs = match common::tmpfs::Tmpfs::mount("16m") {
         Ok(tmpfs) => tmpfs,
         Err(why) => {
             println!("skipped: no tmpfs to fill: {why}");
@@ -262,7 +190,7 @@ async fn on_a_full_disk_the_sqlite_store_answers_503_and_every_201_runs_after_a_
         }
     };
     let data_dir = tmpfs.path().to_owned();
-    let mut demo = demo_on(&data_dir, &[]).await;
+    let mut demo = common::demo_on(&data_dir, &[]).await;
     assert!(data_dir.join("tasks.db").is_file());
 
     // Before: stored and run.
@@ -327,7 +255,7 @@ async fn on_a_full_disk_the_sqlite_store_answers_503_and_every_201_runs_after_a_
         .filter(|line| line.contains("disk is full"))
         .count();
     drop(demo);
-    let mut demo = demo_on(&data_dir, &[]).await;
+    let mut demo = common::demo_on(&data_dir, &[]).await;
     let stats = settled(&demo, RECOVERY).await;
     let emails = demo.outbox();
     let sent = common::by_task(&emails, WELCOME);

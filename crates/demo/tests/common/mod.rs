@@ -11,6 +11,7 @@
 
 pub mod apt;
 pub mod postgres;
+pub mod tmpfs;
 
 use std::collections::HashMap;
 use std::fs;
@@ -1028,4 +1029,14 @@ pub fn by_task<'a>(
         by_task.entry(id).or_default().push(email.clone());
     }
     by_task
+}
+
+/// The demo on `data_dir` (a directory of the test's), with `flags`.
+pub async fn demo_on(data_dir: &Path, flags: &[&str]) -> Demo {
+    let mut command = Demo::command();
+    command
+        .args(["--addr", "127.0.0.1:0", "--data-dir"])
+        .arg(data_dir)
+        .args(flags);
+    Demo::spawn(command, Scratch::new(), data_dir.to_owned()).await
 }
