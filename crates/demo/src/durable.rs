@@ -29,6 +29,9 @@ use crate::tasks::{DurableRun, Outbox};
 /// The largest upload `POST /files` takes: 10 MiB.
 pub const MAX_UPLOAD_BYTES: usize = 10 * 1024 * 1024;
 
+/// The most of an upload held in memory on its way to disk.
+const UPLOAD_WRITE_BUFFER: usize = 64 * 1024;
+
 /// `POST /durable/register`: a welcome email that survives a crash.
 #[derive(Serialize, Deserialize)]
 pub struct Welcome {
@@ -133,6 +136,9 @@ impl Uploads {
         let mut file = tokio::fs::File::create(&partial.path)
             .await
             .map_err(UploadError::Disk)?;
+        // tokio copies each write into a buffer of up to 2 MiB by default:
+        // per upload in flight, that is most of what it costs in memory.
+        file.set_max_buf_size(UPLOAD_WRITE_BUFFER);
         let mut size = 0;
         while let Some(frame) = body.frame().await {
             let frame = frame.map_err(UploadError::Body)?;
