@@ -113,3 +113,31 @@ async fn help_does_not_show_the_store_urls_password() {
         );
     }
 }
+
+/// A store that cannot be reached is reported, at the most verbose log
+/// level, without the password of its URL.
+#[tokio::test]
+async fn an_unreachable_stores_error_does_not_show_its_password() {
+    const SECRET: &str = "s3cret-store-pw";
+    let scratch = common::Scratch::new();
+    let mut command = Demo::command();
+    command
+        .args(["--addr", "127.0.0.1:0", "--data-dir"])
+        .arg(scratch.path().join("data"))
+        .env("RUST_LOG", "trace")
+        // Port 1: nothing listens there.
+        .env(
+            "EPILOGUE_STORE",
+            format!("postgres://app:{SECRET}@127.0.0.1:1/app"),
+        );
+    let exited = common::run_to_exit(command, &scratch).await;
+    assert_eq!(exited.status.code(), Some(1), "{}", exited.stderr);
+    assert!(
+        exited.stderr.contains("cannot open the durable task store"),
+        "{}",
+        exited.stderr
+    );
+    assert_no_password("stderr", &exited.stderr);
+    assert!(!exited.stderr.contains(SECRET), "{}", exited.stderr);
+    assert!(!exited.stdout.contains(SECRET), "{}", exited.stdout);
+}
