@@ -100,6 +100,40 @@ async fn sigterm_cuts_off_what_the_grace_period_cannot_wait_for() {
     assert!(demo.outbox().is_empty(), "{:?}", demo.outbox());
 }
 
+/// Promise: shutdown reports are exact. A plain `fn` task still running at
+/// the deadline cannot be stopped; it is reported cut off, and the process
+/// exits without waiting for it, so the work the report calls cut off is
+/// never done.
+#[tokio::test]
+async fn blocking_tasks_reported_cut_off_do_not_finish_after_the_report() {
+    const N: usize = 8;
+    let mut demo = Demo::start(&["--shutdown-grace-s", "1", "--log-delay-ms", "5000"]).await;
+    for i in 0..N {
+        demo.post("/response/list", &signup(&format!("user{i}@example.com")))
+            .await
+            .assert_created(json!({ "message": "Email sent" }));
+    }
+    // Each group's email is sent before its `write_in_file` starts.
+    common::eventually("every email out", async || {
+        (demo.outbox().len() == N).then_some(())
+    })
+    .await;
+
+    let signalled = Instant::now();
+    demo.terminate();
+    let status = demo.exit_status(PATIENCE).await;
+    let took = signalled.elapsed();
+    assert_eq!(status.code(), Some(0), "stderr:\n{}", demo.stderr());
+    let reported = logged(&demo, &["write_in_file", "background tasks of this name"]).await;
+    assert!(reported.contains(&format!("cut_off={N}")), "{reported}");
+    assert!(
+        took < Duration::from_secs(4),
+        "exit took {took:?}: it waited for the cut-off tasks"
+    );
+    // The process is gone: nothing can write any more.
+    assert_eq!(demo.log(), [], "cut-off tasks wrote their lines");
+}
+
 /// A request whose body has not arrived when SIGTERM comes is finished, and
 /// its tasks run; meanwhile new connections are refused.
 ///

@@ -135,6 +135,13 @@ type Signal = Pin<Box<dyn Future<Output = ()> + Send>>;
 /// off. With the default signal, a second Ctrl-C or SIGTERM cuts
 /// everything off at once.
 ///
+/// A plain-`fn` task cut off at the deadline cannot be stopped: its thread
+/// runs on, and dropping the tokio runtime (the end of `#[tokio::main]`)
+/// waits for it, so that it may finish work the report calls cut off. To
+/// keep the report true, build the runtime yourself and end it with
+/// [`Runtime::shutdown_background`](tokio::runtime::Runtime::shutdown_background)
+/// once `serve` has returned.
+///
 /// # Protection
 ///
 /// - A request received in full is handled, and its tasks run, even if the
