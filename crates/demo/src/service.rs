@@ -2,6 +2,8 @@
 
 use std::io::Write;
 
+use tokio::signal::unix::{signal, SignalKind};
+
 use epilogue::{Runner, ShutdownReport};
 use epilogue_durable::Store;
 
@@ -18,6 +20,7 @@ use crate::durable::Registration;
 ///
 /// A message for stderr when it cannot start.
 pub async fn serve(config: Config) -> Result<(), String> {
+    reopen_files_on_sighup();
     // Installed before the runner is built: it takes its histograms' handles.
     let metrics = crate::install_metrics()?;
     let runner = config.runner();
@@ -41,6 +44,7 @@ pub async fn serve(config: Config) -> Result<(), String> {
 ///
 /// A message for stderr when it cannot start.
 pub async fn work(flags: &WorkerFlags) -> Result<(), String> {
+    reopen_files_on_sighup();
     let runner = Runner::new();
     let files = Files::open(&flags.tasks).map_err(|e| e.to_string())?;
     let store = open_store(&flags.tasks, &files, flags.only.as_deref(), &runner).await?;
@@ -80,6 +84,25 @@ async fn open_store(
     .start(runner)
     .await
     .map_err(cannot)
+}
+
+/// SIGHUP (logrotate's `postrotate`): the data files are looked at before
+/// their next write, and opened again if moved or deleted; otherwise that
+/// happens within a second.
+fn reopen_files_on_sighup() {
+    let mut hangups = match signal(SignalKind::hangup()) {
+        Ok(hangups) => hangups,
+        Err(error) => {
+            tracing::warn!("cannot listen for SIGHUP: {error}");
+            return;
+        }
+    };
+    tokio::spawn(async move {
+        while hangups.recv().await.is_some() {
+            crate::tasks::reopen_files();
+            tracing::info!("SIGHUP: the data files are opened again at their paths");
+        }
+    });
 }
 
 /// One line per task name, however many tasks ran: what an on-call engineer

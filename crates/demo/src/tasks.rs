@@ -6,8 +6,9 @@
 //! memory, to a file opened with `O_APPEND`, and a write that fails or falls
 //! short is rolled back (the file cut back to its length before it), so a
 //! record is whole or absent, even on a full disk. A file renamed or deleted
-//! while the service runs (logrotate) is noticed before the next write and
-//! opened again at its path.
+//! while the service runs (logrotate) is noticed within a second, or at
+//! once after a SIGHUP, and opened again at its path: what production
+//! loggers do, rather than look at the path before every write.
 
 use std::collections::VecDeque;
 use std::fmt::Write as _;
@@ -15,9 +16,9 @@ use std::fs::{self, File, OpenOptions};
 use std::io::{self, Write};
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use chrono::{SecondsFormat, Utc};
 use serde::Serialize;
@@ -310,6 +311,20 @@ pub async fn chaos(outbox: Outbox, to: String, attempts: Arc<AtomicU32>) -> Resu
     }
 }
 
+/// How often an [`AppendFile`] looks whether its path still names it.
+const FOLLOW_EVERY: Duration = Duration::from_secs(1);
+
+/// Bumped by [`reopen_files`]: each [`AppendFile`] looks at its path at its
+/// next write.
+static REOPEN_REQUESTS: AtomicU64 = AtomicU64::new(0);
+
+/// Has every data file look at its path at its next write, and open it
+/// again if it was moved or deleted: logrotate's `postrotate` sends SIGHUP
+/// for this.
+pub fn reopen_files() {
+    REOPEN_REQUESTS.fetch_add(1, Ordering::Relaxed);
+}
+
 /// A file of records, one line each, appended to by this process only (the
 /// callers hold a lock around it): opened with `O_APPEND`, reopened at its
 /// path when the path names another file or none (rotated, deleted).
@@ -318,10 +333,21 @@ struct AppendFile {
     file: File,
     /// `(st_dev, st_ino)` of `file`.
     id: (u64, u64),
+    /// The file's length as this process last knew it: where the next
+    /// record starts, unless someone else cut the file meanwhile.
+    len: u64,
+    /// When the path was last looked at, and the reopen requests seen then.
+    followed: (Instant, u64),
+    follow_every: Duration,
 }
 
 impl AppendFile {
     fn open(path: PathBuf) -> io::Result<Self> {
+        Self::following_every(path, FOLLOW_EVERY)
+    }
+
+    fn following_every(path: PathBuf, follow_every: Duration) -> io::Result<Self> {
+        let followed = (Instant::now(), REOPEN_REQUESTS.load(Ordering::Relaxed));
         let file = OpenOptions::new()
             .create(true)
             .append(true)
@@ -332,27 +358,41 @@ impl AppendFile {
             .map_err(|e| naming("cannot inspect", &path, e))?;
         Ok(Self {
             id: (metadata.dev(), metadata.ino()),
+            len: metadata.len(),
             file,
             path,
+            followed,
+            follow_every,
         })
     }
 
     /// Appends one record, whole or not at all, to the file at the path now.
     fn append(&mut self, line: &[u8]) -> io::Result<()> {
-        self.follow_path()?;
-        append_record(&mut self.file, line).map_err(|e| naming("cannot write to", &self.path, e))
+        let requests = REOPEN_REQUESTS.load(Ordering::Relaxed);
+        if requests != self.followed.1 || self.followed.0.elapsed() >= self.follow_every {
+            self.followed = (Instant::now(), requests);
+            self.follow_path()?;
+        }
+        append_record(&mut self.file, self.len, line)
+            .map_err(|e| naming("cannot write to", &self.path, e))?;
+        self.len += line.len() as u64;
+        Ok(())
     }
 
     /// Opens the path again when it no longer names the open file: renamed
     /// away or deleted (logrotate), or replaced by another file.
     fn follow_path(&mut self) -> io::Result<()> {
         match fs::metadata(&self.path) {
-            Ok(metadata) if (metadata.dev(), metadata.ino()) == self.id => return Ok(()),
+            Ok(metadata) if (metadata.dev(), metadata.ino()) == self.id => {
+                // Cut by someone else (logrotate's copytruncate), say.
+                self.len = metadata.len();
+                return Ok(());
+            }
             Ok(_) => {}
             Err(e) if e.kind() == io::ErrorKind::NotFound => {}
             Err(e) => return Err(naming("cannot inspect", &self.path, e)),
         }
-        *self = Self::open(self.path.clone())?;
+        *self = Self::following_every(self.path.clone(), self.follow_every)?;
         tracing::info!(
             path = %self.path.display(),
             "the file was moved or deleted; writing to a new one at its path"
@@ -393,23 +433,32 @@ impl Records for File {
 
 /// Appends `record` with a single write, so that records of concurrent
 /// writers never interleave; when the write fails or is short (a full disk),
-/// cuts the file back to its length before the write, so that no fragment
-/// stays for the next record to be glued to.
-fn append_record(records: &mut impl Records, record: &[u8]) -> io::Result<()> {
-    let before = records.len()?;
-    let error = loop {
+/// cuts the file back to `before`, its length before the write as the
+/// caller knew it, so that no fragment stays for the next record to be
+/// glued to. The length is asked only then: a write costs one system call.
+fn append_record(records: &mut impl Records, before: u64, record: &[u8]) -> io::Result<()> {
+    let (error, written) = loop {
         match records.write_once(record) {
             Ok(n) if n == record.len() => return Ok(()),
             Ok(n) => {
-                break io::Error::new(
+                let short = io::Error::new(
                     io::ErrorKind::WriteZero,
                     format!("short write: {n} of {} bytes", record.len()),
-                )
+                );
+                break (short, Some(n as u64));
             }
             // Interrupted before anything was written: try again.
             Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-            Err(e) => break e,
+            Err(e) => break (e, None),
         }
+    };
+    // Where the record started: the end less what went, when that is known
+    // (someone else may have cut the file since `before` was learnt, and
+    // cutting to a stale length past the end would pad it with zeros).
+    let before = match (records.len(), written) {
+        (Ok(now), Some(written)) => now.saturating_sub(written),
+        (Ok(now), None) => now.min(before),
+        (Err(_), _) => before,
     };
     match records.truncate(before) {
         Ok(()) => Err(error),
@@ -472,9 +521,10 @@ mod tests {
         let first = b"{\"to\":\"a@example.com\"}\n";
         let second = b"{\"to\":\"b@example.com\",\"message\":\"longer\"}\n";
         let mut disk = SmallDisk::new(first.len() + 20, fails_after_partial);
-        append_record(&mut disk, first).expect("the first record fits");
+        append_record(&mut disk, 0, first).expect("the first record fits");
+        let before = first.len() as u64;
 
-        let error = append_record(&mut disk, second).expect_err("the second does not fit");
+        let error = append_record(&mut disk, before, second).expect_err("the second does not fit");
         assert!(
             error.kind() == io::ErrorKind::WriteZero || error.raw_os_error() == Some(28),
             "{error}"
@@ -483,7 +533,7 @@ mod tests {
 
         // Room again: the next record lands whole, after the first.
         disk.room = 1000;
-        append_record(&mut disk, second).expect("room again");
+        append_record(&mut disk, before, second).expect("room again");
         assert_eq!(disk.bytes, [&first[..], &second[..]].concat());
     }
 
@@ -500,7 +550,7 @@ mod tests {
     #[test]
     fn a_full_disk_writes_nothing() {
         let mut disk = SmallDisk::new(0, false);
-        assert!(append_record(&mut disk, b"line\n").is_err());
+        assert!(append_record(&mut disk, 0, b"line\n").is_err());
         assert!(disk.bytes.is_empty());
     }
 
@@ -564,10 +614,36 @@ mod tests {
     }
 
     #[test]
+    fn a_file_cut_by_someone_else_is_not_padded_by_a_rollback() {
+        // The caller thinks the file is 30 bytes long; someone cut it to 0.
+        let mut disk = SmallDisk::new(3, false);
+        assert!(append_record(&mut disk, 30, b"line\n").is_err());
+        assert!(disk.bytes.is_empty(), "{:?}", disk.bytes);
+    }
+
+    #[test]
+    fn a_moved_file_is_followed_at_a_reopen_request() {
+        let scratch = Scratch::new("reopen");
+        let path = scratch.0.join("records");
+        let mut file = AppendFile::following_every(path.clone(), Duration::MAX).expect("open");
+        file.append(b"one\n").expect("append");
+        fs::rename(&path, scratch.0.join("records.1")).expect("rename");
+        file.append(b"two\n").expect("append, not looking yet");
+        reopen_files();
+        file.append(b"three\n").expect("append after the request");
+        assert_eq!(fs::read(&path).expect("the new file"), b"three\n");
+        assert_eq!(
+            fs::read(scratch.0.join("records.1")).expect("old"),
+            b"one\ntwo\n"
+        );
+    }
+
+    #[test]
     fn a_rotated_or_deleted_file_is_opened_again() {
         let scratch = Scratch::new("rotation");
         let path = scratch.0.join("records");
-        let mut file = AppendFile::open(path.clone()).expect("open");
+        // Looking at the path before every write.
+        let mut file = AppendFile::following_every(path.clone(), Duration::ZERO).expect("open");
         file.append(b"one\n").expect("append");
 
         fs::rename(&path, scratch.0.join("records.1")).expect("rename");

@@ -155,10 +155,15 @@ async fn rotated_or_deleted_files_are_opened_again() {
     .await;
     demo.idle().await;
 
-    // logrotate: the outbox renamed away, the log deleted.
+    // logrotate: the outbox renamed away, the log deleted, then SIGHUP.
     let rotated = demo.data_dir().join("outbox.jsonl.1");
     fs::rename(&outbox, &rotated).expect("rename outbox.jsonl");
     fs::remove_file(&log).expect("delete log.txt");
+    demo.hang_up();
+    common::eventually("the SIGHUP to be taken", async || {
+        demo.stderr().contains("SIGHUP").then_some(())
+    })
+    .await;
 
     post_email(&demo, "/response/list", "second@example.com")
         .await

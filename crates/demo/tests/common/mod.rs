@@ -472,6 +472,11 @@ impl Demo {
         kill(self.pid(), Signal::SIGTERM).expect("cannot send SIGTERM");
     }
 
+    /// Sends SIGHUP, as logrotate's `postrotate` does.
+    pub fn hang_up(&self) {
+        kill(self.pid(), Signal::SIGHUP).expect("cannot send SIGHUP");
+    }
+
     /// Whether the process is still running.
     pub fn is_running(&mut self) -> bool {
         self.process.child.try_wait().expect("try_wait").is_none()
