@@ -174,7 +174,27 @@ pub(crate) struct Counters {
     run_us_total: AtomicU64,
     by_task: Mutex<BTreeMap<Cow<'static, str>, TaskStats>>,
     #[cfg(feature = "metrics")]
-    histograms: crate::metrics::Histograms,
+    histograms: Histograms,
+}
+
+/// The histograms recorded as tasks run (the `metrics` feature); the rest
+/// is copied from a snapshot by `Runner::record_metrics`. Their handles are
+/// taken when the runner is built.
+#[cfg(feature = "metrics")]
+#[derive(Debug)]
+struct Histograms {
+    wait: metrics::Histogram,
+    run: metrics::Histogram,
+}
+
+#[cfg(feature = "metrics")]
+impl Default for Histograms {
+    fn default() -> Self {
+        Self {
+            wait: metrics::histogram!("epilogue_task_wait_seconds"),
+            run: metrics::histogram!("epilogue_task_run_seconds"),
+        }
+    }
 }
 
 impl Counters {

@@ -54,12 +54,14 @@
 //!
 //! # Layout
 //!
-//! `mod.rs` is the public face ([`Runner`], [`Builder`]); `state.rs` the
-//! shared state, private to it; `permit.rs` a group's room from admission to
-//! its start ([`Permit`], [`Deferred`]); `places.rs` the running places and
-//! the queue of groups waiting for one; `lanes.rs` the few long-lived tokio
-//! tasks that poll every running group; `execute.rs` running one group;
-//! `shutdown.rs` the drain and its [`ShutdownReport`].
+//! Each file imports only those below it. `mod.rs` is the public face
+//! ([`Runner`], [`Builder`]); `permit.rs` a group's room from admission to
+//! its start ([`Permit`], [`Deferred`], [`Hold`]); `shutdown.rs` the drain
+//! and its [`ShutdownReport`]; `execute.rs` running one group; `state.rs`
+//! the shared state and an accepted group's hold on it, which starts
+//! groups on the lanes as places free up; `lanes.rs` the few long-lived
+//! tokio tasks that poll every running group; `places.rs` the running
+//! places and the queue of groups waiting for one; `config.rs` the limits.
 
 use std::fmt;
 use std::future::Future;
@@ -72,18 +74,21 @@ use tracing::Span;
 use crate::stats::Stats;
 use crate::tasks::BackgroundTasks;
 
+pub(crate) mod config;
 mod execute;
-pub use execute::panic_message;
 mod lanes;
 mod permit;
 mod places;
 mod shutdown;
 mod state;
 
+pub use config::Limits;
+pub use execute::panic_message;
 pub use permit::{Deferred, Hold, Permit, Refused};
 pub use shutdown::ShutdownReport;
 
-use state::{Config, State};
+use config::Config;
+use state::State;
 
 /// Owns every background task of an application: runs them, bounds them,
 /// counts them and drains them on shutdown. Cheap to clone: clones share the
@@ -127,19 +132,6 @@ impl Default for Config {
             lanes: None,
         }
     }
-}
-
-/// A runner's limits, from [`Runner::limits`]; set with [`Builder`].
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-#[cfg_attr(feature = "serde", derive(serde::Serialize))]
-#[non_exhaustive]
-pub struct Limits {
-    /// Groups running at once.
-    pub max_running: usize,
-    /// Admitted groups waiting for a running permit, past `max_running`.
-    pub max_pending: usize,
-    /// Plain-`fn` tasks on the blocking pool at once.
-    pub max_blocking: usize,
 }
 
 /// Builds a [`Runner`]; from [`Runner::builder`].
@@ -374,12 +366,7 @@ impl Runner {
 
     /// The limits this runner was built with.
     pub fn limits(&self) -> Limits {
-        let config = self.state.config();
-        Limits {
-            max_running: config.max_running,
-            max_pending: config.max_pending,
-            max_blocking: config.max_blocking,
-        }
+        self.state.config().limits()
     }
 
     /// The `Retry-After` that refused requests are given.
@@ -395,6 +382,15 @@ impl Runner {
     /// for the edge cases, cancel safety included.
     pub async fn shutdown(&self, grace: Duration) -> ShutdownReport {
         shutdown::drain(&self.state, grace).await
+    }
+
+    /// Copies a snapshot of this runner's counters and gauges into the
+    /// `metrics` facade: see the [`metrics`](crate::metrics) module for the
+    /// names. Cheap enough to call before every scrape.
+    #[cfg(feature = "metrics")]
+    #[cfg_attr(docsrs, doc(cfg(feature = "metrics")))]
+    pub fn record_metrics(&self) {
+        crate::metrics::record(&self.stats(), &self.limits());
     }
 
     /// Cuts every running and waiting task off now, as a passed shutdown

@@ -8,9 +8,7 @@ use std::time::Instant;
 
 use tracing::Span;
 
-use super::execute::Accepted;
-use super::places;
-use super::state::{Admission, State};
+use super::state::{Accepted, Admission, State};
 use crate::tasks::BackgroundTasks;
 
 /// Why a runner refused new work.
@@ -123,7 +121,8 @@ impl Deferred {
 
     fn start_now(&mut self) {
         if let Some(group) = self.group.take() {
-            places::start(group);
+            let state = group.admission.state().clone();
+            state.start(group);
         }
     }
 }
