@@ -20,9 +20,8 @@ use std::time::{Duration, SystemTime};
 #[non_exhaustive]
 pub struct Stats {
     /// Tasks accepted: handed to the runner ([`Runner::spawn`](crate::Runner::spawn),
-    /// a [`Permit`](crate::runner::Permit), or a request whose handler
-    /// answered), and the tasks counted as `abandoned`, so that the outcomes
-    /// add up to it.
+    /// or a request whose handler answered), and the tasks counted as
+    /// `abandoned`, so that the outcomes add up to it.
     pub accepted: u64,
     /// Tasks running now.
     pub running: u64,

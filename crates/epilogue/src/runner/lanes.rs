@@ -18,7 +18,7 @@
 //! which counts it as cut off.
 //!
 //! There is one lane per worker thread of the runtime by default (see
-//! [`Builder::lanes`](super::Builder::lanes)): tokio's work stealing moves
+//! `Builder::lanes`, for tests): tokio's work stealing moves
 //! whole lanes between workers, so one lane alone would keep all
 //! background work on one core at a time.
 

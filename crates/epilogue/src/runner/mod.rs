@@ -13,10 +13,10 @@
 //! rest of what a service needs:
 //!
 //! - **bounds**: at most `max_running` groups run at once and at most
-//!   `max_pending` more wait; past that, [`admit`](Runner::admit) and
-//!   [`spawn`](Runner::spawn) refuse, and the HTTP layers turn the refusal
-//!   into `503 Service Unavailable` *before the handler runs*, so no work a
-//!   handler already did is ever dropped;
+//!   `max_pending` more wait; past that, [`spawn`](Runner::spawn) refuses,
+//!   and the HTTP layers admit a request before its handler runs, turning a
+//!   refusal into `503 Service Unavailable`, so no work a handler already
+//!   did is ever dropped;
 //! - **isolation**: a task that returns `Err`, panics or times out is counted
 //!   and logged with its name, and the next task of its group still runs;
 //! - **blocking tasks** (plain `fn`s) run on tokio's blocking pool, at most
@@ -56,7 +56,7 @@
 //!
 //! Each file imports only those below it. `mod.rs` is the public face
 //! ([`Runner`], [`Builder`]); `permit.rs` a group's room from admission to
-//! its start ([`Permit`], [`Deferred`], [`Hold`]); `shutdown.rs` the drain
+//! its start (`Permit`, `Deferred`, [`Hold`]); `shutdown.rs` the drain
 //! and its [`ShutdownReport`]; `execute.rs` running one group; `state.rs`
 //! the shared state and an accepted group's hold on it, which starts
 //! groups on the lanes as places free up; `lanes.rs` the few long-lived
@@ -84,7 +84,8 @@ mod state;
 
 pub use config::Limits;
 pub use execute::panic_message;
-pub use permit::{Deferred, Hold, Permit, Refused};
+pub(crate) use permit::{Deferred, Permit};
+pub use permit::{Hold, Refused};
 pub use shutdown::ShutdownReport;
 
 use config::Config;
@@ -151,10 +152,11 @@ impl Builder {
     /// The largest [`max_running`](Builder::max_running) and
     /// [`max_blocking`](Builder::max_blocking): tokio's
     /// `Semaphore::MAX_PERMITS`. Larger values are lowered to it.
-    pub const MAX_LIMIT: usize = Semaphore::MAX_PERMITS;
+    pub(crate) const MAX_LIMIT: usize = Semaphore::MAX_PERMITS;
 
-    /// How many groups may run at once (default 4096, at most
-    /// [`MAX_LIMIT`](Builder::MAX_LIMIT)). A group takes a free running
+    /// How many groups may run at once (default 4096, at most tokio's
+    /// `Semaphore::MAX_PERMITS`, to which larger values are lowered). A
+    /// group takes a free running
     /// place when its response has been sent; groups past the limit wait in
     /// a queue, in the order they were started, and take the places as they
     /// free up. Async groups are cheap; this bound is for what the tasks
@@ -179,7 +181,7 @@ impl Builder {
     }
 
     /// How many plain-`fn` tasks may occupy tokio's blocking pool at once
-    /// (default 64, at most [`MAX_LIMIT`](Builder::MAX_LIMIT)). Tokio's pool
+    /// (default 64, at most `Semaphore::MAX_PERMITS`). Tokio's pool
     /// has 512 threads by default and the service shares it (`tokio::fs`,
     /// `spawn_blocking`, DNS): this bound keeps slow background work from
     /// taking all of them. Tasks past it wait.
@@ -219,10 +221,13 @@ impl Builder {
     /// but keep background work on fewer cores at a time. Blocking tasks
     /// run on tokio's blocking pool whatever the number of lanes.
     ///
+    /// For tests only: no user, bench or demo sets it.
+    ///
     /// # Panics
     ///
     /// When `n` is 0: no group could ever run.
-    pub fn lanes(mut self, n: usize) -> Self {
+    #[cfg(test)]
+    pub(crate) fn lanes(mut self, n: usize) -> Self {
         assert!(n > 0, "lanes must be at least 1, or no task could ever run");
         self.config.lanes = Some(n);
         self
@@ -257,8 +262,9 @@ impl Runner {
         Builder::default()
     }
 
-    /// Admits `tasks` and starts them now (in a lane, see
-    /// [`Builder::lanes`]), or queues them if `max_running` groups run.
+    /// Admits `tasks` and starts them now (in one of the runner's lanes,
+    /// see the [crate documentation](crate#when-tasks-run)), or queues them
+    /// if `max_running` groups run.
     ///
     /// # Errors
     ///
@@ -288,7 +294,7 @@ impl Runner {
     /// # Errors
     ///
     /// [`Refused`] when the runner is full or shutting down.
-    pub fn admit(&self) -> Result<Permit, Refused> {
+    pub(crate) fn admit(&self) -> Result<Permit, Refused> {
         Permit::acquire(&self.state)
     }
 
@@ -317,8 +323,8 @@ impl Runner {
         }
     }
 
-    /// Stops admitting: from now on [`admit`](Runner::admit) and
-    /// [`spawn`](Runner::spawn) refuse with [`Refused::ShuttingDown`]. Work
+    /// Stops admitting: from now on [`spawn`](Runner::spawn) and the HTTP
+    /// layers' admission refuse with [`Refused::ShuttingDown`]. Work
     /// already admitted still runs. [`shutdown`](Runner::shutdown) calls this.
     pub fn close(&self) {
         self.state.close();
