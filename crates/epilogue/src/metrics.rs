@@ -17,6 +17,7 @@
 //! | `epilogue_tasks_skipped_total` | counter | | tasks skipped by a `stop_on_error` group |
 //! | `epilogue_tasks_abandoned_total` | counter | | tasks of handlers that did not answer with a success |
 //! | `epilogue_task_retries_total` | counter | | extra attempts |
+//! | `epilogue_task_long_polls_total` | counter | `task` | polls of async tasks that took more than 10 ms, stalling the other tasks of their lane ([`TaskStats::long_polls`](crate::TaskStats::long_polls)) |
 //! | `epilogue_requests_refused_total` | counter | | requests refused with `503` (full or shutting down) |
 //! | `epilogue_groups_unadmitted_total` | counter | | groups returned on routes that were not admitted |
 //! | `epilogue_tasks_running`, `epilogue_tasks_pending` | gauge | | tasks running, and accepted but not started |
@@ -52,6 +53,8 @@ pub(crate) fn record(stats: &Stats, limits: &Limits) {
                 .absolute(value);
         }
         counter!("epilogue_tasks_cut_off_total", "task" => task.clone()).absolute(counts.cut_off);
+        counter!("epilogue_task_long_polls_total", "task" => task.clone())
+            .absolute(counts.long_polls);
     }
     counter!("epilogue_tasks_skipped_total").absolute(stats.skipped);
     counter!("epilogue_tasks_abandoned_total").absolute(stats.abandoned);

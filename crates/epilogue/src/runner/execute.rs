@@ -371,7 +371,14 @@ impl Future for Attempts<'_> {
                     continue;
                 }
                 Attempt::Async { future, timer } => {
-                    match std::panic::catch_unwind(AssertUnwindSafe(|| future.as_mut().poll(cx))) {
+                    let polled_at = Instant::now();
+                    let poll =
+                        std::panic::catch_unwind(AssertUnwindSafe(|| future.as_mut().poll(cx)));
+                    let took = polled_at.elapsed();
+                    if took > LONG_POLL {
+                        long_poll(this.state, &this.name, took);
+                    }
+                    match poll {
                         Ok(Poll::Ready(result)) => Ended::Ran(Ok(result)),
                         Err(payload) => Ended::Ran(Err(payload)),
                         Ok(Poll::Pending) => {
@@ -423,6 +430,26 @@ impl Drop for Attempts<'_> {
         if std::panic::catch_unwind(AssertUnwindSafe(|| drop(user))).is_err() {
             tracing::error!(task = %self.name, "background task panicked when it was cut off");
         }
+    }
+}
+
+/// A poll longer than this stalls the other groups of its lane for long
+/// enough to show in their latency; blocking work belongs on the blocking
+/// pool.
+const LONG_POLL: Duration = Duration::from_millis(10);
+
+// `&Cow`, not `&str`: a name borrowed for `'static` is kept without a copy.
+#[allow(clippy::ptr_arg)]
+fn long_poll(state: &State, name: &Cow<'static, str>, took: Duration) {
+    if state.counters().long_poll(name, took) {
+        tracing::warn!(
+            task = %name,
+            poll = ?took,
+            "a poll of a background task took over 10 ms, stalling every other background task \
+             on its lane: make blocking work a plain `fn` task (it runs on the blocking pool) or \
+             move it into `tokio::task::spawn_blocking`. Counted in Stats::long_polls; logged \
+             once per task name"
+        );
     }
 }
 

@@ -17,6 +17,10 @@
 //! worker (connections), and at the shutdown deadline drops what is left,
 //! which counts it as cut off.
 //!
+//! A task that blocks in a poll stalls every group of its lane: each poll
+//! of an async task is timed (`execute::long_poll`), and one over 10 ms is
+//! counted in `Stats::long_polls` and logged once per task name.
+//!
 //! There is one lane per worker thread of the runtime by default (see
 //! `Builder::lanes`, for tests): tokio's work stealing moves
 //! whole lanes between workers, so one lane alone would keep all

@@ -20,7 +20,10 @@
 //! - **isolation**: a task that returns `Err`, panics or times out is counted
 //!   and logged with its name, and the next task of its group still runs;
 //! - **blocking tasks** (plain `fn`s) run on tokio's blocking pool, at most
-//!   `max_blocking` at once;
+//!   `max_blocking` at once; an async task whose poll blocks for more than
+//!   10 ms, stalling the other tasks of its lane, is counted
+//!   ([`TaskStats::long_polls`](crate::TaskStats::long_polls)) and logged
+//!   once per name;
 //! - **drain**: [`shutdown`](Runner::shutdown) stops admitting, waits for
 //!   every accepted task up to a deadline and reports what was cut off;
 //! - **visibility**: [`stats`](Runner::stats), `tracing` events and spans,
