@@ -188,6 +188,12 @@
 //! - Running them never delays the response, nor the next request on the same
 //!   keep-alive connection: a group runs in one of the runner's lanes, tokio
 //!   tasks of their own that yield to connections after every few groups.
+//!   A lane polls many groups, so an `async fn` task that blocks in a poll
+//!   (a synchronous call, a long computation) stalls all of them: a poll
+//!   over 10 ms is counted ([`TaskStats::long_polls`], and
+//!   `epilogue_task_long_polls_total` with `metrics`) and logged at WARN
+//!   once per task name. Make such work a plain `fn` task, which runs on
+//!   the blocking pool, or use `tokio::task::spawn_blocking`.
 //! - A failing or panicking task is reported (a `tracing` event with the
 //!   task's name, never its arguments, inside the request's span) and the
 //!   next task of the group still runs, unless the group was made with

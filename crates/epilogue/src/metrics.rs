@@ -2,7 +2,7 @@
 //! any other exporter.
 //!
 //! Counting costs nothing on the request path: the counters and gauges live
-//! in the runner ([`Stats`](crate::Stats)), and
+//! in the runner ([`Stats`]), and
 //! [`Runner::record_metrics`](crate::Runner::record_metrics) copies a
 //! snapshot of them into the facade, to be called before each scrape (or
 //! every few seconds by a task of your own). Only the two histograms are
@@ -17,6 +17,7 @@
 //! | `epilogue_tasks_skipped_total` | counter | | tasks skipped by a `stop_on_error` group |
 //! | `epilogue_tasks_abandoned_total` | counter | | tasks of handlers that did not answer with a success |
 //! | `epilogue_task_retries_total` | counter | | extra attempts |
+//! | `epilogue_task_long_polls_total` | counter | `task` | polls of async tasks that took more than 10 ms, stalling the other tasks of their lane ([`TaskStats::long_polls`](crate::TaskStats::long_polls)) |
 //! | `epilogue_requests_refused_total` | counter | | requests refused with `503` (full or shutting down) |
 //! | `epilogue_groups_unadmitted_total` | counter | | groups returned on routes that were not admitted |
 //! | `epilogue_tasks_running`, `epilogue_tasks_pending` | gauge | | tasks running, and accepted but not started |
@@ -32,59 +33,40 @@
 //! [`MAX_TASK_NAMES`](crate::MAX_TASK_NAMES) of them; the others are counted
 //! under [`OTHER_TASKS`](crate::OTHER_TASKS).
 
-use metrics::{counter, gauge, histogram, Histogram};
+use metrics::{counter, gauge};
 
-use crate::runner::Runner;
+use crate::runner::config::Limits;
+use crate::stats::Stats;
 
-/// The histograms recorded as tasks run.
-#[derive(Debug)]
-pub(crate) struct Histograms {
-    pub(crate) wait: Histogram,
-    pub(crate) run: Histogram,
-}
-
-impl Default for Histograms {
-    fn default() -> Self {
-        Self {
-            wait: histogram!("epilogue_task_wait_seconds"),
-            run: histogram!("epilogue_task_run_seconds"),
+/// Copies `stats` and `limits` into the facade, for
+/// [`Runner::record_metrics`](crate::Runner::record_metrics).
+pub(crate) fn record(stats: &Stats, limits: &Limits) {
+    counter!("epilogue_tasks_accepted_total").absolute(stats.accepted);
+    for (task, counts) in &stats.by_task {
+        for (outcome, value) in [
+            ("succeeded", counts.succeeded),
+            ("failed", counts.failed),
+            ("panicked", counts.panicked),
+            ("timed_out", counts.timed_out),
+        ] {
+            counter!("epilogue_tasks_finished_total", "task" => task.clone(), "outcome" => outcome)
+                .absolute(value);
         }
+        counter!("epilogue_tasks_cut_off_total", "task" => task.clone()).absolute(counts.cut_off);
+        counter!("epilogue_task_long_polls_total", "task" => task.clone())
+            .absolute(counts.long_polls);
     }
-}
-
-impl Runner {
-    /// Copies a snapshot of this runner's counters and gauges into the
-    /// `metrics` facade: see the [`metrics`](crate::metrics) module for the
-    /// names. Cheap enough to call before every scrape.
-    pub fn record_metrics(&self) {
-        let stats = self.stats();
-        let limits = self.limits();
-        counter!("epilogue_tasks_accepted_total").absolute(stats.accepted);
-        for (task, counts) in &stats.by_task {
-            for (outcome, value) in [
-                ("succeeded", counts.succeeded),
-                ("failed", counts.failed),
-                ("panicked", counts.panicked),
-                ("timed_out", counts.timed_out),
-            ] {
-                counter!("epilogue_tasks_finished_total", "task" => task.clone(), "outcome" => outcome)
-                    .absolute(value);
-            }
-            counter!("epilogue_tasks_cut_off_total", "task" => task.clone())
-                .absolute(counts.cut_off);
-        }
-        counter!("epilogue_tasks_skipped_total").absolute(stats.skipped);
-        counter!("epilogue_tasks_abandoned_total").absolute(stats.abandoned);
-        counter!("epilogue_task_retries_total").absolute(stats.retried);
-        counter!("epilogue_requests_refused_total").absolute(stats.refused);
-        counter!("epilogue_groups_unadmitted_total").absolute(stats.unadmitted);
-        gauge!("epilogue_tasks_running").set(stats.running as f64);
-        gauge!("epilogue_tasks_pending").set(stats.pending as f64);
-        gauge!("epilogue_groups_running").set(stats.groups_running as f64);
-        gauge!("epilogue_groups_admitted").set(stats.groups_admitted as f64);
-        gauge!("epilogue_blocking_in_use").set(stats.blocking_in_use as f64);
-        gauge!("epilogue_max_running").set(limits.max_running as f64);
-        gauge!("epilogue_max_pending").set(limits.max_pending as f64);
-        gauge!("epilogue_max_blocking").set(limits.max_blocking as f64);
-    }
+    counter!("epilogue_tasks_skipped_total").absolute(stats.skipped);
+    counter!("epilogue_tasks_abandoned_total").absolute(stats.abandoned);
+    counter!("epilogue_task_retries_total").absolute(stats.retried);
+    counter!("epilogue_requests_refused_total").absolute(stats.refused);
+    counter!("epilogue_groups_unadmitted_total").absolute(stats.unadmitted);
+    gauge!("epilogue_tasks_running").set(stats.running as f64);
+    gauge!("epilogue_tasks_pending").set(stats.pending as f64);
+    gauge!("epilogue_groups_running").set(stats.groups_running as f64);
+    gauge!("epilogue_groups_admitted").set(stats.groups_admitted as f64);
+    gauge!("epilogue_blocking_in_use").set(stats.blocking_in_use as f64);
+    gauge!("epilogue_max_running").set(limits.max_running as f64);
+    gauge!("epilogue_max_pending").set(limits.max_pending as f64);
+    gauge!("epilogue_max_blocking").set(limits.max_blocking as f64);
 }

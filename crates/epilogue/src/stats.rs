@@ -20,9 +20,8 @@ use std::time::{Duration, SystemTime};
 #[non_exhaustive]
 pub struct Stats {
     /// Tasks accepted: handed to the runner ([`Runner::spawn`](crate::Runner::spawn),
-    /// a [`Permit`](crate::runner::Permit), or a request whose handler
-    /// answered), and the tasks counted as `abandoned`, so that the outcomes
-    /// add up to it.
+    /// or a request whose handler answered), and the tasks counted as
+    /// `abandoned`, so that the outcomes add up to it.
     pub accepted: u64,
     /// Tasks running now.
     pub running: u64,
@@ -75,6 +74,9 @@ pub struct Stats {
     pub wait_us_total: u64,
     /// Time tasks spent running, summed, in microseconds.
     pub run_us_total: u64,
+    /// Polls of async tasks that took more than 10 ms: each stalled the
+    /// other groups of its lane (see [`TaskStats::long_polls`]).
+    pub long_polls: u64,
     /// The outcomes of the tasks of each name, and the last failure of each.
     /// At most [`MAX_TASK_NAMES`] names are kept apart; the tasks of any
     /// further name are counted under `"(other)"`.
@@ -104,6 +106,13 @@ pub struct TaskStats {
     pub timed_out: u64,
     /// Tasks stopped, or never started, because the shutdown deadline passed.
     pub cut_off: u64,
+    /// Polls of these tasks that took more than 10 ms. A runner's lane polls
+    /// many groups on one tokio task, so such a poll (blocking work in an
+    /// `async fn`) stalls all of them; the first one of each name is logged
+    /// at WARN.
+    pub long_polls: u64,
+    /// The longest of these polls, in microseconds (0 if none).
+    pub longest_poll_us: u64,
     /// The last failure (an error, a panic or a timeout, after the last
     /// retry), if any.
     pub last_error: Option<LastError>,
@@ -172,9 +181,30 @@ pub(crate) struct Counters {
     unadmitted: AtomicU64,
     wait_us_total: AtomicU64,
     run_us_total: AtomicU64,
+    long_polls: AtomicU64,
     by_task: Mutex<BTreeMap<Cow<'static, str>, TaskStats>>,
     #[cfg(feature = "metrics")]
-    histograms: crate::metrics::Histograms,
+    histograms: Histograms,
+}
+
+/// The histograms recorded as tasks run (the `metrics` feature); the rest
+/// is copied from a snapshot by `Runner::record_metrics`. Their handles are
+/// taken when the runner is built.
+#[cfg(feature = "metrics")]
+#[derive(Debug)]
+struct Histograms {
+    wait: metrics::Histogram,
+    run: metrics::Histogram,
+}
+
+#[cfg(feature = "metrics")]
+impl Default for Histograms {
+    fn default() -> Self {
+        Self {
+            wait: metrics::histogram!("epilogue_task_wait_seconds"),
+            run: metrics::histogram!("epilogue_task_run_seconds"),
+        }
+    }
 }
 
 impl Counters {
@@ -198,6 +228,7 @@ impl Counters {
             blocking_in_use: 0,
             wait_us_total: self.wait_us_total.load(Relaxed),
             run_us_total: self.run_us_total.load(Relaxed),
+            long_polls: self.long_polls.load(Relaxed),
             by_task: self
                 .lock_by_task()
                 .iter()
@@ -275,6 +306,21 @@ impl Counters {
                 Outcome::TimedOut => &mut stats.timed_out,
             } += 1;
         });
+    }
+
+    /// A poll of one of `name`'s tasks that took `took`, too long; whether
+    /// it is the first of that name (or of [`OTHER_TASKS`]).
+    // `&Cow`, not `&str`: a name borrowed for `'static` is kept without a copy.
+    #[allow(clippy::ptr_arg)]
+    pub(crate) fn long_poll(&self, name: &Cow<'static, str>, took: Duration) -> bool {
+        self.long_polls.fetch_add(1, Relaxed);
+        let mut first = false;
+        self.of_task(name, |stats| {
+            first = stats.long_polls == 0;
+            stats.long_polls += 1;
+            stats.longest_poll_us = stats.longest_poll_us.max(took.as_micros() as u64);
+        });
+        first
     }
 
     /// One more task of `name` cut off by the shutdown deadline, running or

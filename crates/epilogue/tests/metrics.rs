@@ -5,34 +5,35 @@ use std::time::Duration;
 
 use epilogue::{BackgroundTask, BackgroundTasks, Runner};
 use metrics_util::debugging::{DebugValue, DebuggingRecorder};
+use metrics_util::CompositeKey;
 
-#[test]
-fn outcomes_gauges_and_durations_reach_the_recorder() {
+/// Runs `test` on a current-thread runtime (every task runs on the thread
+/// that holds the local recorder), and returns what was recorded.
+fn recorded<F: std::future::Future<Output = ()>>(test: impl FnOnce() -> F) -> Recorded {
     let recorder = DebuggingRecorder::new();
     let snapshotter = recorder.snapshotter();
-    // A current-thread runtime: every task runs on the thread that holds the
-    // local recorder.
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_time()
         .build()
         .unwrap();
-    metrics::with_local_recorder(&recorder, || {
-        runtime.block_on(async {
-            // Built under the recorder: the histograms' handles are taken now.
-            let runner = Runner::builder().max_running(1).max_pending(0).build();
-            let mut tasks = BackgroundTasks::new();
-            tasks.push(BackgroundTask::new(|| async {}, ()).name("fine"));
-            tasks
-                .push(BackgroundTask::new(|| async { Err::<(), _>("refused") }, ()).name("broken"));
-            runner.spawn(tasks).unwrap();
-            assert!(runner.spawn(BackgroundTask::new(|| async {}, ())).is_err());
-            assert!(runner.shutdown(Duration::from_secs(5)).await.drained);
-            runner.record_metrics();
-        })
-    });
+    metrics::with_local_recorder(&recorder, || runtime.block_on(test()));
+    // Once: a snapshot takes the counters' values.
+    Recorded(snapshotter.snapshot().into_vec())
+}
 
-    let metrics: Vec<_> = snapshotter.snapshot().into_vec();
-    let value = |name: &str, labels: &[(&str, &str)]| {
+type Metric = (
+    CompositeKey,
+    Option<metrics::Unit>,
+    Option<metrics::SharedString>,
+    DebugValue,
+);
+
+struct Recorded(Vec<Metric>);
+
+impl Recorded {
+    /// The value of the metric `name` whose labels include `labels`.
+    fn value(&self, name: &str, labels: &[(&str, &str)]) -> &DebugValue {
+        let metrics = &self.0;
         metrics
             .iter()
             .find(|(key, _, _, _)| {
@@ -45,7 +46,23 @@ fn outcomes_gauges_and_durations_reach_the_recorder() {
             })
             .map(|(_, _, _, value)| value)
             .unwrap_or_else(|| panic!("no {name} {labels:?} in {metrics:?}"))
-    };
+    }
+}
+
+#[test]
+fn outcomes_gauges_and_durations_reach_the_recorder() {
+    let recorded = recorded(|| async {
+        // Built under the recorder: the histograms' handles are taken now.
+        let runner = Runner::builder().max_running(1).max_pending(0).build();
+        let mut tasks = BackgroundTasks::new();
+        tasks.push(BackgroundTask::new(|| async {}, ()).name("fine"));
+        tasks.push(BackgroundTask::new(|| async { Err::<(), _>("refused") }, ()).name("broken"));
+        runner.spawn(tasks).unwrap();
+        assert!(runner.spawn(BackgroundTask::new(|| async {}, ())).is_err());
+        assert!(runner.shutdown(Duration::from_secs(5)).await.drained);
+        runner.record_metrics();
+    });
+    let value = |name: &str, labels: &[(&str, &str)]| recorded.value(name, labels);
     assert_eq!(
         value("epilogue_tasks_accepted_total", &[]),
         &DebugValue::Counter(2)
@@ -80,5 +97,29 @@ fn outcomes_gauges_and_durations_reach_the_recorder() {
             DebugValue::Gauge(value) => assert_eq!(value.into_inner(), expected, "{gauge}"),
             other => panic!("{other:?}"),
         }
+    }
+}
+
+#[test]
+fn long_polls_are_counted_per_task_name() {
+    let recorded = recorded(|| async {
+        let runner = Runner::new();
+        // A synchronous call in an `async fn`: one poll of 30 ms.
+        let blocks = || async { std::thread::sleep(Duration::from_millis(30)) };
+        runner
+            .spawn(BackgroundTask::new(blocks, ()).name("blocks"))
+            .unwrap();
+        runner
+            .spawn(BackgroundTask::new(|| async {}, ()).name("fine"))
+            .unwrap();
+        assert!(runner.shutdown(Duration::from_secs(5)).await.drained);
+        runner.record_metrics();
+    });
+    for (task, polls) in [("blocks", 1), ("fine", 0)] {
+        assert_eq!(
+            recorded.value("epilogue_task_long_polls_total", &[("task", task)]),
+            &DebugValue::Counter(polls),
+            "{task}"
+        );
     }
 }

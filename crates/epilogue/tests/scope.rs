@@ -4,7 +4,6 @@
 mod common;
 
 use std::convert::Infallible;
-use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use axum::extract::State;
@@ -12,7 +11,7 @@ use axum::handler::Handler;
 use axum::http::StatusCode;
 use axum::routing::{get, post};
 use axum::Router;
-use common::{report, serve_tower, AxumServer, Connection, Event, Probe, PATIENCE};
+use common::{report, serve_tower, AxumServer, Captured, Connection, Event, Probe, PATIENCE};
 use epilogue::axum::{admission, background};
 use epilogue::http::{BackgroundLayer, RequestTasks};
 use epilogue::{BackgroundTask, Runner};
@@ -325,32 +324,11 @@ async fn tasks_returned_on_a_route_that_was_not_admitted_run_and_are_counted() {
     assert_eq!((stats.succeeded, stats.unadmitted), (2, 1), "{stats:?}");
 }
 
-/// A `tracing` writer into memory.
-#[derive(Clone, Default)]
-struct Captured(Arc<Mutex<Vec<u8>>>);
-
-impl std::io::Write for Captured {
-    fn write(&mut self, bytes: &[u8]) -> std::io::Result<usize> {
-        self.0.lock().unwrap().extend_from_slice(bytes);
-        Ok(bytes.len())
-    }
-
-    fn flush(&mut self) -> std::io::Result<()> {
-        Ok(())
-    }
-}
-
 #[tokio::test]
 async fn a_tasks_log_lines_name_the_request_it_came_from() {
     let captured = Captured::default();
-    let writer = captured.clone();
-    let subscriber = tracing_subscriber::fmt()
-        .with_max_level(tracing::Level::INFO)
-        .with_ansi(false)
-        .with_writer(move || writer.clone())
-        .finish();
     // This test's runtime has one thread: the server and its tasks log here.
-    let _guard = tracing::subscriber::set_default(subscriber);
+    let _guard = captured.set_default(tracing::Level::INFO);
 
     async fn no_mail_server() -> Result<(), &'static str> {
         Err("no mail server")
@@ -375,7 +353,7 @@ async fn a_tasks_log_lines_name_the_request_it_came_from() {
         .await;
     let stats = server.shutdown().await.stats;
     assert_eq!(stats.failed, 1);
-    let logs = String::from_utf8(captured.0.lock().unwrap().clone()).unwrap();
+    let logs = captured.logs();
     let line = logs
         .lines()
         .find(|line| line.contains("background task failed"))

@@ -19,13 +19,13 @@
 //!
 //! 1. `BackgroundLayer` inserts the request's scope into its extensions.
 //! 2. Inside, a route layer or the extractor admits the request (takes a
-//!    [`Permit`](crate::runner::Permit), or answers `503`) and adds tasks to
+//!    `Permit`, room in the runner, or answers `503`) and adds tasks to
 //!    the scope; a handler may attach tasks to its response.
 //! 3. When the response reaches `BackgroundLayer`, what the request must
 //!    commit first ([`Commit`], a durable store's tasks) is committed; if
 //!    that fails, the client gets `503` and none of the request's tasks run.
 //! 4. Then the scope closes: route tasks, the response's tasks and the
-//!    extracted tasks become one [`Deferred`](crate::runner::Deferred)
+//!    extracted tasks become one `Deferred`
 //!    group, carried by the body.
 //! 5. When the body has been sent (or dropped), the group starts on the
 //!    runner. If the response never reached the layer, nothing starts, and

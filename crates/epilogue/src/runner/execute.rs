@@ -22,35 +22,25 @@ use tokio::task::Unconstrained;
 use tokio::time::Sleep;
 use tracing::Span;
 
-use super::state::{Admission, State};
+use super::lanes::Group;
+use super::state::{Accepted, Admission, State};
 use crate::stats::Outcome;
 use crate::task::{BackgroundTask, BlockingCall, JobBox, Run, TaskResult};
 use crate::tasks::{BackgroundTasks, Mode, Step};
 
-/// A group accepted by the runner, with all it needs to run.
-pub(super) struct Accepted {
-    /// Held until the group is done: its room in the runner (and, once it
-    /// started, its running place).
-    pub(super) admission: Admission,
-    pub(super) tasks: BackgroundTasks,
-    pub(super) accepted_at: Instant,
-    pub(super) span: Span,
-}
-
-impl std::fmt::Debug for Accepted {
-    // The tasks' names only: the state holds accepted groups itself.
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Accepted")
-            .field("tasks", &self.tasks.task_names())
-            .finish_non_exhaustive()
+impl Group for Accepted {
+    fn run(self) -> (Span, impl Future<Output = ()> + Send) {
+        let Accepted {
+            admission,
+            tasks,
+            accepted_at,
+            span,
+        } = self;
+        (span, run_group(admission, tasks, accepted_at))
     }
-}
 
-impl Accepted {
-    /// Counts the group's tasks as cut off: it will never run.
-    pub(super) fn cut_off(self) {
-        cut_off_pending(self.admission.state(), &self.tasks);
-        self.tasks.discard();
+    fn cut_off(self) {
+        Accepted::cut_off(self);
     }
 }
 
@@ -70,7 +60,7 @@ enum Flow {
 ///
 /// Not an `async fn`: as one, the same future is 240 bytes instead of 224.
 #[allow(clippy::manual_async_fn)]
-pub(super) fn run_group(
+fn run_group(
     admission: Admission,
     tasks: BackgroundTasks,
     accepted_at: Instant,
@@ -140,7 +130,7 @@ impl Drop for Unstarted<'_> {
     fn drop(&mut self) {
         if self.steps.len() > 0 {
             let rest = self.take_rest();
-            cut_off_pending(self.state, &rest);
+            self.state.cut_off_pending(&rest);
             rest.discard();
         }
     }
@@ -183,13 +173,6 @@ fn run_step(
 /// pay for it.
 fn run_nested(state: &State, group: BackgroundTasks, accepted_at: Instant) -> BoxFlow<'_> {
     Box::pin(run_steps(state, group, accepted_at))
-}
-
-/// Counts tasks that will never start because the deadline passed, and keeps
-/// their names for the shutdown report.
-pub(super) fn cut_off_pending(state: &State, tasks: &BackgroundTasks) {
-    state.counters().cut_off_pending(tasks.len() as u64);
-    tasks.visit_names(&mut |name| state.record_cut_off(name));
 }
 
 /// Not an `async fn`, which would keep the task both as its argument and
@@ -388,7 +371,14 @@ impl Future for Attempts<'_> {
                     continue;
                 }
                 Attempt::Async { future, timer } => {
-                    match std::panic::catch_unwind(AssertUnwindSafe(|| future.as_mut().poll(cx))) {
+                    let polled_at = Instant::now();
+                    let poll =
+                        std::panic::catch_unwind(AssertUnwindSafe(|| future.as_mut().poll(cx)));
+                    let took = polled_at.elapsed();
+                    if took > LONG_POLL {
+                        long_poll(this.state, &this.name, took);
+                    }
+                    match poll {
                         Ok(Poll::Ready(result)) => Ended::Ran(Ok(result)),
                         Err(payload) => Ended::Ran(Err(payload)),
                         Ok(Poll::Pending) => {
@@ -440,6 +430,26 @@ impl Drop for Attempts<'_> {
         if std::panic::catch_unwind(AssertUnwindSafe(|| drop(user))).is_err() {
             tracing::error!(task = %self.name, "background task panicked when it was cut off");
         }
+    }
+}
+
+/// A poll longer than this stalls the other groups of its lane for long
+/// enough to show in their latency; blocking work belongs on the blocking
+/// pool.
+const LONG_POLL: Duration = Duration::from_millis(10);
+
+// `&Cow`, not `&str`: a name borrowed for `'static` is kept without a copy.
+#[allow(clippy::ptr_arg)]
+fn long_poll(state: &State, name: &Cow<'static, str>, took: Duration) {
+    if state.counters().long_poll(name, took) {
+        tracing::warn!(
+            task = %name,
+            poll = ?took,
+            "a poll of a background task took over 10 ms, stalling every other background task \
+             on its lane: make blocking work a plain `fn` task (it runs on the blocking pool) or \
+             move it into `tokio::task::spawn_blocking`. Counted in Stats::long_polls; logged \
+             once per task name"
+        );
     }
 }
 
@@ -536,7 +546,7 @@ mod tests {
     use std::sync::Arc;
 
     use super::*;
-    use crate::runner::state::Config;
+    use crate::runner::config::Config;
 
     #[test]
     fn a_groups_future_stays_small() {

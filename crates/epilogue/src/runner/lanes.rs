@@ -17,8 +17,12 @@
 //! worker (connections), and at the shutdown deadline drops what is left,
 //! which counts it as cut off.
 //!
+//! A task that blocks in a poll stalls every group of its lane: each poll
+//! of an async task is timed (`execute::long_poll`), and one over 10 ms is
+//! counted in `Stats::long_polls` and logged once per task name.
+//!
 //! There is one lane per worker thread of the runtime by default (see
-//! [`Builder::lanes`](super::Builder::lanes)): tokio's work stealing moves
+//! `Builder::lanes`, for tests): tokio's work stealing moves
 //! whole lanes between workers, so one lane alone would keep all
 //! background work on one core at a time.
 
@@ -29,7 +33,6 @@ use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll, Wake, Waker};
-use std::time::Instant;
 
 use futures_util::stream::FuturesUnordered;
 use futures_util::task::AtomicWaker;
@@ -37,27 +40,40 @@ use futures_util::StreamExt;
 use tokio::runtime::Handle;
 use tracing::Span;
 
-use super::execute::{self, Accepted};
-use super::state::{Admission, State};
 use crate::latch::Latch;
-use crate::tasks::BackgroundTasks;
+
+/// What a lane runs: an accepted group that holds a running place.
+// A trait, not the state's `Accepted`: a group ending on a lane starts the
+// next waiting one on a lane, so naming it would make state.rs and this file
+// import each other. Static dispatch: it costs nothing.
+pub(super) trait Group: Send + 'static {
+    /// The group's span, entered around each of its polls, and its future.
+    fn run(self) -> (Span, impl Future<Output = ()> + Send);
+
+    /// Counts the group as cut off: it will never run.
+    fn cut_off(self);
+}
 
 /// The lanes of one runtime, in the runner's state.
-#[derive(Debug, Default)]
-pub(super) struct Lanes {
-    set: Mutex<Option<LaneSet>>,
+#[derive(Debug)]
+pub(super) struct Lanes<G> {
+    /// `None`: one per worker thread of the runtime.
+    count: Option<usize>,
+    /// The shutdown deadline: the lanes drop their groups when it passes.
+    deadline: Arc<Latch>,
+    set: Mutex<Option<LaneSet<G>>>,
 }
 
 #[derive(Debug)]
-struct LaneSet {
+struct LaneSet<G> {
     runtime: tokio::runtime::Id,
-    inboxes: Box<[Arc<Inbox>]>,
+    inboxes: Box<[Arc<Inbox<G>>]>,
     next: AtomicUsize,
 }
 
-#[derive(Debug, Default)]
-struct Inbox {
-    groups: Mutex<Vec<Accepted>>,
+#[derive(Debug)]
+struct Inbox<G> {
+    groups: Mutex<Vec<G>>,
     /// The lane's task.
     waker: AtomicWaker,
     /// Within a turn: a group's wake-up only sets `woken` (see `Wake`).
@@ -69,12 +85,25 @@ struct Inbox {
     retired: AtomicBool,
 }
 
-impl Inbox {
-    fn lock(&self) -> std::sync::MutexGuard<'_, Vec<Accepted>> {
+impl<G> Default for Inbox<G> {
+    fn default() -> Self {
+        Self {
+            groups: Mutex::default(),
+            waker: AtomicWaker::new(),
+            in_turn: AtomicBool::new(false),
+            woken: AtomicBool::new(false),
+            closed: AtomicBool::new(false),
+            retired: AtomicBool::new(false),
+        }
+    }
+}
+
+impl<G> Inbox<G> {
+    fn lock(&self) -> std::sync::MutexGuard<'_, Vec<G>> {
         self.groups.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    fn send(&self, group: Accepted) -> Result<(), Accepted> {
+    fn send(&self, group: G) -> Result<(), G> {
         let mut groups = self.lock();
         if self.closed.load(Ordering::Acquire) {
             return Err(group);
@@ -95,7 +124,7 @@ impl Inbox {
     }
 }
 
-impl Drop for LaneSet {
+impl<G> Drop for LaneSet<G> {
     fn drop(&mut self) {
         for inbox in self.inboxes.iter() {
             inbox.retire();
@@ -103,68 +132,70 @@ impl Drop for LaneSet {
     }
 }
 
-/// Hands a group that holds a running place to a lane of the current
-/// runtime, starting the lanes if need be. `Err` outside a runtime.
-pub(super) fn send(state: &Arc<State>, group: Accepted) -> Result<(), Accepted> {
-    let Ok(handle) = Handle::try_current() else {
-        return Err(group);
-    };
-    let lanes = state.lanes();
-    let mut set = lanes.set.lock().unwrap_or_else(|e| e.into_inner());
-    let mut group = group;
-    // A second try on fresh lanes, when those of this runtime have ended.
-    for _ in 0..2 {
-        let current = set.as_ref().is_some_and(|set| set.runtime == handle.id());
-        if !current {
-            *set = Some(LaneSet::spawn(&handle, state));
+impl<G: Group> Lanes<G> {
+    pub(super) fn new(count: Option<usize>, deadline: Arc<Latch>) -> Self {
+        Self {
+            count,
+            deadline,
+            set: Mutex::new(None),
         }
-        let lanes = set.as_ref().expect("set above");
-        let n = lanes.inboxes.len();
-        let first = if n == 1 {
-            0
-        } else {
-            lanes.next.fetch_add(1, Ordering::Relaxed) % n
-        };
-        for i in 0..n {
-            match lanes.inboxes[(first + i) % n].send(group) {
-                Ok(()) => return Ok(()),
-                Err(back) => group = back,
-            }
-        }
-        *set = None;
     }
-    Err(group)
+
+    /// Hands a group that holds a running place to a lane of the current
+    /// runtime, starting the lanes if need be. `Err` outside a runtime.
+    pub(super) fn send(&self, group: G) -> Result<(), G> {
+        let Ok(handle) = Handle::try_current() else {
+            return Err(group);
+        };
+        let mut set = self.set.lock().unwrap_or_else(|e| e.into_inner());
+        let mut group = group;
+        // A second try on fresh lanes, when those of this runtime have ended.
+        for _ in 0..2 {
+            let current = set.as_ref().is_some_and(|set| set.runtime == handle.id());
+            if !current {
+                *set = Some(self.spawn(&handle));
+            }
+            let lanes = set.as_ref().expect("set above");
+            let n = lanes.inboxes.len();
+            let first = if n == 1 {
+                0
+            } else {
+                lanes.next.fetch_add(1, Ordering::Relaxed) % n
+            };
+            for i in 0..n {
+                match lanes.inboxes[(first + i) % n].send(group) {
+                    Ok(()) => return Ok(()),
+                    Err(back) => group = back,
+                }
+            }
+            *set = None;
+        }
+        Err(group)
+    }
+
+    fn spawn(&self, handle: &Handle) -> LaneSet<G> {
+        let n = self
+            .count
+            .unwrap_or_else(|| handle.metrics().num_workers())
+            .max(1);
+        let inboxes: Box<[Arc<Inbox<G>>]> = (0..n).map(|_| Arc::default()).collect();
+        for inbox in inboxes.iter() {
+            handle.spawn(lane(inbox.clone(), self.deadline.clone(), G::run));
+        }
+        LaneSet {
+            runtime: handle.id(),
+            inboxes,
+            next: AtomicUsize::new(0),
+        }
+    }
 }
 
-impl Lanes {
+impl<G> Lanes<G> {
     /// Lets the lanes end once their groups are done: the runner is closed.
     /// Work that still comes (promised work, see `Runner::defer_unadmitted`)
     /// starts new lanes.
     pub(super) fn retire(&self) {
         self.set.lock().unwrap_or_else(|e| e.into_inner()).take();
-    }
-}
-
-impl LaneSet {
-    fn spawn(handle: &Handle, state: &State) -> Self {
-        let n = state
-            .config()
-            .lanes
-            .unwrap_or_else(|| handle.metrics().num_workers())
-            .max(1);
-        let inboxes: Box<[Arc<Inbox>]> = (0..n).map(|_| Arc::default()).collect();
-        for inbox in inboxes.iter() {
-            handle.spawn(lane(
-                inbox.clone(),
-                state.deadline_flag(),
-                execute::run_group,
-            ));
-        }
-        Self {
-            runtime: handle.id(),
-            inboxes,
-            next: AtomicUsize::new(0),
-        }
     }
 }
 
@@ -207,17 +238,17 @@ pub(super) fn dropping() -> bool {
 /// The groups of one lane and its inbox; dropped with the lane's tokio
 /// task (its runtime going away), it closes the inbox and counts what it
 /// held as cut off.
-struct Lane<F> {
-    inbox: Arc<Inbox>,
+struct Lane<G: Group, F> {
+    inbox: Arc<Inbox<G>>,
     /// Unboxed: one allocation per group, the set's own.
     groups: FuturesUnordered<Budgeted<F>>,
     /// Groups taken from the inbox, not yet in `groups`.
-    intake: Vec<Accepted>,
+    intake: Vec<G>,
     /// The inbox, as the waker the groups are polled with.
     waker: Waker,
 }
 
-impl<F> Drop for Lane<F> {
+impl<G: Group, F> Drop for Lane<G, F> {
     fn drop(&mut self) {
         DROPPING.with(|d| d.set(true));
         let left = {
@@ -270,14 +301,15 @@ impl<F: Future<Output = ()>> Future for Budgeted<F> {
     }
 }
 
-/// A lane's tokio task. `start` is [`execute::run_group`]: taken as an
-/// argument so that the set can hold its future's unnamed type.
-fn lane<F>(
-    inbox: Arc<Inbox>,
+/// A lane's tokio task. `start` is [`Group::run`]: taken as an argument so
+/// that the set can hold its future's unnamed type.
+fn lane<G, F>(
+    inbox: Arc<Inbox<G>>,
     deadline: Arc<Latch>,
-    start: fn(Admission, BackgroundTasks, Instant) -> F,
+    start: fn(G) -> (Span, F),
 ) -> impl Future<Output = ()> + Send
 where
+    G: Group,
     F: Future<Output = ()> + Send,
 {
     // Made before the future, so that its drop closes the inbox even when
@@ -320,7 +352,7 @@ enum Turn {
 /// then yields for; between turns, it wakes the lane's task. One waker
 /// for the inbox and the groups: registering each with tokio's waker every
 /// turn cost 58 instructions per request (bench/profile.sh).
-impl Wake for Inbox {
+impl<G: Send + 'static> Wake for Inbox<G> {
     fn wake(self: Arc<Self>) {
         self.wake_by_ref();
     }
@@ -335,11 +367,11 @@ impl Wake for Inbox {
     }
 }
 
-impl<F: Future<Output = ()>> Lane<F> {
+impl<G: Group, F: Future<Output = ()>> Lane<G, F> {
     fn turn(
         &mut self,
         cx: &mut Context<'_>,
-        start: fn(Admission, BackgroundTasks, Instant) -> F,
+        start: fn(G) -> (Span, F),
         deadline: Pin<&mut crate::latch::Wait<'_>>,
     ) -> Poll<Turn> {
         let inbox = &*self.inbox;
@@ -357,16 +389,8 @@ impl<F: Future<Output = ()>> Lane<F> {
         }
         let n = self.intake.len().min(INTAKE_PER_TURN);
         for group in self.intake.drain(..n) {
-            let Accepted {
-                admission,
-                tasks,
-                accepted_at,
-                span,
-            } = group;
-            self.groups.push(Budgeted {
-                span,
-                group: start(admission, tasks, accepted_at),
-            });
+            let (span, group) = start(group);
+            self.groups.push(Budgeted { span, group });
         }
         // Until no group is ready, or the turn's polls are spent: then
         // `FuturesUnordered` stops, having noted more work in `woken`.
@@ -410,11 +434,14 @@ mod tests {
     /// about 64 bytes more); a waiting group, its record in the queue.
     #[test]
     fn a_groups_own_memory_stays_under_512_bytes() {
-        fn node<F>(_: fn(super::Admission, super::BackgroundTasks, super::Instant) -> F) -> usize {
+        use super::Group;
+        use crate::runner::state::Accepted;
+
+        fn node<F>(_: fn(Accepted) -> (tracing::Span, F)) -> usize {
             std::mem::size_of::<super::Budgeted<F>>()
         }
-        let running = node(super::execute::run_group);
-        let waiting = std::mem::size_of::<super::Accepted>();
+        let running = node(Accepted::run);
+        let waiting = std::mem::size_of::<Accepted>();
         println!("a running group: {running} bytes and its links; a waiting one: {waiting}");
         // 264 and 104 with rustc 1.95.
         assert!(running + 64 < 512, "{running}");

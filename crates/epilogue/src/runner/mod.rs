@@ -13,14 +13,17 @@
 //! rest of what a service needs:
 //!
 //! - **bounds**: at most `max_running` groups run at once and at most
-//!   `max_pending` more wait; past that, [`admit`](Runner::admit) and
-//!   [`spawn`](Runner::spawn) refuse, and the HTTP layers turn the refusal
-//!   into `503 Service Unavailable` *before the handler runs*, so no work a
-//!   handler already did is ever dropped;
+//!   `max_pending` more wait; past that, [`spawn`](Runner::spawn) refuses,
+//!   and the HTTP layers admit a request before its handler runs, turning a
+//!   refusal into `503 Service Unavailable`, so no work a handler already
+//!   did is ever dropped;
 //! - **isolation**: a task that returns `Err`, panics or times out is counted
 //!   and logged with its name, and the next task of its group still runs;
 //! - **blocking tasks** (plain `fn`s) run on tokio's blocking pool, at most
-//!   `max_blocking` at once;
+//!   `max_blocking` at once; an async task whose poll blocks for more than
+//!   10 ms, stalling the other tasks of its lane, is counted
+//!   ([`TaskStats::long_polls`](crate::TaskStats::long_polls)) and logged
+//!   once per name;
 //! - **drain**: [`shutdown`](Runner::shutdown) stops admitting, waits for
 //!   every accepted task up to a deadline and reports what was cut off;
 //! - **visibility**: [`stats`](Runner::stats), `tracing` events and spans,
@@ -54,12 +57,14 @@
 //!
 //! # Layout
 //!
-//! `mod.rs` is the public face ([`Runner`], [`Builder`]); `state.rs` the
-//! shared state, private to it; `permit.rs` a group's room from admission to
-//! its start ([`Permit`], [`Deferred`]); `places.rs` the running places and
-//! the queue of groups waiting for one; `lanes.rs` the few long-lived tokio
-//! tasks that poll every running group; `execute.rs` running one group;
-//! `shutdown.rs` the drain and its [`ShutdownReport`].
+//! Each file imports only those below it. `mod.rs` is the public face
+//! ([`Runner`], [`Builder`]); `permit.rs` a group's room from admission to
+//! its start (`Permit`, `Deferred`, [`Hold`]); `shutdown.rs` the drain
+//! and its [`ShutdownReport`]; `execute.rs` running one group; `state.rs`
+//! the shared state and an accepted group's hold on it, which starts
+//! groups on the lanes as places free up; `lanes.rs` the few long-lived
+//! tokio tasks that poll every running group; `places.rs` the running
+//! places and the queue of groups waiting for one; `config.rs` the limits.
 
 use std::fmt;
 use std::future::Future;
@@ -72,18 +77,22 @@ use tracing::Span;
 use crate::stats::Stats;
 use crate::tasks::BackgroundTasks;
 
+pub(crate) mod config;
 mod execute;
-pub use execute::panic_message;
 mod lanes;
 mod permit;
 mod places;
 mod shutdown;
 mod state;
 
-pub use permit::{Deferred, Hold, Permit, Refused};
+pub use config::Limits;
+pub use execute::panic_message;
+pub(crate) use permit::{Deferred, Permit};
+pub use permit::{Hold, Refused};
 pub use shutdown::ShutdownReport;
 
-use state::{Config, State};
+use config::Config;
+use state::State;
 
 /// Owns every background task of an application: runs them, bounds them,
 /// counts them and drains them on shutdown. Cheap to clone: clones share the
@@ -129,19 +138,6 @@ impl Default for Config {
     }
 }
 
-/// A runner's limits, from [`Runner::limits`]; set with [`Builder`].
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-#[cfg_attr(feature = "serde", derive(serde::Serialize))]
-#[non_exhaustive]
-pub struct Limits {
-    /// Groups running at once.
-    pub max_running: usize,
-    /// Admitted groups waiting for a running permit, past `max_running`.
-    pub max_pending: usize,
-    /// Plain-`fn` tasks on the blocking pool at once.
-    pub max_blocking: usize,
-}
-
 /// Builds a [`Runner`]; from [`Runner::builder`].
 #[derive(Clone, Debug, Default)]
 #[must_use]
@@ -159,10 +155,11 @@ impl Builder {
     /// The largest [`max_running`](Builder::max_running) and
     /// [`max_blocking`](Builder::max_blocking): tokio's
     /// `Semaphore::MAX_PERMITS`. Larger values are lowered to it.
-    pub const MAX_LIMIT: usize = Semaphore::MAX_PERMITS;
+    pub(crate) const MAX_LIMIT: usize = Semaphore::MAX_PERMITS;
 
-    /// How many groups may run at once (default 4096, at most
-    /// [`MAX_LIMIT`](Builder::MAX_LIMIT)). A group takes a free running
+    /// How many groups may run at once (default 4096, at most tokio's
+    /// `Semaphore::MAX_PERMITS`, to which larger values are lowered). A
+    /// group takes a free running
     /// place when its response has been sent; groups past the limit wait in
     /// a queue, in the order they were started, and take the places as they
     /// free up. Async groups are cheap; this bound is for what the tasks
@@ -187,7 +184,7 @@ impl Builder {
     }
 
     /// How many plain-`fn` tasks may occupy tokio's blocking pool at once
-    /// (default 64, at most [`MAX_LIMIT`](Builder::MAX_LIMIT)). Tokio's pool
+    /// (default 64, at most `Semaphore::MAX_PERMITS`). Tokio's pool
     /// has 512 threads by default and the service shares it (`tokio::fs`,
     /// `spawn_blocking`, DNS): this bound keeps slow background work from
     /// taking all of them. Tasks past it wait.
@@ -227,10 +224,13 @@ impl Builder {
     /// but keep background work on fewer cores at a time. Blocking tasks
     /// run on tokio's blocking pool whatever the number of lanes.
     ///
+    /// For tests only: no user, bench or demo sets it.
+    ///
     /// # Panics
     ///
     /// When `n` is 0: no group could ever run.
-    pub fn lanes(mut self, n: usize) -> Self {
+    #[cfg(test)]
+    pub(crate) fn lanes(mut self, n: usize) -> Self {
         assert!(n > 0, "lanes must be at least 1, or no task could ever run");
         self.config.lanes = Some(n);
         self
@@ -265,8 +265,9 @@ impl Runner {
         Builder::default()
     }
 
-    /// Admits `tasks` and starts them now (in a lane, see
-    /// [`Builder::lanes`]), or queues them if `max_running` groups run.
+    /// Admits `tasks` and starts them now (in one of the runner's lanes,
+    /// see the [crate documentation](crate#when-tasks-run)), or queues them
+    /// if `max_running` groups run.
     ///
     /// # Errors
     ///
@@ -296,7 +297,7 @@ impl Runner {
     /// # Errors
     ///
     /// [`Refused`] when the runner is full or shutting down.
-    pub fn admit(&self) -> Result<Permit, Refused> {
+    pub(crate) fn admit(&self) -> Result<Permit, Refused> {
         Permit::acquire(&self.state)
     }
 
@@ -325,8 +326,8 @@ impl Runner {
         }
     }
 
-    /// Stops admitting: from now on [`admit`](Runner::admit) and
-    /// [`spawn`](Runner::spawn) refuse with [`Refused::ShuttingDown`]. Work
+    /// Stops admitting: from now on [`spawn`](Runner::spawn) and the HTTP
+    /// layers' admission refuse with [`Refused::ShuttingDown`]. Work
     /// already admitted still runs. [`shutdown`](Runner::shutdown) calls this.
     pub fn close(&self) {
         self.state.close();
@@ -374,12 +375,7 @@ impl Runner {
 
     /// The limits this runner was built with.
     pub fn limits(&self) -> Limits {
-        let config = self.state.config();
-        Limits {
-            max_running: config.max_running,
-            max_pending: config.max_pending,
-            max_blocking: config.max_blocking,
-        }
+        self.state.config().limits()
     }
 
     /// The `Retry-After` that refused requests are given.
@@ -395,6 +391,15 @@ impl Runner {
     /// for the edge cases, cancel safety included.
     pub async fn shutdown(&self, grace: Duration) -> ShutdownReport {
         shutdown::drain(&self.state, grace).await
+    }
+
+    /// Copies a snapshot of this runner's counters and gauges into the
+    /// `metrics` facade: see the [`metrics`](crate::metrics) module for the
+    /// names. Cheap enough to call before every scrape.
+    #[cfg(feature = "metrics")]
+    #[cfg_attr(docsrs, doc(cfg(feature = "metrics")))]
+    pub fn record_metrics(&self) {
+        crate::metrics::record(&self.stats(), &self.limits());
     }
 
     /// Cuts every running and waiting task off now, as a passed shutdown

@@ -8,9 +8,7 @@ use std::time::Instant;
 
 use tracing::Span;
 
-use super::execute::Accepted;
-use super::places;
-use super::state::{Admission, State};
+use super::state::{Accepted, Admission, State};
 use crate::tasks::BackgroundTasks;
 
 /// Why a runner refused new work.
@@ -33,7 +31,7 @@ pub enum Refused {
 /// the tasks are known, from [`Runner::admit`](super::Runner::admit).
 /// Dropping it gives the room back.
 #[must_use = "a permit holds room in the runner until it is used or dropped"]
-pub struct Permit {
+pub(crate) struct Permit {
     // A shutdown waits for admitted work too: the request holding this
     // permit may still produce tasks.
     admission: Admission,
@@ -68,7 +66,7 @@ impl Permit {
     /// when the [`Deferred`] is dropped, whichever comes first. The tasks
     /// count as accepted (and pending) from now on, and run in the current
     /// span.
-    pub fn defer(self, tasks: impl Into<BackgroundTasks>) -> Deferred {
+    pub(crate) fn defer(self, tasks: impl Into<BackgroundTasks>) -> Deferred {
         self.defer_in(tasks.into(), &Span::current())
     }
 
@@ -108,7 +106,7 @@ impl fmt::Debug for Permit {
 /// body is still being sent. It starts on [`start`](Deferred::start), or when
 /// dropped, so an accepted group is never forgotten; shutdown waits for it.
 #[must_use = "a Deferred group starts when dropped; call start() to make that explicit"]
-pub struct Deferred {
+pub(crate) struct Deferred {
     group: Option<Accepted>,
 }
 
@@ -117,13 +115,14 @@ impl Deferred {
     /// running place. Outside a tokio runtime (one
     /// that is shutting down, say) the group is counted as cut off instead,
     /// and an error is logged.
-    pub fn start(mut self) {
+    pub(crate) fn start(mut self) {
         self.start_now();
     }
 
     fn start_now(&mut self) {
         if let Some(group) = self.group.take() {
-            places::start(group);
+            let state = group.admission.state().clone();
+            state.start(group);
         }
     }
 }

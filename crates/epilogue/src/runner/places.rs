@@ -2,28 +2,29 @@
 //! wait here, in the order they were accepted, as a compact record rather
 //! than as a future.
 //!
-//! A waiting group costs its [`Accepted`] record in one shared queue (about
-//! 130 bytes, no allocation of its own); as a future waiting on a semaphore,
-//! as it was before, it cost its whole future and a tokio task (about 1 KB).
+//! A waiting group costs its record in one shared queue (about 100 bytes,
+//! no allocation of its own); as a future waiting on a semaphore, as it was
+//! before, it cost its whole future and a tokio task (about 1 KB).
+//!
+//! Generic over the waiting group: the runner's state owns the places and
+//! its groups hold the state, so the places need not name either. Which
+//! group starts when, and on which lane, is the state's to decide
+//! (`State::start`, `State::start_waiting`).
 
 use std::collections::VecDeque;
 use std::sync::atomic::{fence, AtomicUsize, Ordering::SeqCst};
-use std::sync::{Arc, Mutex};
-
-use super::execute::Accepted;
-use super::lanes;
-use super::state::State;
+use std::sync::{Mutex, MutexGuard};
 
 #[derive(Debug)]
-pub(super) struct Places {
+pub(super) struct Places<G> {
     max: usize,
     running: AtomicUsize,
-    waiting: Mutex<VecDeque<Accepted>>,
+    waiting: Mutex<VecDeque<G>>,
     /// `waiting.len()`, read without the lock on the common paths.
     waiting_len: AtomicUsize,
 }
 
-impl Places {
+impl<G> Places<G> {
     pub(super) fn new(max: usize) -> Self {
         Self {
             max,
@@ -38,86 +39,71 @@ impl Places {
         self.running.load(SeqCst)
     }
 
+    /// Whether a group waits for a place; without the lock.
+    pub(super) fn any_waiting(&self) -> bool {
+        self.waiting_len.load(SeqCst) > 0
+    }
+
+    /// Takes a running place, if one is free and no group waits for one.
+    pub(super) fn take_if_none_waits(&self) -> bool {
+        !self.any_waiting() && self.try_take()
+    }
+
     fn try_take(&self) -> bool {
         self.running
             .fetch_update(SeqCst, SeqCst, |n| (n < self.max).then_some(n + 1))
             .is_ok()
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, VecDeque<Accepted>> {
+    fn lock(&self) -> MutexGuard<'_, VecDeque<G>> {
         self.waiting.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// Gives a running place back, and hands it to the first waiting group
-    /// if there is one.
-    pub(super) fn release(&self, state: &Arc<State>) {
+    /// Gives a running place back. The caller then starts the waiting
+    /// groups, if [`any_waiting`](Places::any_waiting).
+    pub(super) fn give_back(&self) {
         self.running.fetch_sub(1, SeqCst);
-        // Pairs with the fence in `start`: either this sees the group that
-        // `start` queued, or `start` sees the place given back here.
+        // Pairs with the fence in `queue`: either the caller sees the group
+        // queued there, or the one who queued it sees the place given back.
         fence(SeqCst);
-        if self.waiting_len.load(SeqCst) > 0 && !lanes::dropping() {
-            self.pump(state);
-        }
     }
 
-    /// Starts waiting groups while places are free.
-    fn pump(&self, state: &Arc<State>) {
-        loop {
-            let next = {
-                let mut waiting = self.lock();
-                if waiting.is_empty() || !self.try_take() {
-                    return;
-                }
-                let next = waiting.pop_front();
-                self.waiting_len.store(waiting.len(), SeqCst);
-                next
-            };
-            let Some(mut group) = next else { return };
-            group.admission.set_running();
-            // Sent outside the lock: a lane that cannot take it drops it,
-            // which gives its place back through `release`.
-            if let Err(mut group) = lanes::send(state, group) {
-                // No lane on this thread (a runtime going away): it waits
-                // for the next group to start or end, or for the deadline.
-                group.admission.clear_running();
-                self.running.fetch_sub(1, SeqCst);
-                let mut waiting = self.lock();
-                waiting.push_front(group);
-                self.waiting_len.store(waiting.len(), SeqCst);
-                return;
-            }
+    /// Queues `group` behind the groups waiting. The caller then starts
+    /// waiting groups while places are free.
+    pub(super) fn queue(&self, group: G) {
+        {
+            let mut waiting = self.lock();
+            waiting.push_back(group);
+            self.waiting_len.store(waiting.len(), SeqCst);
         }
+        fence(SeqCst);
+    }
+
+    /// The first waiting group, with a running place taken for it, if a
+    /// place is free.
+    pub(super) fn next(&self) -> Option<G> {
+        let mut waiting = self.lock();
+        if waiting.is_empty() || !self.try_take() {
+            return None;
+        }
+        let next = waiting.pop_front();
+        self.waiting_len.store(waiting.len(), SeqCst);
+        next
+    }
+
+    /// Puts back a group from [`next`](Places::next) that could not start,
+    /// first in the queue, and gives its place back.
+    pub(super) fn put_back(&self, group: G) {
+        self.running.fetch_sub(1, SeqCst);
+        let mut waiting = self.lock();
+        waiting.push_front(group);
+        self.waiting_len.store(waiting.len(), SeqCst);
     }
 
     /// Removes every waiting group: the shutdown deadline has passed.
-    pub(super) fn take_waiting(&self) -> VecDeque<Accepted> {
+    pub(super) fn take_waiting(&self) -> VecDeque<G> {
         let mut waiting = self.lock();
         self.waiting_len.store(0, SeqCst);
         std::mem::take(&mut *waiting)
     }
-}
-
-/// Starts `group` now if a running place is free and nobody waits for one,
-/// else queues it behind those who do.
-pub(super) fn start(mut group: Accepted) {
-    let state = group.admission.state().clone();
-    let places = state.places();
-    if places.waiting_len.load(SeqCst) == 0 && places.try_take() {
-        group.admission.set_running();
-        if let Err(group) = lanes::send(&state, group) {
-            tracing::error!(
-                tasks = group.tasks.len(),
-                "background group accepted outside a tokio runtime; cut off"
-            );
-            group.cut_off();
-        }
-        return;
-    }
-    {
-        let mut waiting = places.lock();
-        waiting.push_back(group);
-        places.waiting_len.store(waiting.len(), SeqCst);
-    }
-    fence(SeqCst);
-    places.pump(&state);
 }

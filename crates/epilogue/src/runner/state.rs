@@ -1,38 +1,32 @@
-//! The runner's shared state: its limits, its places, its deadline and its
-//! counters. Private to this file; the rest of the runner goes through the
-//! methods below.
+//! The runner's shared state (its limits, its places, its lanes, its
+//! deadline and its counters) and an accepted group's hold on it: its
+//! [`Admission`], and the [`Accepted`] record that carries the group to a
+//! lane. One file because each holds the other: the state queues accepted
+//! groups, and a group gives its room back to the state when it ends. The
+//! rest of the runner goes through the methods below.
 
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::Instant;
 
 use tokio::sync::{Notify, Semaphore};
+use tracing::Span;
 
-use super::lanes::Lanes;
+use super::config::Config;
+use super::lanes::{self, Lanes};
 use super::places::Places;
 use crate::latch::Latch;
 use crate::stats::{Counters, Stats};
-
-/// What a [`Builder`](super::Builder) sets.
-#[derive(Clone, Debug)]
-pub(super) struct Config {
-    pub(super) max_running: usize,
-    pub(super) max_pending: usize,
-    pub(super) max_blocking: usize,
-    pub(super) task_timeout: Option<Duration>,
-    pub(super) retry_after: Duration,
-    /// `None`: one per worker thread of the runtime.
-    pub(super) lanes: Option<usize>,
-}
+use crate::tasks::BackgroundTasks;
 
 /// Everything the clones of one [`Runner`](super::Runner) share.
 #[derive(Debug)]
 pub(crate) struct State {
     config: Config,
     /// Places for groups that run now, and the queue of those waiting.
-    places: Places,
+    places: Places<Accepted>,
     /// The tokio tasks that poll the running groups.
-    lanes: Lanes,
+    lanes: Lanes<Accepted>,
     /// Permits for plain-`fn` tasks on the blocking pool.
     blocking: Arc<Semaphore>,
     /// Groups holding a permit: admitted, waiting or running. A shutdown
@@ -90,33 +84,53 @@ impl Admission {
     pub(super) fn state(&self) -> &Arc<State> {
         &self.state
     }
-
-    /// The group took a running place (see `places`).
-    pub(super) fn set_running(&mut self) {
-        self.running = true;
-    }
-
-    /// The place was given back before the group started.
-    pub(super) fn clear_running(&mut self) {
-        self.running = false;
-    }
 }
 
 impl Drop for Admission {
     fn drop(&mut self) {
         if self.running {
-            self.state.places.release(&self.state);
+            self.state.give_place_back();
         }
         self.state.admitted.fetch_sub(1, Ordering::SeqCst);
         self.state.notify_if_idle();
     }
 }
 
+/// A group accepted by the runner, with all it needs to run: waiting for a
+/// place, on its way to a lane, or taken apart by its lane to run
+/// (`execute::run_group`).
+pub(super) struct Accepted {
+    /// Held until the group is done: its room in the runner (and, once it
+    /// started, its running place).
+    pub(super) admission: Admission,
+    pub(super) tasks: BackgroundTasks,
+    pub(super) accepted_at: Instant,
+    pub(super) span: Span,
+}
+
+impl std::fmt::Debug for Accepted {
+    // The tasks' names only: the state holds accepted groups itself.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Accepted")
+            .field("tasks", &self.tasks.task_names())
+            .finish_non_exhaustive()
+    }
+}
+
+impl Accepted {
+    /// Counts the group's tasks as cut off: it will never run.
+    pub(super) fn cut_off(self) {
+        self.admission.state().cut_off_pending(&self.tasks);
+        self.tasks.discard();
+    }
+}
+
 impl State {
     pub(super) fn new(config: Config) -> Self {
+        let deadline = Arc::<Latch>::default();
         Self {
             places: Places::new(config.max_running),
-            lanes: Lanes::default(),
+            lanes: Lanes::new(config.lanes, deadline.clone()),
             blocking: Arc::new(Semaphore::new(config.max_blocking)),
             config,
             idle: Notify::new(),
@@ -124,7 +138,7 @@ impl State {
             holds: AtomicUsize::new(0),
             closed: AtomicBool::new(false),
             closing: Arc::default(),
-            deadline: Arc::default(),
+            deadline,
             counters: Counters::default(),
             cut_off: Mutex::new(Vec::new()),
         }
@@ -218,12 +232,47 @@ impl State {
         self.closed.load(Ordering::SeqCst)
     }
 
-    pub(super) fn places(&self) -> &Places {
-        &self.places
+    /// Starts `group` now if a running place is free and nobody waits for
+    /// one, else queues it behind those who do.
+    pub(super) fn start(&self, mut group: Accepted) {
+        if self.places.take_if_none_waits() {
+            group.admission.running = true;
+            if let Err(group) = self.lanes.send(group) {
+                tracing::error!(
+                    tasks = group.tasks.len(),
+                    "background group accepted outside a tokio runtime; cut off"
+                );
+                group.cut_off();
+            }
+            return;
+        }
+        self.places.queue(group);
+        self.start_waiting();
     }
 
-    pub(super) fn lanes(&self) -> &Lanes {
-        &self.lanes
+    /// A running group ended (or never will): its place goes to the first
+    /// waiting group, if there is one.
+    fn give_place_back(&self) {
+        self.places.give_back();
+        if self.places.any_waiting() && !lanes::dropping() {
+            self.start_waiting();
+        }
+    }
+
+    /// Starts waiting groups while places are free.
+    fn start_waiting(&self) {
+        while let Some(mut group) = self.places.next() {
+            group.admission.running = true;
+            // Sent outside the places' lock: a lane that cannot take it
+            // drops it, which gives its place back through here.
+            if let Err(mut group) = self.lanes.send(group) {
+                // No lane on this thread (a runtime going away): it waits
+                // for the next group to start or end, or for the deadline.
+                group.admission.running = false;
+                self.places.put_back(group);
+                return;
+            }
+        }
     }
 
     pub(super) fn blocking(&self) -> &Arc<Semaphore> {
@@ -241,6 +290,13 @@ impl State {
 
     pub(crate) fn counters(&self) -> &Counters {
         &self.counters
+    }
+
+    /// Counts tasks that will never start because the deadline passed, and
+    /// keeps their names for the shutdown report.
+    pub(super) fn cut_off_pending(&self, tasks: &BackgroundTasks) {
+        self.counters.cut_off_pending(tasks.len() as u64);
+        tasks.visit_names(&mut |name| self.record_cut_off(name));
     }
 
     pub(super) fn record_cut_off(&self, name: &str) {
