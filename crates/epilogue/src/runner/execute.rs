@@ -540,26 +540,3 @@ pub fn panic_message(payload: &(dyn Any + Send)) -> String {
         "a panic with a non-string payload".to_owned()
     }
 }
-
-#[cfg(test)]
-mod tests {
-    use std::sync::Arc;
-
-    use super::*;
-    use crate::runner::config::Config;
-
-    #[test]
-    fn a_groups_future_stays_small() {
-        let state = Arc::new(State::new(Config::default()));
-        let future = run_group(
-            Admission::over_limit(&state),
-            BackgroundTask::new(|| async {}, ()).into(),
-            Instant::now(),
-        );
-        let size = std::mem::size_of_val(&future);
-        println!("a group's future: {size} bytes");
-        // 224 with rustc 1.95: 752 when each group was a tokio task whose
-        // future also held its span, its list and a wait for a place.
-        assert!(size <= 224, "a group's future grew to {size} bytes");
-    }
-}

@@ -1,14 +1,13 @@
 //! Lanes: a few long-lived tokio tasks that poll every running group.
 //!
-//! Each group used to be a tokio task of its own. Under load that floods
-//! the scheduler: at 256 connections with 100 ms tasks, about 75 sleeping
-//! groups wake per millisecond, each scheduled on the worker's local run
-//! queue (256 slots), which overflows about 47 times a second and pushes
-//! connection tasks to the shared inject queue, served once every ~25
-//! polls: request p99 went from 6 to ~100 ms. In a lane, a
-//! group's wake-up marks it ready in the lane's own set
-//! (`FuturesUnordered`), and the lane itself is scheduled once for however
-//! many of its groups woke.
+//! Why not a tokio task per group: under load, sleeping groups wake by
+//! the thousands a second, each scheduled on its worker's local run queue
+//! (256 slots). The queue overflows, and connection tasks are pushed to the
+//! shared inject queue, which a worker looks at only every few dozen polls: the
+//! request path's tail latency pays for the background work
+//! (bench/README.md, "Background work in lanes"). In a lane, a group's
+//! wake-up marks it ready in the lane's own set (`FuturesUnordered`), and
+//! the lane itself is scheduled once for however many of its groups woke.
 //!
 //! A lane takes new groups from its inbox (a locked `Vec`; a sender wakes
 //! the lane only when the inbox was empty, so a burst of groups costs one
@@ -350,8 +349,8 @@ enum Turn {
 /// The waker a lane's groups get (through `FuturesUnordered`): during a
 /// turn, a group waking only marks that more work is ready, which the turn
 /// then yields for; between turns, it wakes the lane's task. One waker
-/// for the inbox and the groups: registering each with tokio's waker every
-/// turn cost 58 instructions per request (bench/profile.sh).
+/// for the inbox and the groups, registered once, not at every turn
+/// (bench/profile.sh measures the difference).
 impl<G: Send + 'static> Wake for Inbox<G> {
     fn wake(self: Arc<Self>) {
         self.wake_by_ref();
@@ -428,25 +427,6 @@ mod tests {
     use tokio::sync::watch;
 
     use crate::{BackgroundTask, Runner};
-
-    /// What a running group costs the runner: its node in a lane's set
-    /// (the group's future with its span, and `FuturesUnordered`'s links,
-    /// about 64 bytes more); a waiting group, its record in the queue.
-    #[test]
-    fn a_groups_own_memory_stays_under_512_bytes() {
-        use super::Group;
-        use crate::runner::state::Accepted;
-
-        fn node<F>(_: fn(Accepted) -> (tracing::Span, F)) -> usize {
-            std::mem::size_of::<super::Budgeted<F>>()
-        }
-        let running = node(Accepted::run);
-        let waiting = std::mem::size_of::<Accepted>();
-        println!("a running group: {running} bytes and its links; a waiting one: {waiting}");
-        // 264 and 104 with rustc 1.95.
-        assert!(running + 64 < 512, "{running}");
-        assert!(waiting <= 104, "{waiting}");
-    }
 
     fn alive_tasks() -> usize {
         Handle::current().metrics().num_alive_tasks()

@@ -2,9 +2,9 @@
 //! wait here, in the order they were accepted, as a compact record rather
 //! than as a future.
 //!
-//! A waiting group costs its record in one shared queue (about 100 bytes,
-//! no allocation of its own); as a future waiting on a semaphore, as it was
-//! before, it cost its whole future and a tokio task (about 1 KB).
+//! A waiting group costs its record in one shared queue, with no
+//! allocation of its own, rather than a whole future and a tokio task
+//! waiting on a semaphore (bench/memory.sh measures bytes per group).
 //!
 //! Generic over the waiting group: the runner's state owns the places and
 //! its groups hold the state, so the places need not name either. Which
