@@ -149,8 +149,7 @@ pub fn router(state: State) -> Router {
             post(create_user.layer(background(account_created_and_logged))),
         )
         // Handlers that return their tasks take `Admitted`, which refuses
-        // them with 503 before they run when the runner is full (the same
-        // as `.layer(admission())`, without a layer).
+        // them with 503 before they run when the runner is full.
         .route("/response/single", post(response_single))
         .route("/response/list", post(response_list))
         .route("/response/add-task", post(response_add_task))

@@ -85,17 +85,20 @@
 //!
 //! ```
 //! # async fn send_email_notification(to: Option<String>, message: &'static str) {}
-//! use axum::{handler::Handler, http::StatusCode, routing::post, Json, Router};
-//! use epilogue::{axum::admission, BackgroundTask};
+//! use axum::{http::StatusCode, routing::post, Json, Router};
+//! use epilogue::{axum::Admitted, BackgroundTask};
 //! use serde_json::{json, Value};
 //!
-//! async fn register(Json(email): Json<String>) -> (StatusCode, BackgroundTask, Json<Value>) {
+//! // `Admitted`: refused with 503 before it runs while the runner is full.
+//! async fn register(
+//!     _: Admitted,
+//!     Json(email): Json<String>,
+//! ) -> (StatusCode, BackgroundTask, Json<Value>) {
 //!     let task = BackgroundTask::new(send_email_notification, (Some(email), "Thank you for registering."));
 //!     (StatusCode::CREATED, task, Json(json!({ "message": "Email sent" })))
 //! }
 //!
-//! // Admitted: refused with 503 before `register` runs while the runner is full.
-//! let app: Router = Router::new().route("/register", post(register.layer(admission())));
+//! let app: Router = Router::new().route("/register", post(register));
 //! ```
 //!
 //! ## Response-level, a list
@@ -103,10 +106,10 @@
 //! ```
 //! # async fn send_email_notification(to: Option<String>, message: &'static str) {}
 //! # fn write_in_file(email: Option<String>) -> std::io::Result<()> { Ok(()) }
-//! use axum::{handler::Handler, routing::post, Json, Router};
-//! use epilogue::{axum::admission, BackgroundTask, BackgroundTasks};
+//! use axum::{routing::post, Json, Router};
+//! use epilogue::{axum::Admitted, BackgroundTask, BackgroundTasks};
 //!
-//! async fn register(Json(email): Json<String>) -> (BackgroundTasks, Json<&'static str>) {
+//! async fn register(_: Admitted, Json(email): Json<String>) -> (BackgroundTasks, Json<&'static str>) {
 //!     let tasks = BackgroundTasks::from([
 //!         BackgroundTask::new(send_email_notification, (Some(email.clone()), "Thank you for registering.")),
 //!         BackgroundTask::new(write_in_file, (Some(email),)),
@@ -114,8 +117,7 @@
 //!     (tasks, Json("Email sent"))
 //! }
 //!
-//! // Admitted: refused with 503 before `register` runs while the runner is full.
-//! let app: Router = Router::new().route("/register", post(register.layer(admission())));
+//! let app: Router = Router::new().route("/register", post(register));
 //! ```
 //!
 //! ## `add_task`
@@ -125,18 +127,17 @@
 //! ```
 //! # async fn send_email_notification(to: Option<String>, message: &'static str) {}
 //! # fn write_in_file(email: Option<String>) -> std::io::Result<()> { Ok(()) }
-//! use axum::{handler::Handler, routing::post, Json, Router};
-//! use epilogue::{axum::admission, BackgroundTasks};
+//! use axum::{routing::post, Json, Router};
+//! use epilogue::{axum::Admitted, BackgroundTasks};
 //!
-//! async fn register(Json(email): Json<String>) -> (BackgroundTasks, Json<&'static str>) {
+//! async fn register(_: Admitted, Json(email): Json<String>) -> (BackgroundTasks, Json<&'static str>) {
 //!     let mut tasks = BackgroundTasks::new();
 //!     tasks.add_task(send_email_notification, (Some(email.clone()), "Thank you for registering."));
 //!     tasks.add_task(write_in_file, (Some(email),));
 //!     (tasks, Json("Email sent"))
 //! }
 //!
-//! // Admitted: refused with 503 before `register` runs while the runner is full.
-//! let app: Router = Router::new().route("/register", post(register.layer(admission())));
+//! let app: Router = Router::new().route("/register", post(register));
 //! ```
 //!
 //! ## And the extractor, FastAPI style
@@ -155,20 +156,20 @@
 //!     Json("Email sent")
 //! }
 //!
-//! // Taking `RequestTasks` admits the request: no `admission()` needed.
+//! // Taking `RequestTasks` admits the request: no `Admitted` needed.
 //! let app: axum::Router = axum::Router::new().route("/register", axum::routing::post(register));
 //! ```
 //!
 //! ## Serving it, with a graceful shutdown
 //!
 //! ```no_run
-//! # async fn create_user() {}
+//! # async fn create_user(_: epilogue::axum::Admitted) {}
 //! use std::time::Duration;
-//! use axum::{handler::Handler, routing::post, Router};
-//! use epilogue::{axum::admission, Runner};
+//! use axum::{routing::post, Router};
+//! use epilogue::Runner;
 //!
 //! # #[tokio::main] async fn main() -> std::io::Result<()> {
-//! let app = Router::new().route("/register", post(create_user.layer(admission())));
+//! let app = Router::new().route("/register", post(create_user));
 //! let listener = tokio::net::TcpListener::bind("127.0.0.1:3000").await?;
 //! // Serves until Ctrl-C or SIGTERM, then finishes the responses in flight and
 //! // runs every accepted task, within 30 s in all.
@@ -210,11 +211,13 @@
 //! - A client that goes away once its handler has answered does not cancel
 //!   the tasks.
 //! - When the runner is full, requests to admitted routes (route-level
-//!   tasks, the extractor, [`admission()`](axum::admission)) are answered
-//!   `503` with `Retry-After` **before their handler runs**, so every request
-//!   that got its success response gets all of its tasks.
-//! - No task is dropped silently: tasks returned on a route that was not
-//!   admitted run and are counted ([`Stats::unadmitted`]); tasks whose
+//!   tasks, the extractor, [`Admitted`](axum::Admitted)) are answered `503`
+//!   with `Retry-After` **before their handler runs**, so every request
+//!   that got its success response gets all of its tasks. The bounds hold
+//!   on every route: a response with tasks on a route that did not admit
+//!   its request is admitted when it comes, and replaced by a `503` when
+//!   the runner is full ([`Stats::unadmitted`]).
+//! - No task is dropped silently: tasks whose
 //!   response reached no executing layer are logged as an error and counted
 //!   ([`http::tasks_without_layer`]); a [`BackgroundTasks`] dropped with tasks
 //!   in it logs a warning.

@@ -57,11 +57,13 @@ pub struct Stats {
     /// Requests (or [`Runner::spawn`](crate::Runner::spawn) calls) refused
     /// because the runner was full or shutting down. Counts groups, not tasks.
     pub refused: u64,
-    /// Groups accepted from requests that were never admitted: a handler
-    /// returned tasks on a route without
-    /// [`admission()`](crate::axum::admission) (or another admitting layer).
-    /// They run, but nothing refused their request when the runner was full,
-    /// so they may exceed `max_pending`. A warning is logged the first time.
+    /// Responses that carried tasks on a route that did not admit its
+    /// requests before the handler ran (no
+    /// [`Admitted`](crate::axum::Admitted) or `RequestTasks`). They are
+    /// admitted when the response comes, within the runner's bounds; when
+    /// it is full, the response is replaced by a `503` and its tasks
+    /// dropped (and counted in `refused`). A warning is logged the first
+    /// time.
     pub unadmitted: u64,
     /// Groups running now (each holds one of `max_running` permits).
     pub groups_running: u64,
@@ -353,15 +355,16 @@ impl Counters {
         self.abandoned.fetch_add(tasks, Relaxed);
     }
 
-    /// A group accepted from a request that was never admitted.
+    /// A response with tasks from a request that was not admitted before
+    /// its handler ran.
     pub(crate) fn unadmitted(&self) {
         if self.unadmitted.fetch_add(1, Relaxed) == 0 {
             tracing::warn!(
-                "background tasks returned on a route that was not admitted: they run, but \
-                 past the runner's limits, since nothing refused the request when the runner \
-                 was full; add `.layer(epilogue::axum::admission())` to every route whose \
-                 handler returns tasks (or a `RouteTasksLayer` around them). Counted in \
-                 Stats::unadmitted; logged once"
+                "background tasks returned on a route that does not admit its requests: when \
+                 the runner is full, such a response is replaced by a 503 after its handler \
+                 has run; take `epilogue::axum::Admitted` in the handler (or put \
+                 `RouteTasksLayer::admission()` on the route) to refuse before it runs. \
+                 Counted in Stats::unadmitted; logged once"
             );
         }
     }

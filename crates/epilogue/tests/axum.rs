@@ -13,8 +13,9 @@ use axum::{Json, Router};
 use common::{
     report, report_after, report_blocking, report_when_opened, AxumServer, Connection, Event, Probe,
 };
-use epilogue::axum::{admission, background};
+use epilogue::axum::background;
 use epilogue::http::RequestTasks;
+use epilogue::http::RouteTasksLayer;
 use epilogue::{BackgroundTask, BackgroundTasks, Runner};
 use tokio::sync::mpsc::UnboundedSender;
 use tokio::sync::Semaphore;
@@ -47,7 +48,7 @@ fn patterns(tx: &Tx) -> Router {
         .route(
             "/response/single",
             post(|State(tx): State<Tx>| async move { (task(&tx, "response"), "sent") })
-                .layer(admission()),
+                .layer(RouteTasksLayer::admission()),
         )
         .route(
             "/response/list",
@@ -57,7 +58,7 @@ fn patterns(tx: &Tx) -> Router {
                     "sent",
                 )
             })
-            .layer(admission()),
+            .layer(RouteTasksLayer::admission()),
         )
         .route(
             "/response/add-task",
@@ -67,7 +68,7 @@ fn patterns(tx: &Tx) -> Router {
                 tasks.add_task(report_blocking, (tx, "added 2", Duration::ZERO));
                 (tasks, "sent")
             })
-            .layer(admission()),
+            .layer(RouteTasksLayer::admission()),
         )
         .route(
             "/extractor",
@@ -183,7 +184,7 @@ async fn the_response_does_not_wait_for_a_slow_task_nor_does_the_next_request() 
                     )
                 },
             )
-            .layer(admission()),
+            .layer(RouteTasksLayer::admission()),
         )
         .with_state((probe.tx.clone(), gate.clone()));
     let server = AxumServer::start(app, Runner::new()).await;
@@ -210,7 +211,7 @@ async fn twenty_blocking_tasks_do_not_stall_the_service() {
                     "accepted",
                 )
             })
-            .layer(admission()),
+            .layer(RouteTasksLayer::admission()),
         )
         .route("/healthz", get(|| async { "ok" }))
         .with_state(probe.tx.clone());
@@ -252,7 +253,7 @@ async fn a_concurrent_group_runs_its_tasks_side_by_side() {
                 }
                 (tasks, "accepted")
             })
-            .layer(admission()),
+            .layer(RouteTasksLayer::admission()),
         )
         .with_state(probe.tx.clone());
     let server = AxumServer::start(app, Runner::new()).await;
@@ -284,7 +285,7 @@ async fn a_full_runner_refuses_before_the_handler_and_loses_no_accepted_task() {
                     )
                 }
             })
-            .layer(admission()),
+            .layer(RouteTasksLayer::admission()),
         )
         .route("/healthz", get(|| async { "ok" }))
         .with_state(probe.tx.clone());
@@ -437,7 +438,7 @@ async fn shutdown_finishes_accepted_tasks_and_refuses_new_work() {
                     "accepted",
                 )
             })
-            .layer(admission()),
+            .layer(RouteTasksLayer::admission()),
         )
         .with_state(probe.tx.clone());
     let runner = Runner::new();

@@ -11,8 +11,11 @@ use axum::handler::Handler;
 use axum::http::StatusCode;
 use axum::routing::{get, post};
 use axum::Router;
-use common::{report, serve_tower, AxumServer, Captured, Connection, Event, Probe, PATIENCE};
-use epilogue::axum::{admission, background};
+use common::{
+    report, report_when_opened, serve_tower, AxumServer, Captured, Connection, Event, Probe,
+    PATIENCE,
+};
+use epilogue::axum::{background, Admitted};
 use epilogue::http::{BackgroundLayer, RequestTasks};
 use epilogue::{BackgroundTask, Runner};
 use tokio::io::AsyncWriteExt;
@@ -21,6 +24,8 @@ use tower::{Layer, ServiceBuilder, ServiceExt};
 use tower_http::timeout::TimeoutLayer;
 
 type Tx = UnboundedSender<Event>;
+type Gate = std::sync::Arc<tokio::sync::Semaphore>;
+type Handled = std::sync::Arc<std::sync::atomic::AtomicU32>;
 
 fn task(tx: &Tx, name: &'static str) -> BackgroundTask {
     BackgroundTask::new(report, (tx.clone(), name)).name(name)
@@ -310,8 +315,7 @@ async fn tasks_returned_on_a_route_that_was_not_admitted_run_and_are_counted() {
         .route(
             "/admitted",
             post(
-                (|State(tx): State<Tx>| async move { (task(&tx, "admitted"), "sent") })
-                    .layer(admission()),
+                |_: Admitted, State(tx): State<Tx>| async move { (task(&tx, "admitted"), "sent") },
             ),
         )
         .with_state(probe.tx.clone());
@@ -322,6 +326,67 @@ async fn tasks_returned_on_a_route_that_was_not_admitted_run_and_are_counted() {
     assert_eq!(probe.names(2).await, ["forgot", "admitted"]);
     let stats = server.shutdown().await.stats;
     assert_eq!((stats.succeeded, stats.unadmitted), (2, 1), "{stats:?}");
+}
+
+/// The runner's bounds hold on a route that forgot admission: once its
+/// handler has answered with tasks and the runner is full, the answer is a
+/// `503`, and the tasks never run.
+#[tokio::test]
+async fn a_route_that_forgot_admission_cannot_run_past_the_limits() {
+    let mut probe = Probe::new();
+    let gate = common::gate();
+    let handled = std::sync::Arc::new(std::sync::atomic::AtomicU32::new(0));
+    let app = Router::new()
+        .route(
+            "/forgot",
+            post(
+                |State((tx, _, handled)): State<(Tx, Gate, Handled)>| async move {
+                    handled.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                    (task(&tx, "forgot"), "sent")
+                },
+            ),
+        )
+        .route(
+            "/slow",
+            post(
+                |State((tx, gate, _)): State<(Tx, Gate, Handled)>| async move {
+                    (
+                        BackgroundTask::new(report_when_opened, (tx, "slow", gate)),
+                        "sent",
+                    )
+                },
+            ),
+        )
+        .with_state((probe.tx.clone(), gate.clone(), handled.clone()));
+    let runner = Runner::builder().max_running(1).max_pending(0).build();
+    let server = AxumServer::start(app, runner.clone()).await;
+    let mut connection = Connection::open(server.addr).await;
+    // The one place, held until the gate opens.
+    assert_eq!(
+        connection.post_json("/slow", "").await.status,
+        StatusCode::OK
+    );
+    let refused = connection.post_json("/forgot", "").await;
+    assert_eq!(refused.status, StatusCode::SERVICE_UNAVAILABLE);
+    assert_eq!(refused.headers["retry-after"], "1");
+    assert!(
+        refused.text().contains(r#""reason":"full""#),
+        "{}",
+        refused.text()
+    );
+    // The handler ran (nothing refused it before), its tasks did not.
+    assert_eq!(handled.load(std::sync::atomic::Ordering::SeqCst), 1);
+    assert!(runner.stats().groups_admitted <= 1);
+
+    gate.add_permits(1);
+    assert_eq!(probe.names(1).await, ["slow"]);
+    let stats = server.shutdown().await.stats;
+    assert_eq!(
+        (stats.succeeded, stats.refused, stats.unadmitted),
+        (1, 1, 2),
+        "{stats:?}"
+    );
+    assert!(probe.is_empty(), "the refused response's task ran");
 }
 
 #[tokio::test]

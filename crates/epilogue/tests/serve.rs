@@ -15,7 +15,8 @@ use axum::routing::{get, post};
 use axum::Router;
 use bytes::Bytes;
 use common::{report, report_after, Connection, Event, Probe, PATIENCE};
-use epilogue::axum::{admission, serve};
+use epilogue::axum::serve;
+use epilogue::http::RouteTasksLayer;
 use epilogue::{BackgroundTask, Runner, ShutdownReport};
 use http_body_util::{BodyExt, Empty};
 use hyper_util::rt::{TokioExecutor, TokioIo};
@@ -76,7 +77,7 @@ fn app(tx: &Tx) -> Router {
                     "sent",
                 )
             })
-            .layer(admission()),
+            .layer(RouteTasksLayer::admission()),
         )
         // The client has long sent its request, and maybe gone, when the
         // answer is ready.
@@ -89,7 +90,7 @@ fn app(tx: &Tx) -> Router {
                     "sent",
                 )
             })
-            .layer(admission()),
+            .layer(RouteTasksLayer::admission()),
         )
         .route("/healthz", get(|| async { "ok" }))
         .with_state(tx.clone())
@@ -626,7 +627,7 @@ async fn a_custom_signal_drains_accepted_tasks_and_stops_accepting() {
                     "accepted",
                 )
             })
-            .layer(admission()),
+            .layer(RouteTasksLayer::admission()),
         )
         .with_state(probe.tx.clone());
     let (addr, fire, server) = start(app).await;

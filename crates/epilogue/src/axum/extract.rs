@@ -46,11 +46,12 @@ impl IntoResponse for BackgroundRejection {
     }
 }
 
-/// Admission as an extractor: take `_: Admitted` as a handler's first
-/// parameter, and the request is refused with `503` and `Retry-After` before
-/// the handler runs while the runner is full. The same as
-/// [`admission()`](super::admission), without a layer: axum boxes the future
-/// of a handler with a layer, so this is the cheaper of the two.
+/// Admission: take `_: Admitted` as a handler's first parameter, and the
+/// request is refused with `503` and `Retry-After` before the handler runs
+/// while the runner is full. Every handler that returns tasks should take
+/// it (see [the module docs](super)); for a tower service that is not an
+/// axum handler, put [`RouteTasksLayer::admission()`](crate::http::RouteTasksLayer::admission)
+/// on it instead.
 ///
 /// ```
 /// use axum::{routing::post, Json, Router};

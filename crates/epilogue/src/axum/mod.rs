@@ -6,7 +6,7 @@
 //! | `(BackgroundTask::new(..), Json(..))` returned from a handler | the response's own tasks, run whatever its status |
 //! | `tasks: RequestTasks` as a handler parameter, then `tasks.add_task(..)` | run after this handler's response if it is a success (FastAPI style) |
 //! | `post(handler.layer(background(..)))` | route-level tasks, a fresh copy per request, run after a success |
-//! | `post(handler.layer(admission()))` | `503` before the handler when the runner is full |
+//! | `_: Admitted` as a handler's first parameter | `503` before the handler when the runner is full |
 //! | `epilogue::axum::serve(listener, app, runner)` | serves `app` (HTTP/1 and HTTP/2) with the executing layer around it, and drains on Ctrl-C / SIGTERM |
 //!
 //! # Where each layer goes
@@ -16,18 +16,20 @@
 //!   `app.layer(BackgroundLayer::new(runner))` works too (for every method,
 //!   `HEAD` included). Any layer may sit between it and the routes, even one
 //!   that runs the service on another task: the request carries its scope.
-//! - Route layers ([`background`], [`admission`]) go on the handler
+//! - The route layer [`background`] goes on the handler
 //!   (`handler.layer(..)`, axum's `Handler::layer`), on the method router
 //!   (`post(handler).layer(..)`), or on a group of routes
-//!   (`Router::route_layer(admission())`). On the handler is cheapest: axum
-//!   boxes and clones a method router's layered service for every request.
-//! - Every route whose handler returns tasks should be admitted: with
-//!   [`admission`], a [`background`] layer, or the [`RequestTasks`](crate::http::RequestTasks)
-//!   extractor. A handler that returns tasks on a route that was not still
-//!   has them run (they are promised once it answered), but nothing refused
-//!   its request when the runner was full: such groups are counted in
-//!   [`Stats::unadmitted`](crate::Stats::unadmitted), and a warning is
-//!   logged the first time.
+//!   (`Router::route_layer(..)`). On the handler is cheapest: axum boxes and
+//!   clones a method router's layered service for every request.
+//! - **Admission**: a handler that returns tasks takes [`Admitted`] (the
+//!   one way to admit an axum handler; a [`background`] layer or the
+//!   [`RequestTasks`](crate::http::RequestTasks) extractor admit too), so
+//!   that a full runner refuses the request with `503` before the handler
+//!   runs. The bounds hold on a route that forgets: its response is
+//!   admitted when it comes, and when the runner is full it is replaced by
+//!   a `503` and its tasks dropped, after the handler has run. Such
+//!   responses are counted in [`Stats::unadmitted`](crate::Stats::unadmitted),
+//!   and a warning is logged the first time.
 //! - A `tower_http::timeout::TimeoutLayer` around the app or around one
 //!   route cancels a slow handler: it never answered, so none of its
 //!   extracted tasks run, and they are counted as
@@ -42,5 +44,5 @@ mod route;
 mod serve;
 
 pub use extract::{Admitted, BackgroundRejection};
-pub use route::{admission, background};
+pub use route::background;
 pub use serve::{serve, IncomingStream, Serve};

@@ -1,4 +1,4 @@
-//! Route-level layers: tasks for every request of a route, and admission.
+//! Route-level layers: tasks for every request of a route.
 
 use crate::http::RouteTasksLayer;
 use crate::tasks::BackgroundTasks;
@@ -33,27 +33,4 @@ use crate::tasks::BackgroundTasks;
 /// ```
 pub fn background(tasks: impl Into<BackgroundTasks>) -> RouteTasksLayer {
     RouteTasksLayer::new(tasks)
-}
-
-/// Admission only: `post(handler.layer(admission()))` refuses requests with
-/// `503` and `Retry-After` before the handler runs while the runner is full.
-///
-/// Put it on every route whose handler returns tasks in its response (or on
-/// a group of them, with `Router::route_layer`). Routes with [`background`]
-/// or the [`RequestTasks`](crate::http::RequestTasks) extractor are admitted already.
-///
-/// ```
-/// use axum::{handler::Handler, routing::post, Json, Router};
-/// use epilogue::{axum::admission, BackgroundTask};
-///
-/// async fn send_email(to: String) { /* ... */ }
-///
-/// async fn register(Json(email): Json<String>) -> (BackgroundTask, &'static str) {
-///     (BackgroundTask::new(send_email, (email,)), "Email sent")
-/// }
-///
-/// let app: Router = Router::new().route("/register", post(register.layer(admission())));
-/// ```
-pub fn admission() -> RouteTasksLayer {
-    RouteTasksLayer::admission()
 }

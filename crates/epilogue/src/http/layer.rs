@@ -12,6 +12,7 @@ use tower_service::Service;
 
 use super::body::BackgroundBody;
 use super::commit::{Commit, CommitFuture, CommitHook, PendingCommit};
+use super::error::ScopeError;
 use super::scope::{Attached, Scope};
 use crate::runner::Runner;
 
@@ -176,6 +177,12 @@ struct Pending {
 }
 
 impl Pending {
+    fn scope(&self) -> &Scope {
+        self.scope
+            .as_ref()
+            .expect("ResponseFuture polled after completion")
+    }
+
     fn take(&mut self) -> Scope {
         self.commit = None;
         self.scope
@@ -215,6 +222,13 @@ where
             // On an error there is no response to follow: `Pending` abandons
             // the scope, as for a handler that never answered.
             let mut response = ready!(this.inner.as_mut().poll(cx))?;
+            let returns_tasks = response
+                .extensions()
+                .get::<Attached>()
+                .is_some_and(|attached| !attached.0.is_empty());
+            if let Err(error) = this.scope.scope().admit_late(returns_tasks) {
+                return Poll::Ready(Ok(refused(this.scope, response, &error)));
+            }
             let status = response.status();
             let commit = this
                 .scope
@@ -240,6 +254,24 @@ fn finish<B>(pending: &mut Pending, mut response: Response<B>) -> Response<Backg
         .unwrap_or_default();
     let deferred = scope.finish(response.status(), returned);
     response.map(|body| BackgroundBody::new(body, deferred))
+}
+
+/// The request was not admitted before its handler, and the runner is full
+/// now that its response carries tasks: the client is told so, and none of
+/// the request's tasks run.
+fn refused<B>(
+    pending: &mut Pending,
+    mut response: Response<B>,
+    error: &ScopeError,
+) -> Response<BackgroundBody<B>> {
+    let scope = pending.take();
+    // Never accepted: the refusal is counted (`Stats::refused`), not the
+    // tasks.
+    if let Some(mut attached) = response.extensions_mut().remove::<Attached>() {
+        attached.0.take().discard();
+    }
+    scope.abandon();
+    super::refusal::refused_late(error)
 }
 
 /// The request's work could not be committed: the client is told so, and

@@ -122,16 +122,9 @@ pub fn detach(extensions: &mut http::Extensions) -> crate::BackgroundTasks {
 }
 
 /// Admits the request whose extensions these are: takes its room in the
-/// runner, once however many layers and extractors ask. For a framework
-/// without an extractor of its own; with axum, take
-/// [`Admitted`](crate::axum::Admitted) or layer
-/// [`admission()`](crate::axum::admission).
-///
-/// # Errors
-///
-/// [`ScopeError::MissingLayer`] without [`BackgroundLayer`] around the
-/// service; [`ScopeError::Refused`] when the runner is full or shutting down.
-pub fn admit(extensions: &http::Extensions) -> Result<(), ScopeError> {
+/// runner, once however many layers and extractors ask.
+#[cfg(feature = "axum")]
+pub(crate) fn admit(extensions: &http::Extensions) -> Result<(), ScopeError> {
     scope::Scope::admit_in(extensions).map(drop)
 }
 

@@ -61,6 +61,28 @@ pub(crate) fn store_unavailable<B>() -> Response<BackgroundBody<B>> {
     response
 }
 
+/// `503` in place of a response whose request was admitted only once it
+/// was there (see `Scope::admit_late`), and refused: `JsonRefusal`'s shape.
+pub(crate) fn refused_late<B>(error: &ScopeError) -> Response<BackgroundBody<B>> {
+    let body = match reason(error) {
+        "shutting_down" => {
+            r#"{"error":"the service is shutting down and takes no new background work","reason":"shutting_down"}"#
+        }
+        _ => r#"{"error":"background work is at capacity; retry later","reason":"full"}"#,
+    };
+    let mut response = Response::new(BackgroundBody::own(body));
+    *response.status_mut() = status(error);
+    let headers = response.headers_mut();
+    headers.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
+    if let Some(retry_after) = retry_after(error) {
+        headers.insert(header::RETRY_AFTER, retry_after);
+    }
+    response
+}
+
 /// Refusals as a gRPC client expects them: a trailers-only response, HTTP
 /// status 200, `content-type: application/grpc`, `grpc-status: 14`
 /// (`UNAVAILABLE`, which gRPC clients retry) or `13` (`INTERNAL`, for a

@@ -64,8 +64,9 @@ impl RouteTasksLayer {
     }
 
     /// Only admission: refuses requests with `503` before their handler runs
-    /// while the runner is full, and adds no task. For routes whose handlers
-    /// return tasks in their response.
+    /// while the runner is full, and adds no task. For tower services (tonic,
+    /// say) whose responses carry tasks; an axum handler takes
+    /// [`Admitted`](crate::axum::Admitted) instead.
     pub fn admission() -> Self {
         Self::new(BackgroundTasks::new())
     }

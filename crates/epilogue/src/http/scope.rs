@@ -92,6 +92,34 @@ impl Scope {
         Ok(())
     }
 
+    /// Admits the request now, if its response carries tasks and nothing
+    /// admitted it before its handler ran (a route without `Admitted`): the
+    /// runner's bounds hold on every route. Counted in
+    /// [`Stats::unadmitted`](crate::Stats::unadmitted).
+    ///
+    /// # Errors
+    ///
+    /// [`ScopeError::Refused`] when the runner is full or shutting down: the
+    /// caller answers `503` in place of the handler's response.
+    pub(crate) fn admit_late(&self, returns_tasks: bool) -> Result<(), ScopeError> {
+        let mut state = self.lock();
+        let carries_tasks = returns_tasks || !state.route.is_empty() || !state.extracted.is_empty();
+        if state.permit.is_some() || !carries_tasks {
+            return Ok(());
+        }
+        self.0.runner.count_unadmitted();
+        match self.0.runner.admit() {
+            Ok(permit) => {
+                state.permit = Some(permit);
+                Ok(())
+            }
+            Err(refused) => Err(ScopeError::Refused {
+                refused,
+                retry_after: self.0.runner.retry_after(),
+            }),
+        }
+    }
+
     /// Route-level tasks, added as the response passes the route layer on
     /// its way out: an outer layer's come first.
     pub(crate) fn add_route(&self, tasks: BackgroundTasks) {
@@ -141,12 +169,13 @@ impl Scope {
         if tasks.is_empty() {
             return None;
         }
-        Some(match permit {
-            Some(permit) => permit.defer_in(tasks, &span),
-            // Returned on a route that was not admitted: promised by now,
-            // so taken anyway, and counted.
-            None => self.0.runner.defer_unadmitted(tasks, &span),
-        })
+        // `admit_late` gave every response with tasks its permit.
+        let Some(permit) = permit else {
+            debug_assert!(false, "a response with tasks was not admitted");
+            self.0.runner.abandon(tasks);
+            return None;
+        };
+        Some(permit.defer_in(tasks, &span))
     }
 
     /// Called when no response will come (the response future was dropped,
@@ -355,6 +384,8 @@ mod tests {
         assert_eq!(runner.stats().abandoned, 1);
 
         let always = Scope::new(runner.clone());
+        // As `RequestTasks` does.
+        always.admit().unwrap();
         always.add_extracted(named("sent"));
         always.lock().always = true;
         assert!(always

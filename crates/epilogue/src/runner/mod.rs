@@ -72,7 +72,6 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::sync::Semaphore;
-use tracing::Span;
 
 use crate::stats::Stats;
 use crate::tasks::BackgroundTasks;
@@ -301,12 +300,10 @@ impl Runner {
         Permit::acquire(&self.state)
     }
 
-    /// Accepts `tasks` whatever the limits: for work promised already (a
-    /// handler returned it on a route that was not admitted), where refusing
-    /// would lose it. Counted in [`Stats::unadmitted`].
-    pub(crate) fn defer_unadmitted(&self, tasks: BackgroundTasks, parent: &Span) -> Deferred {
+    /// Counts a request that carries tasks but was not admitted before its
+    /// handler ran: see [`Stats::unadmitted`].
+    pub(crate) fn count_unadmitted(&self) {
         self.state.counters().unadmitted();
-        Permit::over_limit(&self.state).defer_in(tasks, parent)
     }
 
     /// Counts tasks that a handler added but that will never run, because

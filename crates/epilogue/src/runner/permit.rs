@@ -55,13 +55,6 @@ impl Permit {
         }
     }
 
-    /// Room taken past the limits, for work promised already.
-    pub(super) fn over_limit(state: &Arc<State>) -> Self {
-        Self {
-            admission: Admission::over_limit(state),
-        }
-    }
-
     /// Accepts `tasks` in this room, to be started by [`Deferred::start`] or
     /// when the [`Deferred`] is dropped, whichever comes first. The tasks
     /// count as accepted (and pending) from now on, and run in the current

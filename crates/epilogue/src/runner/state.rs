@@ -68,12 +68,6 @@ impl Admission {
         Some(Self::new(state))
     }
 
-    /// Room for one more group, whatever the limit.
-    pub(super) fn over_limit(state: &Arc<State>) -> Self {
-        state.admitted.fetch_add(1, Ordering::SeqCst);
-        Self::new(state)
-    }
-
     fn new(state: &Arc<State>) -> Self {
         Self {
             state: state.clone(),
