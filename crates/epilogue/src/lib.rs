@@ -230,6 +230,31 @@
 //! this crate's executing layer through [`http::Commit`], and runs its tasks
 //! on the same [`Runner`], so one shutdown drains both.
 //!
+//! # The public API, by use
+//!
+//! - **Tasks**: [`BackgroundTask`] (one function and its arguments, with a
+//!   name, retries, a timeout) and [`BackgroundTasks`] (a list, run in
+//!   order or concurrently). [`task::TaskFn`] and [`task::TaskOutput`] are
+//!   the bounds a task function meets; their compile errors say what to
+//!   fix.
+//! - **axum**: [`axum::serve`] and its [`Serve`](axum::Serve) settings,
+//!   [`Admitted`](axum::Admitted) (admission), [`axum::background`]
+//!   (route-level tasks), [`RequestTasks`](http::RequestTasks) (the
+//!   extractor), and tasks returned as response parts.
+//! - **Any tower service**: [`http::BackgroundLayer`] (the executing
+//!   layer, with its service, future and body types),
+//!   [`http::RouteTasksLayer`], the refusals ([`http::Refusal`],
+//!   [`http::JsonRefusal`], [`http::GrpcRefusal`], [`http::ScopeError`]),
+//!   and [`http::attach`] / [`attached`](http::attached) /
+//!   [`detach`](http::detach) for middleware that moves a response's tasks.
+//! - **Running and watching**: [`Runner`] (built with
+//!   [`Runner::builder`]: [`Limits`]), [`Refused`], [`ShutdownReport`],
+//!   [`Stats`] / [`TaskStats`] / [`LastError`], [`shutdown_signal`], and
+//!   the `metrics` module (feature `metrics`).
+//! - **For crates that build on the runner** (as `epilogue-durable` does):
+//!   [`http::Commit`] (work committed before the response leaves),
+//!   [`runner::Hold`] (a shutdown waits for it), [`runner::panic_message`].
+//!
 //! # How it fits together
 //!
 //! The core knows nothing of HTTP: [`BackgroundTask`] and
