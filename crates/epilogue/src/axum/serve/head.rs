@@ -1,8 +1,8 @@
 //! The HTTP/1 header-read timeout, kept outside hyper.
 //!
 //! hyper's own (`http1::Builder::header_read_timeout`) costs every
-//! keep-alive request about 1,150 instructions, even with a timer made
-//! cheap for it: hyper drops its sleep after each parsed head and asks the
+//! keep-alive request a new timer, even with a timer made cheap for it:
+//! hyper drops its sleep after each parsed head and asks the
 //! timer for a new boxed one, and it runs its dispatch loop once more after
 //! every head, reading the socket again, only to start that sleep.
 //!
@@ -14,14 +14,9 @@
 //! drops the connection, closing it as hyper does on its timeout, once the
 //! deadline passes while it is idle.
 //!
-//! Measured with `bench/profile.sh 1000` (the demo's instructions per
-//! request): 45,007 with hyper's timeout and hyper-util's `TokioTimer`;
-//! 44,417 with hyper's timeout and a per-connection timer that shares one
-//! tokio timer between requests; 43,720 with this; 43,265 with no timeout
-//! at all.
-//!
 //! So a client has the timeout from the moment the connection is accepted,
 //! or its previous response is done, to the moment its next head is in.
+//! (`bench/profile.sh` measures what this saves: bench/README.md.)
 
 use std::future::Future;
 use std::pin::Pin;
