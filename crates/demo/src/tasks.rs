@@ -339,15 +339,20 @@ impl AppendFile {
 
     /// Appends one record, whole or not at all, to the file at the path now.
     fn append(&mut self, line: &[u8]) -> io::Result<()> {
-        self.follow_path()?;
-        append_record(&mut self.file, line).map_err(|e| naming("cannot write to", &self.path, e))
+        let before = self.follow_path()?;
+        append_record(&mut self.file, before, line)
+            .map_err(|e| naming("cannot write to", &self.path, e))
     }
 
     /// Opens the path again when it no longer names the open file: renamed
-    /// away or deleted (logrotate), or replaced by another file.
-    fn follow_path(&mut self) -> io::Result<()> {
+    /// away or deleted (logrotate), or replaced by another file. Returns
+    /// the file's length, from the same look at the path: one `statx` per
+    /// record, not two (a durable task in a worker process is one record).
+    fn follow_path(&mut self) -> io::Result<u64> {
         match fs::metadata(&self.path) {
-            Ok(metadata) if (metadata.dev(), metadata.ino()) == self.id => return Ok(()),
+            Ok(metadata) if (metadata.dev(), metadata.ino()) == self.id => {
+                return Ok(metadata.len())
+            }
             Ok(_) => {}
             Err(e) if e.kind() == io::ErrorKind::NotFound => {}
             Err(e) => return Err(naming("cannot inspect", &self.path, e)),
@@ -357,7 +362,11 @@ impl AppendFile {
             path = %self.path.display(),
             "the file was moved or deleted; writing to a new one at its path"
         );
-        Ok(())
+        let metadata = self
+            .file
+            .metadata()
+            .map_err(|e| naming("cannot inspect", &self.path, e))?;
+        Ok(metadata.len())
     }
 }
 
@@ -369,8 +378,6 @@ fn naming(what: &str, path: &Path, error: io::Error) -> io::Error {
 /// Where records are appended: a [`File`] opened for appending, or a fake in
 /// the tests (a disk that fills up).
 trait Records {
-    /// The length, where the next record will start.
-    fn len(&self) -> io::Result<u64>;
     /// One `write(2)` at the end: how many bytes went.
     fn write_once(&mut self, bytes: &[u8]) -> io::Result<usize>;
     /// Cuts the records back to `len` bytes.
@@ -378,10 +385,6 @@ trait Records {
 }
 
 impl Records for File {
-    fn len(&self) -> io::Result<u64> {
-        Ok(self.metadata()?.len())
-    }
-
     fn write_once(&mut self, bytes: &[u8]) -> io::Result<usize> {
         self.write(bytes)
     }
@@ -393,10 +396,9 @@ impl Records for File {
 
 /// Appends `record` with a single write, so that records of concurrent
 /// writers never interleave; when the write fails or is short (a full disk),
-/// cuts the file back to its length before the write, so that no fragment
-/// stays for the next record to be glued to.
-fn append_record(records: &mut impl Records, record: &[u8]) -> io::Result<()> {
-    let before = records.len()?;
+/// cuts the file back to `before`, its length before the write, so that no
+/// fragment stays for the next record to be glued to.
+fn append_record(records: &mut impl Records, before: u64, record: &[u8]) -> io::Result<()> {
     let error = loop {
         match records.write_once(record) {
             Ok(n) if n == record.len() => return Ok(()),
@@ -444,11 +446,13 @@ mod tests {
         }
     }
 
-    impl Records for SmallDisk {
-        fn len(&self) -> io::Result<u64> {
-            Ok(self.bytes.len() as u64)
-        }
+    /// Appends as `AppendFile::append` does, the length taken just before.
+    fn append(disk: &mut SmallDisk, record: &[u8]) -> io::Result<()> {
+        let before = disk.bytes.len() as u64;
+        append_record(disk, before, record)
+    }
 
+    impl Records for SmallDisk {
         fn write_once(&mut self, bytes: &[u8]) -> io::Result<usize> {
             let n = bytes.len().min(self.room);
             self.bytes.extend_from_slice(&bytes[..n]);
@@ -472,9 +476,9 @@ mod tests {
         let first = b"{\"to\":\"a@example.com\"}\n";
         let second = b"{\"to\":\"b@example.com\",\"message\":\"longer\"}\n";
         let mut disk = SmallDisk::new(first.len() + 20, fails_after_partial);
-        append_record(&mut disk, first).expect("the first record fits");
+        append(&mut disk, first).expect("the first record fits");
 
-        let error = append_record(&mut disk, second).expect_err("the second does not fit");
+        let error = append(&mut disk, second).expect_err("the second does not fit");
         assert!(
             error.kind() == io::ErrorKind::WriteZero || error.raw_os_error() == Some(28),
             "{error}"
@@ -483,7 +487,7 @@ mod tests {
 
         // Room again: the next record lands whole, after the first.
         disk.room = 1000;
-        append_record(&mut disk, second).expect("room again");
+        append(&mut disk, second).expect("room again");
         assert_eq!(disk.bytes, [&first[..], &second[..]].concat());
     }
 
@@ -500,7 +504,7 @@ mod tests {
     #[test]
     fn a_full_disk_writes_nothing() {
         let mut disk = SmallDisk::new(0, false);
-        assert!(append_record(&mut disk, b"line\n").is_err());
+        assert!(append(&mut disk, b"line\n").is_err());
         assert!(disk.bytes.is_empty());
     }
 
