@@ -7,7 +7,8 @@
 #   bench/durable.sh --quick    smaller counts, one round, no idle minute: about 2 minutes
 #
 # Options: --quick, --no-valgrind (skip 1a and target 4), --no-postgres (skip
-# every PostgreSQL case), -h/--help. Environment: PYTHON (default python3),
+# every PostgreSQL case), --throughput-only (case 2 alone: target 3),
+# -h/--help. Environment: PYTHON (default python3),
 # and the counts (full / quick): VG_N (callgrind N, 1000 / 100), LAT_N
 # (latency requests, 2000 / 300), WRK_SECS and WRK_ROUNDS (wrk runs, 10 s x 3
 # / 3 s x 1), TASKS (tasks per throughput run, 4000 / 2000), ROUNDS
@@ -70,12 +71,13 @@ here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 source "$here/lib/listening.sh"
 root=$(cd "$here/.." && pwd)
 
-quick=0 valgrind_counts=1 postgres=1
+quick=0 valgrind_counts=1 postgres=1 throughput_only=0
 for arg in "$@"; do
   case "$arg" in
     --quick) quick=1 ;;
     --no-valgrind) valgrind_counts=0 ;;
     --no-postgres) postgres=0 ;;
+    --throughput-only) throughput_only=1 valgrind_counts=0 ;;
     -h | --help) sed -n '2,/^set -euo/p' "$0" | sed '$d; s/^# \{0,1\}//'; exit 0 ;;
     *) echo "durable.sh: unknown argument $arg (try --help)" >&2; exit 2 ;;
   esac
@@ -345,6 +347,7 @@ if ((valgrind_counts)); then
 fi
 
 # === 1b. Latency ===============================================================
+if ((!throughput_only)); then
 log "1b. latency: $lat_n sequential requests per route, no valgrind"
 for route in /response/single /durable/register; do
   dir=$(fresh "lat")
@@ -373,6 +376,8 @@ for round in $(seq "$wrk_rounds"); do
     stop "$name" "$PID"
   done
 done
+
+fi # !throughput_only
 
 # === 2. Throughput =============================================================
 # store_url KIND NAME: a new, empty store.
@@ -476,6 +481,7 @@ ceiling SQLite "$(store_url sqlite ceiling-sqlite)"
 if ((postgres)); then ceiling PostgreSQL "$(store_url postgres ceiling-pg)"; fi
 
 # === 3. Pickup =================================================================
+if ((!throughput_only)); then
 # commit_case LABEL STORE_URL in-process|worker
 commit_case() {
   local label=$1 store=$2 where=$3
@@ -530,6 +536,8 @@ if ((idle_s > 0)); then
   done
   for svc in "${idle_svcs[@]}"; do stop "${svc%%:*}" "${svc##*:}"; done
 fi
+
+fi # !throughput_only
 
 # === Table =====================================================================
 meta took "$(($(date +%s) - began)) s after the build; load average at end $(cut -d' ' -f1-3 /proc/loadavg)"

@@ -34,13 +34,24 @@ pub fn raise_open_files_limit() {
     }
 }
 
-/// Logs to stderr, at `info` unless `RUST_LOG` says otherwise (sqlx's
-/// notices of already-applied migrations at `warn`): stdout carries only
-/// the "listening on" line.
+/// The log filter unless `RUST_LOG` says otherwise: `info`, but sqlx's
+/// notices of already-applied migrations only at `warn`, and River's
+/// executor at `warn`: its per-attempt `river_job` span is at INFO, and the
+/// fmt layer formats an enabled span's fields when it is created and tracks
+/// it on every poll: about a tenth of a durable task's instructions in a
+/// worker process (callgrind, bench/durable.sh's throughput case). Its
+/// warnings and errors still show, without the job's span;
+/// `RUST_LOG=info,sqlx=warn` brings the span back. (The runner's and
+/// epilogue-durable's per-task spans are DEBUG for the same reason.)
+const DEFAULT_LOG_FILTER: &str = "info,sqlx=warn,riverqueue::client::executor=warn";
+
+/// Logs to stderr, at [`DEFAULT_LOG_FILTER`] unless `RUST_LOG` says
+/// otherwise: stdout carries only the "listening on" line.
 pub fn init_logging() {
     tracing_subscriber::fmt()
         .with_env_filter(
-            EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info,sqlx=warn")),
+            EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| EnvFilter::new(DEFAULT_LOG_FILTER)),
         )
         .with_writer(std::io::stderr)
         .with_ansi(std::io::stderr().is_terminal())
