@@ -106,8 +106,8 @@ impl Pool {
     /// each in a transaction of its own: processes that start together on
     /// a fresh store race, and the losers fail on what the winner created
     /// ("table river_migration already exists", a duplicate `pg_type`). A
-    /// later look finds those applied, so a failure is tried again a few
-    /// times, for about two seconds in all.
+    /// later look finds those applied, so a failure is tried again up to 12
+    /// times, for about 8 seconds in all.
     pub(crate) async fn migrate(&self) -> Result<(), DurableError> {
         // About 8 s in all: processes started together on a loaded machine
         // may each take a second or more to migrate.

@@ -183,7 +183,7 @@ impl StoreBuilder {
     /// How long one attempt may run (30 s by default) unless its kind sets
     /// [`DurableTask::TIMEOUT`]: past it, the attempt's future is dropped
     /// and the attempt fails. A process that dies mid-task has its tasks
-    /// taken over by another after the longest timeout and 8 s more.
+    /// taken over by another after the longest timeout and 10 s more.
     pub fn timeout(mut self, timeout: Duration) -> Self {
         self.timeout = timeout.max(Duration::from_millis(1));
         self

@@ -1,6 +1,6 @@
 //! Running a stored task: River fetches it, epilogue's [`Runner`] runs it.
 //!
-//! River's executor calls [`RunOnRunner::work`] for each attempt. Instead of
+//! River's executor calls `RunOnRunner`'s `Worker::work` for each attempt. Instead of
 //! running the task on River's own tokio task, it hands the attempt to the
 //! application's runner, so durable tasks share the runner's lanes, limits,
 //! per-name stats, metrics and shutdown with the in-memory ones, and waits

@@ -271,7 +271,8 @@
 //! - `axum` (default): the [`axum`] module, and `signal`.
 //! - `signal`: [`shutdown_signal`], Ctrl-C or SIGTERM.
 //! - `metrics`: counters, gauges and histograms through the `metrics` facade,
-//!   with nothing on the request path but two histograms; see the
+//!   with nothing on the request path but two histograms (and `serve`'s
+//!   timeout counter, when a timeout fires); see the
 //!   `metrics` module for the names.
 //! - `serde`: `Serialize` for [`Stats`] and [`ShutdownReport`].
 

@@ -6,8 +6,9 @@
 //! [`Runner::record_metrics`](crate::Runner::record_metrics) copies a
 //! snapshot of them into the facade, to be called before each scrape (or
 //! every few seconds by a task of your own). Only the two histograms are
-//! recorded as tasks run; their handles are registered when the runner is
-//! built, so install the recorder first.
+//! recorded as tasks run (their handles are registered when the runner is
+//! built, so install the recorder first), and `serve`'s timeout counter as
+//! timeouts happen.
 //!
 //! | name | type | labels | what |
 //! |---|---|---|---|
@@ -26,6 +27,7 @@
 //! | `epilogue_max_running`, `epilogue_max_pending`, `epilogue_max_blocking` | gauge | | the runner's limits |
 //! | `epilogue_task_wait_seconds` | histogram | | from acceptance to start |
 //! | `epilogue_task_run_seconds` | histogram | | from start to end, retries included |
+//! | `epilogue_http_timeouts_total` | counter | `part` (`head`, `body`) | connections closed by `serve`'s header read timeout, request bodies answered `408` by its body read timeout |
 //! | `epilogue_durable_tasks` | gauge | `state` (`queued`, `scheduled`, `running`, `retrying`, `succeeded`, `dead`, `cancelled`) | durable tasks in the store, by state (`epilogue-durable`'s `Store::record_metrics`) |
 //! | `epilogue_durable_store_up` | gauge | | 1 if the durable store answered the last `Store::record_metrics`, else 0 |
 //!

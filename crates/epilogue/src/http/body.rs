@@ -24,7 +24,9 @@ pin_project! {
     /// turns a `Content-Length` response into a chunked one.
     ///
     /// It may also be epilogue's own short JSON answer in place of the
-    /// service's (`503` when durable tasks could not be stored): hence
+    /// service's (`503` when durable tasks could not be stored or an
+    /// unadmitted response was refused, `408` when `serve`'s body read
+    /// timeout fired): hence
     /// `B::Data: From<&'static str>`, which `Bytes` is.
     pub struct BackgroundBody<B> {
         #[pin]

@@ -18,15 +18,17 @@
 //! # How a task travels
 //!
 //! 1. `BackgroundLayer` inserts the request's scope into its extensions.
-//! 2. Inside, a route layer or the extractor admits the request (takes a
-//!    `Permit`, room in the runner, or answers `503`) and adds tasks to
-//!    the scope; a handler may attach tasks to its response.
-//! 3. When the response reaches `BackgroundLayer`, what the request must
+//! 2. Inside, a route layer or an extractor admits the request (takes room
+//!    in the runner, or answers `503`) and adds tasks to the scope; a
+//!    handler may attach tasks to its response.
+//! 3. When the response reaches `BackgroundLayer` carrying tasks on a
+//!    request nothing admitted, it is admitted now; if the runner is full,
+//!    the client gets `503` in its place and none of its tasks run. Then
+//!    what the request must
 //!    commit first ([`Commit`], a durable store's tasks) is committed; if
 //!    that fails, the client gets `503` and none of the request's tasks run.
 //! 4. Then the scope closes: route tasks, the response's tasks and the
-//!    extracted tasks become one `Deferred`
-//!    group, carried by the body.
+//!    extracted tasks become one group, carried by the body.
 //! 5. When the body has been sent (or dropped), the group starts on the
 //!    runner. If the response never reached the layer, nothing starts, and
 //!    the tasks are counted.

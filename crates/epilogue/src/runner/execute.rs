@@ -88,7 +88,7 @@ fn run_steps(
         Either::Left(run_step(state, step, accepted_at))
     } else {
         // Boxed: the common group, one task, should not carry the space of
-        // a list's future (the test `a_groups_future_stays_small`).
+        // a list's future (bench/memory.sh reports bytes per group).
         Either::Right(Box::pin(run_many(state, steps, mode, accepted_at)) as BoxFlow<'_>)
     }
 }
@@ -240,8 +240,8 @@ impl<F: Future + Unpin> Future for InSpan<F> {
 /// (the shutdown deadline), it counts its task as cut off.
 ///
 /// Written out by hand because it pays: written as nested `async fn`s, the
-/// same steps made every group's future 1.4 KB; the test
-/// `a_groups_future_stays_small` below keeps the group's future in check.
+/// same steps made every group's future 1.4 KB (bench/memory.sh reports
+/// bytes per group).
 /// Thousands of groups wait at once under load, each in one allocation.
 ///
 /// Its output is the last attempt's outcome, `None` for a blocking task

@@ -191,8 +191,8 @@ impl<G: Group> Lanes<G> {
 
 impl<G> Lanes<G> {
     /// Lets the lanes end once their groups are done: the runner is closed.
-    /// Work that still comes (promised work, see `Runner::defer_unadmitted`)
-    /// starts new lanes.
+    /// Work that still comes (the groups of requests admitted before the
+    /// runner closed, started as their bodies are sent) starts new lanes.
     pub(super) fn retire(&self) {
         self.set.lock().unwrap_or_else(|e| e.into_inner()).take();
     }

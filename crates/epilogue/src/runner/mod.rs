@@ -14,9 +14,12 @@
 //!
 //! - **bounds**: at most `max_running` groups run at once and at most
 //!   `max_pending` more wait; past that, [`spawn`](Runner::spawn) refuses,
-//!   and the HTTP layers admit a request before its handler runs, turning a
-//!   refusal into `503 Service Unavailable`, so no work a handler already
-//!   did is ever dropped;
+//!   and the HTTP layers admit a request before its handler runs on routes
+//!   that admit (`Admitted`, `background(..)`, `RequestTasks`), turning a
+//!   refusal into `503 Service Unavailable`, so no work such a handler did
+//!   is dropped; a response with tasks on a route that does not admit is
+//!   admitted when it comes, and replaced by a `503` when the runner is
+//!   full;
 //! - **isolation**: a task that returns `Err`, panics or times out is counted
 //!   and logged with its name, and the next task of its group still runs;
 //! - **blocking tasks** (plain `fn`s) run on tokio's blocking pool, at most
@@ -32,7 +35,7 @@
 //! | | `tokio::spawn` | `TaskTracker` | `Runner` |
 //! |---|---|---|---|
 //! | waits for the work on shutdown | no | yes | yes, with a deadline and a report |
-//! | bounds the work | no | no | yes, refusing before the handler runs |
+//! | bounds the work | no | no | yes, refusing before the handler runs on admitted routes |
 //! | panics and errors | lost in a `JoinHandle` nobody awaits | same | counted, logged by task name |
 //! | blocking functions | stall a worker thread | same | run on the blocking pool, bounded |
 //!
@@ -174,9 +177,10 @@ impl Builder {
 
     /// How many accepted groups may wait for a running permit (default
     /// 16 384). Past it, new work is refused. A request counts from the
-    /// moment it is admitted, before its handler runs, so a refusal always
-    /// comes before the handler. 0 means no waiting: refuse as soon as every
-    /// running permit is taken.
+    /// moment it is admitted: before its handler runs on a route that
+    /// admits, so that a refusal comes before the handler; on one that does
+    /// not, when its response comes. 0 means no waiting: refuse as soon as
+    /// every running permit is taken.
     pub fn max_pending(mut self, n: usize) -> Self {
         self.config.max_pending = n;
         self
@@ -215,8 +219,9 @@ impl Builder {
 
     /// How many lanes poll the running groups: long-lived tokio tasks, each
     /// owning many groups, so that a group waking up marks it ready inside
-    /// its lane instead of scheduling a tokio task of its own (see the
-    /// README's Performance section for what that buys under load).
+    /// its lane instead of scheduling a tokio task of its own (see
+    /// bench/README.md, "Background work in lanes", for what that buys
+    /// under load).
     /// Default: one per worker thread of the runtime the first group
     /// starts on (`Handle::metrics().num_workers()`), so that background
     /// work can use every core; fewer lanes batch more wake-ups per lane

@@ -30,8 +30,8 @@ pub(crate) struct State {
     /// Permits for plain-`fn` tasks on the blocking pool.
     blocking: Arc<Semaphore>,
     /// Groups holding a permit: admitted, waiting or running. A shutdown
-    /// waits for it to reach 0 (a `TaskTracker` counted the same groups
-    /// again, with a token of 8 bytes in each).
+    /// waits for it to reach 0 (one counter, rather than a `TaskTracker`
+    /// that would count the same groups again with a token in each).
     admitted: AtomicUsize,
     /// [`Hold`](super::Hold)s: a shutdown waits for them too.
     holds: AtomicUsize,
