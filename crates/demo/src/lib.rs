@@ -45,7 +45,7 @@ pub fn raise_open_files_limit() {
 /// epilogue-durable's per-task spans are DEBUG for the same reason.)
 const DEFAULT_LOG_FILTER: &str = "info,sqlx=warn,riverqueue::client::executor=warn";
 
-/// Logs to stderr, at [`DEFAULT_LOG_FILTER`] unless `RUST_LOG` says
+/// Logs to stderr, at `DEFAULT_LOG_FILTER` unless `RUST_LOG` says
 /// otherwise: stdout carries only the "listening on" line.
 pub fn init_logging() {
     tracing_subscriber::fmt()
