@@ -453,9 +453,18 @@ async fn the_header_read_timeout_spares_busy_connections_and_restarts_after_each
     stop(fire, server).await;
 }
 
-/// An app that echoes the request body, and counts the bodies it got whole.
-fn echo(received: UnboundedSender<String>) -> Router {
-    Router::new()
+/// A server with `body_read_timeout`, whose `/echo` answers with the
+/// request's body and sends it on the returned receiver once it is whole.
+async fn echo_server(
+    body_read_timeout: Duration,
+) -> (
+    SocketAddr,
+    tokio::sync::mpsc::UnboundedReceiver<String>,
+    oneshot::Sender<()>,
+    JoinHandle<ShutdownReport>,
+) {
+    let (received, bodies) = tokio::sync::mpsc::unbounded_channel();
+    let app = Router::new()
         .route(
             "/echo",
             post(
@@ -465,21 +474,22 @@ fn echo(received: UnboundedSender<String>) -> Router {
                 },
             ),
         )
-        .with_state(received)
+        .with_state(received);
+    let (listener, addr) = bind().await;
+    let (fire, signal) = signal();
+    let server = tokio::spawn(
+        serve(listener, app, Runner::new())
+            .body_read_timeout(body_read_timeout)
+            .with_graceful_shutdown(signal)
+            .into_future(),
+    );
+    (addr, bodies, fire, server)
 }
 
 #[tokio::test]
 async fn a_stalled_request_body_is_answered_408_and_its_connection_closed() {
     const TIMEOUT: Duration = Duration::from_millis(300);
-    let (received, mut bodies) = tokio::sync::mpsc::unbounded_channel();
-    let (listener, addr) = bind().await;
-    let (fire, signal) = signal();
-    let server = tokio::spawn(
-        serve(listener, echo(received), Runner::new())
-            .body_read_timeout(TIMEOUT)
-            .with_graceful_shutdown(signal)
-            .into_future(),
-    );
+    let (addr, mut bodies, fire, server) = echo_server(TIMEOUT).await;
     let mut stream = TcpStream::connect(addr).await.unwrap();
     // A head, five bytes of a chunked body, then nothing.
     stream
@@ -501,15 +511,7 @@ async fn a_slow_body_that_keeps_sending_is_not_cut() {
     // Each chunk comes within the timeout of the last, the whole body after
     // more than twice the timeout.
     const TIMEOUT: Duration = Duration::from_secs(1);
-    let (received, mut bodies) = tokio::sync::mpsc::unbounded_channel();
-    let (listener, addr) = bind().await;
-    let (fire, signal) = signal();
-    let server = tokio::spawn(
-        serve(listener, echo(received), Runner::new())
-            .body_read_timeout(TIMEOUT)
-            .with_graceful_shutdown(signal)
-            .into_future(),
-    );
+    let (addr, mut bodies, fire, server) = echo_server(TIMEOUT).await;
     let mut stream = TcpStream::connect(addr).await.unwrap();
     stream
         .write_all(b"POST /echo HTTP/1.1\r\nHost: test\r\nContent-Length: 10\r\n\r\n")

@@ -31,18 +31,23 @@ impl<B: From<String>> Refusal<B> for JsonRefusal {
         // Our messages hold no quote, backslash or control character (a test
         // below checks each): they need no escaping.
         let body = format!(r#"{{"error":"{error}","reason":"{reason}"}}"#);
-        let mut response = Response::new(B::from(body));
-        *response.status_mut() = status(error);
-        let headers = response.headers_mut();
-        headers.insert(
-            header::CONTENT_TYPE,
-            HeaderValue::from_static("application/json"),
-        );
-        if let Some(retry_after) = retry_after(error) {
-            headers.insert(header::RETRY_AFTER, retry_after);
-        }
-        response
+        json_refusal(B::from(body), error)
     }
+}
+
+/// `body`, as the JSON answer to `error`: its status, and `Retry-After`.
+fn json_refusal<B>(body: B, error: &ScopeError) -> Response<B> {
+    let mut response = Response::new(body);
+    *response.status_mut() = status(error);
+    let headers = response.headers_mut();
+    headers.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
+    if let Some(retry_after) = retry_after(error) {
+        headers.insert(header::RETRY_AFTER, retry_after);
+    }
+    response
 }
 
 /// `503` when a request's durable tasks could not be stored: the store's
@@ -70,17 +75,7 @@ pub(crate) fn refused_late<B>(error: &ScopeError) -> Response<BackgroundBody<B>>
         }
         _ => r#"{"error":"background work is at capacity; retry later","reason":"full"}"#,
     };
-    let mut response = Response::new(BackgroundBody::own(body));
-    *response.status_mut() = status(error);
-    let headers = response.headers_mut();
-    headers.insert(
-        header::CONTENT_TYPE,
-        HeaderValue::from_static("application/json"),
-    );
-    if let Some(retry_after) = retry_after(error) {
-        headers.insert(header::RETRY_AFTER, retry_after);
-    }
-    response
+    json_refusal(BackgroundBody::own(body), error)
 }
 
 /// Refusals as a gRPC client expects them: a trailers-only response, HTTP
