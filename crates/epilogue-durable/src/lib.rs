@@ -97,6 +97,9 @@
 //!   shutdown. When the runner's shutdown starts, the store stops fetching;
 //!   tasks still running at its deadline go back to the queue without
 //!   using up an attempt.
+//! - River writes completions in batches, within about 10 ms of a task's
+//!   end: a process that dies just after a task ended may not have recorded
+//!   it, and that task runs again.
 //! - A process that dies mid-task: River's leader takes its tasks back
 //!   after their timeout and 10 s more. A process that is alive keeps its
 //!   tasks through a store outage, however long.
