@@ -149,7 +149,13 @@ impl Uploads {
             if size > MAX_UPLOAD_BYTES {
                 return Err(UploadError::TooLarge);
             }
-            file.write_all(&chunk).await.map_err(UploadError::Disk)?;
+            if let Err(error) = file.write_all(&chunk).await {
+                // Read the rest (it is bounded) before the 503: most HTTP/1
+                // clients read no answer before their whole body is sent,
+                // and the connection stays usable for the next request.
+                drain(&mut body, size).await;
+                return Err(UploadError::Disk(error));
+            }
         }
         file.flush().await.map_err(UploadError::Disk)?;
         file.sync_all().await.map_err(UploadError::Disk)?;
@@ -173,6 +179,17 @@ impl Uploads {
             if let Err(error) = std::fs::remove_file(&path) {
                 tracing::error!(%error, path = %path.display(), "cannot remove an upload");
             }
+        }
+    }
+}
+
+/// Reads and drops what is left of an upload, up to the upload limit in
+/// all (`read` bytes of it were read already).
+async fn drain(body: &mut Body, mut read: usize) {
+    while let Some(Ok(frame)) = body.frame().await {
+        read += frame.data_ref().map_or(0, |data| data.len());
+        if read > MAX_UPLOAD_BYTES {
+            return;
         }
     }
 }
