@@ -1,8 +1,13 @@
 #!/usr/bin/env bash
-# Where epilogue-demo spends its instructions per request, against the
-# bare axum + tokio::spawn comparator (bench/baseline), under callgrind.
+# Where epilogue-demo spends its instructions per request, against an
+# axum + tokio::spawn comparator, under callgrind.
 #
-#   bench/profile.sh [N]     N defaults to 1000; takes about a minute
+#   bench/profile.sh [N] [spawn|plain]
+#
+# N defaults to 1000 (about a minute). The comparator: `spawn` (default),
+# bench/baseline, which shares the demo's input and task code, so that the
+# difference is epilogue's; or `plain`, bench/plain, the route as a user
+# writes it with axum::serve and nothing of ours.
 #
 # Each server serves N, then (in a second run) 6N sequential keep-alive
 # requests of POST /response/single under `valgrind --tool=callgrind`, and is
@@ -16,12 +21,16 @@ here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 source "$here/lib/listening.sh"
 root=$(cd "$here/.." && pwd)
 n=${1:-1000}
+against=${2:-spawn}
+case "$against" in spawn | plain) ;; *) echo "profile.sh: the comparator is spawn or plain, not $against" >&2; exit 2 ;; esac
 python=${PYTHON:-python3}
 command -v valgrind >/dev/null || { echo "profile.sh: valgrind is required" >&2; exit 1; }
 cpus=$(nproc)
 server_cpu=0 client_cpu=$((cpus >= 2 ? 1 : 0))
 
 (cd "$root" && cargo build --release -p epilogue-demo -p bench-baseline) >&2
+# On its own: built with the demo, it would share the demo's feature set.
+(cd "$root" && cargo build --release -p bench-plain) >&2
 target_dir=$(target_directory "$root")
 out=$target_dir/bench/profile-$(date +%Y%m%d-%H%M%S)
 mkdir -p "$out"
@@ -35,6 +44,7 @@ profile() { # profile SERVER LABEL REQUESTS
     # that callgrind's slowness would count as work per request.
     demo) cmd=("$target_dir/release/epilogue-demo" --workers 0) ;;
     spawn) cmd=("$target_dir/release/bench-baseline" --task spawn) ;;
+    plain) cmd=("$target_dir/release/bench-plain") ;;
   esac
   rm -rf "$work/data" && mkdir -p "$work/data"
   # Collection starts once the server listens: start-up work whose length
@@ -60,10 +70,15 @@ profile() { # profile SERVER LABEL REQUESTS
   echo "  $server, $requests requests: $(grep -E 'Collected' "$out/$server.$label.stderr" | awk '{print $NF}') instructions" >&2
 }
 
-echo "callgrind: epilogue-demo and axum + tokio::spawn, $n and $((6 * n)) requests" >&2
-for server in demo spawn; do
+echo "callgrind: epilogue-demo and bench-$against, $n and $((6 * n)) requests" >&2
+for server in demo "$against"; do
   profile "$server" N "$n"
   profile "$server" 6N $((6 * n))
 done
+if [[ $against == plain ]]; then
+  # callgrind_diff.py reads the comparator's listings as spawn.*.
+  for f in "$out"/plain.*; do mv "$f" "$out/spawn.${f#"$out"/plain.}"; done
+  export CALLGRIND_LABELS="epilogue-demo|bench-plain"
+fi
 "$python" "$here/lib/callgrind_diff.py" "$n" "$out" 30 | tee "$out/diff.txt"
 echo "callgrind files and listings: $out" >&2

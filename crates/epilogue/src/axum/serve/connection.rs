@@ -1,20 +1,21 @@
-//! One task per connection: HTTP/1 or HTTP/2 as the client speaks, closed
-//! gracefully on shutdown and cut at the deadline.
+//! One task per connection, served by hyper-util's `auto` connection
+//! (HTTP/1 or HTTP/2, as the client speaks), closed gracefully on shutdown
+//! and cut at the deadline.
 
 use std::convert::Infallible;
 use std::future::Future;
-use std::io;
 use std::pin::{pin, Pin};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::task::{ready, Context, Poll};
 use std::time::{Duration, Instant};
 
 use axum::extract::Request;
 use hyper::body::Incoming;
-use hyper::server::conn::{http1, http2};
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::server::conn::auto;
 use pin_project_lite::pin_project;
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, ReadBuf};
+use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::sync::OwnedSemaphorePermit;
 use tokio_util::task::TaskTracker;
 use tower::util::Oneshot;
@@ -27,7 +28,6 @@ use crate::latch::Latch;
 
 use super::body::{request_timeout, Watched};
 use super::head::{HeadClock, HeadTimeout, MarkIdle};
-use std::sync::atomic::{AtomicBool, Ordering};
 
 type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
@@ -43,12 +43,14 @@ const CUT_MARGIN: Duration = Duration::from_millis(500);
 /// The open connections: each one a tracked task, told to finish its
 /// in-flight requests and close when the server shuts down, and dropped
 /// when the grace period is over.
+///
+/// hyper-util's `GracefulShutdown` does the first half, but cannot drop a
+/// connection at a deadline: one `select!` per connection does both.
 pub(super) struct Connections {
     tracker: TaskTracker,
     closing: Arc<Latch>,
     cut: Arc<Latch>,
-    http1: http1::Builder,
-    http2: Arc<http2::Builder<TokioExecutor>>,
+    builder: Arc<auto::Builder<TokioExecutor>>,
     layer: BackgroundLayer,
     header_read_timeout: Option<Duration>,
     body_read_timeout: Option<Duration>,
@@ -60,22 +62,19 @@ impl Connections {
         header_read_timeout: Option<Duration>,
         body_read_timeout: Option<Duration>,
     ) -> Self {
-        // Our sniff already knows the protocol, so each connection is
-        // served by hyper's HTTP/1 or HTTP/2 connection directly rather
-        // than by hyper-util's auto one, which sniffs again behind a
-        // second prefix wrapper and runs a state machine of its own around
-        // every poll.
-        let mut http1 = http1::Builder::new();
-        http1
+        let mut builder = auto::Builder::new(TokioExecutor::new());
+        builder
+            .http1()
+            .timer(TokioTimer::new())
             // A client that sends its request and then shuts its side down
             // (or closes at once) still has it handled and answered.
             .half_close(true)
             .keep_alive(true)
             // Ours instead, cheaper: see `head.rs`. (Said explicitly: with
-            // no timer, hyper's default would warn on every connection.)
+            // a timer, hyper's default is 30 s.)
             .header_read_timeout(None::<Duration>);
-        let mut http2 = http2::Builder::new(TokioExecutor::new());
-        http2
+        builder
+            .http2()
             .timer(TokioTimer::new())
             // WebSockets over HTTP/2 (RFC 8441), as axum::serve allows.
             .enable_connect_protocol()
@@ -85,8 +84,7 @@ impl Connections {
             tracker: TaskTracker::new(),
             closing: Arc::default(),
             cut: Arc::default(),
-            http1,
-            http2: Arc::new(http2),
+            builder: Arc::new(builder),
             layer,
             header_read_timeout,
             body_read_timeout,
@@ -107,60 +105,51 @@ impl Connections {
         B::Data: Send + From<&'static str>,
         B::Error: Into<BoxError>,
     {
-        let service = self.layer.layer(service);
+        // From the moment the connection is accepted: the wait for the
+        // bytes that tell HTTP/1 from HTTP/2 is covered too.
+        let (clock, head) = match self.header_read_timeout {
+            Some(timeout) => {
+                let clock = Arc::new(HeadClock::default());
+                let head = HeadTimeout::new(clock.clone(), tokio::time::Instant::now(), timeout);
+                (Some(clock), Some(head))
+            }
+            None => (None, None),
+        };
+        let service = Hyper {
+            service: self.layer.layer(service),
+            clock,
+            body_read_timeout: self.body_read_timeout,
+        };
         let closing = self.closing.clone();
         let cut = self.cut.clone();
-        let http1 = self.http1.clone();
-        let http2 = self.http2.clone();
-        let header_read_timeout = self.header_read_timeout;
-        let body = self.body_read_timeout;
+        let builder = self.builder.clone();
         self.tracker.spawn(async move {
             let _permit = permit;
-            let accepted = tokio::time::Instant::now();
-            // The header-read timeout covers the wait for the first bytes,
-            // which say which protocol the client speaks, and over HTTP/1
-            // runs on from `accepted` to the first head.
-            let sniffed = tokio::select! {
+            let connection = builder.serve_connection_with_upgrades(TokioIo::new(io), service);
+            let mut connection = pin!(connection);
+            let mut head = pin!(async move {
+                match head {
+                    Some(head) => head.await,
+                    None => std::future::pending().await,
+                }
+            });
+            let served = tokio::select! {
                 biased;
-                () = closing.wait() => return,
-                sniffed = within(header_read_timeout, sniff(io)) => sniffed,
-            };
-            let io = match sniffed {
-                Some(Ok(Some(io))) => io,
-                Some(Ok(None)) => return,
-                Some(Err(error)) => {
-                    tracing::trace!("connection closed with an error: {error}");
-                    return;
+                served = connection.as_mut() => served,
+                () = closing.wait() => {
+                    connection.as_mut().graceful_shutdown();
+                    tokio::select! {
+                        biased;
+                        served = connection.as_mut() => served,
+                        () = cut.wait() => Ok(()),
+                        () = head => return head_timed_out(),
+                    }
                 }
-                None => {
-                    head_timed_out();
-                    return;
-                }
+                // After the connection, each time: see `HeadTimeout`.
+                () = head.as_mut() => return head_timed_out(),
             };
-            let h2 = io.is_h2();
-            let io = TokioIo::new(io);
-            let served = if h2 {
-                // An open HTTP/2 connection is pinged instead.
-                let service = Hyper::new(service, None, body);
-                let connection = http2.serve_connection(io, service);
-                drive(connection, std::future::pending(), &closing, &cut).await
-            } else if let Some(timeout) = header_read_timeout {
-                let clock = Arc::new(HeadClock::default());
-                let head = HeadTimeout::new(clock.clone(), accepted, timeout);
-                let service = Hyper::new(service, Some(clock), body);
-                let connection = http1.serve_connection(io, service).with_upgrades();
-                drive(connection, head, &closing, &cut).await
-            } else {
-                let service = Hyper::new(service, None, body);
-                let connection = http1.serve_connection(io, service).with_upgrades();
-                drive(connection, std::future::pending(), &closing, &cut).await
-            };
-            match served {
-                Served::Ended(Ok(())) | Served::Cut => {}
-                Served::Ended(Err(error)) => {
-                    tracing::trace!("connection closed with an error: {error}");
-                }
-                Served::HeadTimedOut => head_timed_out(),
+            if let Err(error) = served {
+                tracing::trace!("connection closed with an error: {error}");
             }
         });
     }
@@ -210,86 +199,6 @@ impl Drop for Connections {
     }
 }
 
-/// How [`drive`] ended.
-enum Served {
-    /// The connection ended, closed by either side or failed.
-    Ended(hyper::Result<()>),
-    /// Dropped at the end of the grace period.
-    Cut,
-    /// Dropped: no request head within the header read timeout.
-    HeadTimedOut,
-}
-
-/// Serves `connection` until it ends, or `head` (the header read timeout)
-/// completes; once `closing` is set, asks it to close after its in-flight
-/// requests, and drops it (closing the socket) if `cut` is set before it
-/// has.
-async fn drive<C: Connection>(
-    connection: C,
-    head: impl Future<Output = ()>,
-    closing: &Latch,
-    cut: &Latch,
-) -> Served {
-    let mut connection = pin!(connection);
-    let mut head = pin!(head);
-    // `head` after the connection, each time: see `HeadTimeout`.
-    tokio::select! {
-        biased;
-        served = connection.as_mut() => Served::Ended(served),
-        () = closing.wait() => {
-            connection.as_mut().graceful_shutdown();
-            tokio::select! {
-                biased;
-                served = connection.as_mut() => Served::Ended(served),
-                () = cut.wait() => Served::Cut,
-                () = head => Served::HeadTimedOut,
-            }
-        }
-        () = head.as_mut() => Served::HeadTimedOut,
-    }
-}
-
-/// A hyper server connection, HTTP/1 or HTTP/2: each has its own
-/// `graceful_shutdown`.
-trait Connection: Future<Output = hyper::Result<()>> {
-    fn graceful_shutdown(self: Pin<&mut Self>);
-}
-
-impl<I, S, B> Connection for http1::UpgradeableConnection<I, S>
-where
-    S: hyper::service::HttpService<Incoming, ResBody = B>,
-    S::Error: Into<BoxError>,
-    I: hyper::rt::Read + hyper::rt::Write + Unpin + Send + 'static,
-    B: http_body::Body + 'static,
-    B::Error: Into<BoxError>,
-{
-    fn graceful_shutdown(self: Pin<&mut Self>) {
-        http1::UpgradeableConnection::graceful_shutdown(self);
-    }
-}
-
-impl<I, S, B> Connection for http2::Connection<I, S, TokioExecutor>
-where
-    S: hyper::service::HttpService<Incoming, ResBody = B>,
-    S::Error: Into<BoxError>,
-    I: hyper::rt::Read + hyper::rt::Write + Unpin,
-    B: http_body::Body + 'static,
-    B::Error: Into<BoxError>,
-    TokioExecutor: hyper::rt::bounds::Http2ServerConnExec<S::Future, B>,
-{
-    fn graceful_shutdown(self: Pin<&mut Self>) {
-        http2::Connection::graceful_shutdown(self);
-    }
-}
-
-/// `future`'s output, or `None` if `limit` passes first.
-async fn within<F: std::future::Future>(limit: Option<Duration>, future: F) -> Option<F::Output> {
-    match limit {
-        Some(limit) => tokio::time::timeout(limit, future).await.ok(),
-        None => Some(future.await),
-    }
-}
-
 /// Counts and logs a connection closed by the header read timeout.
 fn head_timed_out() {
     tracing::debug!("no request head within the header read timeout");
@@ -300,27 +209,13 @@ fn head_timed_out() {
 /// The app as a hyper service, behind the executing layer: it takes
 /// hyper's request body as axum's `Body`, as `axum::serve` does (axum would
 /// box it anyway), and leaves the response body as the app made it. With a
-/// clock (HTTP/1 with a header read timeout), it tells the clock when a
-/// request head is in and when its response is done. With a body read
+/// clock (a header read timeout), it tells the clock when a request head is
+/// in and, over HTTP/1, when its response is done. With a body read
 /// timeout, a request body that stalls gets `408`.
 struct Hyper<S> {
     service: Background<S>,
     clock: Option<Arc<HeadClock>>,
     body_read_timeout: Option<Duration>,
-}
-
-impl<S> Hyper<S> {
-    fn new(
-        service: Background<S>,
-        clock: Option<Arc<HeadClock>>,
-        body_read_timeout: Option<Duration>,
-    ) -> Self {
-        Self {
-            service,
-            clock,
-            body_read_timeout,
-        }
-    }
 }
 
 impl<S, B> hyper::service::Service<http::Request<Incoming>> for Hyper<S>
@@ -329,13 +224,14 @@ where
 {
     type Response = http::Response<MarkIdle<BackgroundBody<B>>>;
     type Error = Infallible;
-    type Future = MarkingIdle<Oneshot<Background<S>, Request>>;
+    type Future = TimingOut<Oneshot<Background<S>, Request>>;
 
     fn call(&self, request: http::Request<Incoming>) -> Self::Future {
+        let http1 = request.version() < http::Version::HTTP_2;
         if let Some(clock) = &self.clock {
+            // Over HTTP/2, busy for good: the connection is pinged instead.
             clock.busy();
         }
-        let http1 = request.version() < http::Version::HTTP_2;
         let (request, body_timeout) = match self.body_read_timeout {
             // A request without a body (most GETs) pays for nothing.
             Some(timeout) if !http_body::Body::is_end_stream(request.body()) => {
@@ -346,9 +242,9 @@ where
             }
             _ => (request.map(axum::body::Body::new), None),
         };
-        MarkingIdle {
+        TimingOut {
             inner: self.service.clone().oneshot(request),
-            clock: self.clock.clone(),
+            clock: if http1 { self.clock.clone() } else { None },
             body_timeout,
             http1,
         }
@@ -362,9 +258,10 @@ struct BodyTimeout {
 }
 
 pin_project! {
-    /// A response future whose response body marks the connection idle, and
-    /// whose response becomes `408` if the request body timed out.
-    struct MarkingIdle<F> {
+    /// A response future whose response body marks an HTTP/1 connection
+    /// idle, and whose response becomes `408` if the request body timed
+    /// out.
+    struct TimingOut<F> {
         #[pin]
         inner: F,
         clock: Option<Arc<HeadClock>>,
@@ -373,7 +270,7 @@ pin_project! {
     }
 }
 
-impl<F, B> Future for MarkingIdle<F>
+impl<F, B> Future for TimingOut<F>
 where
     F: Future<Output = Result<http::Response<BackgroundBody<B>>, Infallible>>,
 {
@@ -391,136 +288,5 @@ where
         }
         let clock = this.clock.take();
         Poll::Ready(Ok(response.map(|body| MarkIdle::new(body, clock))))
-    }
-}
-
-/// What an HTTP/2 client sends first (RFC 9113, 3.4).
-const H2_PREFACE: &[u8; 24] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
-
-/// Reads until the protocol is known: the HTTP/2 preface in full, or a
-/// byte that differs from it (HTTP/1), or the end of the stream. Returns
-/// the stream with what was read put back, or `None` if the client sent
-/// nothing at all.
-async fn sniff<I: AsyncRead + Unpin>(mut io: I) -> io::Result<Option<Prefixed<I>>> {
-    let mut prefix = [0; H2_PREFACE.len()];
-    let mut filled = 0;
-    while filled < prefix.len() {
-        let read = io.read(&mut prefix[filled..]).await?;
-        if read == 0 {
-            break;
-        }
-        filled += read;
-        if prefix[..filled] != H2_PREFACE[..filled] {
-            break;
-        }
-    }
-    Ok((filled > 0).then_some(Prefixed {
-        prefix,
-        start: 0,
-        end: filled,
-        inner: io,
-    }))
-}
-
-/// A stream whose first bytes, read already, are read again.
-struct Prefixed<I> {
-    prefix: [u8; H2_PREFACE.len()],
-    start: usize,
-    end: usize,
-    inner: I,
-}
-
-impl<I> Prefixed<I> {
-    /// Whether the client began with the HTTP/2 preface (prior knowledge).
-    fn is_h2(&self) -> bool {
-        self.prefix[..self.end] == H2_PREFACE[..]
-    }
-}
-
-impl<I: AsyncRead + Unpin> AsyncRead for Prefixed<I> {
-    fn poll_read(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &mut ReadBuf<'_>,
-    ) -> Poll<io::Result<()>> {
-        let this = self.get_mut();
-        if this.start < this.end {
-            this.read_prefix(buf);
-            return Poll::Ready(Ok(()));
-        }
-        Pin::new(&mut this.inner).poll_read(cx, buf)
-    }
-}
-
-impl<I> Prefixed<I> {
-    /// Out of line: only a connection's first read or two take it, and
-    /// every later read passes straight through (inline, it cost each read
-    /// about 14 instructions in `bench/profile.sh`).
-    #[cold]
-    #[inline(never)]
-    fn read_prefix(&mut self, buf: &mut ReadBuf<'_>) {
-        let n = (self.end - self.start).min(buf.remaining());
-        buf.put_slice(&self.prefix[self.start..self.start + n]);
-        self.start += n;
-    }
-}
-
-impl<I: AsyncWrite + Unpin> AsyncWrite for Prefixed<I> {
-    fn poll_write(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &[u8],
-    ) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.get_mut().inner).poll_write(cx, buf)
-    }
-
-    fn poll_write_vectored(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        bufs: &[io::IoSlice<'_>],
-    ) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.get_mut().inner).poll_write_vectored(cx, bufs)
-    }
-
-    fn is_write_vectored(&self) -> bool {
-        self.inner.is_write_vectored()
-    }
-
-    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.get_mut().inner).poll_flush(cx)
-    }
-
-    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.get_mut().inner).poll_shutdown(cx)
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use tokio::io::AsyncWriteExt;
-
-    use super::*;
-
-    #[tokio::test]
-    async fn sniffing_gives_back_every_byte_read() {
-        for sent in [
-            &b"GET / HTTP/1.1\r\nHost: x\r\n\r\n"[..],
-            &H2_PREFACE[..],
-            b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n\0\0\x12",
-            b"PRI",
-            b"G",
-        ] {
-            let (mut client, server) = tokio::io::duplex(64);
-            client.write_all(sent).await.unwrap();
-            client.shutdown().await.unwrap();
-            let mut io = sniff(server).await.unwrap().expect("bytes were sent");
-            assert_eq!(io.is_h2(), sent.starts_with(H2_PREFACE), "{sent:?}");
-            let mut received = Vec::new();
-            io.read_to_end(&mut received).await.unwrap();
-            assert_eq!(received, sent);
-        }
-        let (client, server) = tokio::io::duplex(64);
-        drop(client);
-        assert!(sniff(server).await.unwrap().is_none());
     }
 }

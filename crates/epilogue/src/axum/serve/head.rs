@@ -1,22 +1,25 @@
-//! The HTTP/1 header-read timeout, kept outside hyper.
+//! The header read timeout, kept outside hyper: hyper's own costs 1,800
+//! instructions a request more (3.7 % of the demo's `POST
+//! /response/single`, `bench/profile.sh`; see bench/README.md).
 //!
-//! hyper's own (`http1::Builder::header_read_timeout`) costs every
-//! keep-alive request a new timer, even with a timer made cheap for it:
-//! hyper drops its sleep after each parsed head and asks the
-//! timer for a new boxed one, and it runs its dispatch loop once more after
-//! every head, reading the socket again, only to start that sleep.
+//! hyper's (`http1::Builder::header_read_timeout`) gives every keep-alive
+//! request a new boxed tokio timer, registered and dropped again, and runs
+//! its dispatch loop once more after every head, reading the socket again,
+//! only to start that timer. hyper-util's `auto` connection adds no timeout
+//! of its own to the wait for the bytes that tell HTTP/1 from HTTP/2.
 //!
 //! Here the connection's service marks the connection busy when it is
-//! called (the request's head is in), and the response body marks it idle
-//! again when hyper drops it (sent, or abandoned). The connection task
-//! waits on one tokio timer, moved only when it fires before the latest
-//! deadline (about once per timeout period, not once per request), and
-//! drops the connection, closing it as hyper does on its timeout, once the
-//! deadline passes while it is idle.
+//! called (a request's head is in), and, over HTTP/1, the response body
+//! marks it idle again when hyper drops it (sent, or abandoned). The
+//! connection task waits on one tokio timer, moved only when it fires
+//! before the latest deadline (about once per timeout period, not once per
+//! request), and drops the connection, closing it as hyper does on its
+//! timeout, once the deadline passes while it is idle.
 //!
 //! So a client has the timeout from the moment the connection is accepted,
 //! or its previous response is done, to the moment its next head is in.
-//! (`bench/profile.sh` measures what this saves: bench/README.md.)
+//! An HTTP/2 connection is busy from its first request on: it is pinged
+//! instead.
 
 use std::future::Future;
 use std::pin::Pin;

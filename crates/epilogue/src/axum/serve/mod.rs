@@ -2,10 +2,12 @@
 //! of the background work on shutdown, and the protections of a production
 //! server.
 //!
-//! It is written on hyper rather than on `axum::serve`, which wants axum's
-//! own body type: wrapping ours into it would box every response body a
-//! second time, and every frame would pay for it (about 2 % of the
-//! instructions of a whole request, measured with `bench/profile.sh`).
+//! It is written on hyper-util's `auto` connection, as `axum::serve` is,
+//! rather than on `axum::serve` itself, which configures none of the
+//! protections (timeouts, half-close, a connection cap, a deadline for the
+//! drain), and wants axum's own body type: wrapping ours into it would box
+//! every response body a second time (about 2 % of a request's
+//! instructions, `bench/profile.sh`).
 
 mod body;
 mod connection;
@@ -241,8 +243,8 @@ impl<L, M, S> Serve<L, M, S> {
     /// HTTP/1 this is also the keep-alive idle timeout. `None` (or
     /// `Duration::MAX`) turns it off. 30 s by default.
     ///
-    /// Over HTTP/2 it bounds the wait for the connection preface; an open
-    /// HTTP/2 connection is pinged instead, and closed if its peer stops
+    /// Over HTTP/2 it bounds the wait for the first request; from then on
+    /// an HTTP/2 connection is pinged instead, and closed if its peer stops
     /// answering.
     pub fn header_read_timeout(mut self, timeout: impl Into<Option<Duration>>) -> Self {
         self.header_read_timeout = timeout.into().filter(|timeout| *timeout < FOREVER);
