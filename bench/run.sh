@@ -12,7 +12,7 @@
 # default 10, of the server's CPU is run again, up to BUSY_RETRIES times,
 # default 2, keeping the least disturbed attempt).
 #
-# What it does: builds epilogue-demo and bench-baseline in release, installs
+# What it does: builds epilogue-demo, bench-baseline and bench-plain in release, installs
 # wrk (apt-get) and the Python peers (pip, bench/requirements.txt, into
 # bench/.venv) if missing, pins every server to CPU 0 and every client to
 # CPU 1, warms up, measures each case several times with the servers
@@ -125,12 +125,15 @@ clk_tck=$(getconf CLK_TCK)
 # The commit measured: read before the build, which takes the work tree as it is.
 commit=$(cd "$root" && git rev-parse --short HEAD 2>/dev/null || echo unknown)
 dirty=$(cd "$root" && git --no-optional-locks status --porcelain 2>/dev/null | grep -vc '^??' || true)
-log "building epilogue-demo and bench-baseline (release)"
+log "building epilogue-demo, bench-baseline and bench-plain (release)"
 (cd "$root" && cargo build --release -p epilogue-demo -p bench-baseline) >&2
+# On its own: built with the demo, it would share the demo's feature set.
+(cd "$root" && cargo build --release -p bench-plain) >&2
 target_dir=$(cd "$root" && cargo metadata --format-version 1 --no-deps |
   "$python" -c 'import json, sys; print(json.load(sys.stdin)["target_directory"])')
 demo_bin=$target_dir/release/epilogue-demo
 baseline_bin=$target_dir/release/bench-baseline
+plain_bin=$target_dir/release/bench-plain
 results_dir=$target_dir/bench/$(date +%Y%m%d-%H%M%S)-$mode
 mkdir -p "$results_dir"
 results=$results_dir/results.tsv
@@ -164,6 +167,7 @@ fi
 # --- Servers -------------------------------------------------------------------
 declare -A PID PORT DIR LABEL KPATH
 LABEL[demo]="epilogue-demo"
+LABEL[plain]="plain axum::serve + tokio::spawn"
 LABEL[spawn]="axum + tokio::spawn"
 LABEL[none]="axum, no task"
 LABEL[list]="epilogue-demo, /response/list"
@@ -175,6 +179,7 @@ n_servers=0
 server_cmd() { # server_cmd KEY DELAY_MS: the command line of a Rust server
   case "$1" in
     demo) cmd=("$demo_bin" "${demo_flags[@]}" --email-delay-ms "$2") ;;
+    plain) cmd=("$plain_bin" --email-delay-ms "$2") ;;
     spawn) cmd=("$baseline_bin" --task spawn --email-delay-ms "$2") ;;
     none) cmd=("$baseline_bin" --task none --email-delay-ms "$2") ;;
     list) cmd=("$demo_bin" "${demo_flags[@]}" --email-delay-ms "$2") ;;
@@ -412,9 +417,12 @@ run_case() {
 # --- Cases 1 and 2: epilogue-demo vs bare axum ---------------------------------
 declare -A served
 for delay in 0 "$delay_ms"; do
-  run_case "delay$delay" "$delay" demo spawn none
+  run_case "delay$delay" "$delay" demo plain spawn none
   check_outbox demo all
-  if ((delay == 0)); then check_outbox spawn all; fi
+  if ((delay == 0)); then
+    check_outbox plain all
+    check_outbox spawn all
+  fi
   check_outbox none none
 done
 
@@ -508,7 +516,12 @@ fi
 count_instructions() {
   local key=$1 n=$2 delay=$3
   REFS=0
+  # The demo's durable worker polls its store four times a second: work
+  # per second, which valgrind's slowness would count as work per request.
+  local saved=("${demo_flags[@]}")
+  [[ $key == demo ]] && demo_flags+=(--workers 0)
   start_rust "$key" "$delay" valgrind --tool=cachegrind --cache-sim=no --cachegrind-out-file=/dev/null
+  demo_flags=("${saved[@]}")
   if ! taskset -c "$client_cpu" "$python" "$seqclient" "127.0.0.1:${PORT[$key]}" "$path" "$n"; then
     fail "the sequential client failed against ${LABEL[$key]} under valgrind"
   fi
@@ -520,9 +533,9 @@ count_instructions() {
 }
 
 if ((valgrind_counts)); then
-  # The three servers without delay, then the two with a task with the
+  # The four servers without delay, then the three with a task with the
   # 100 ms one (the ceiling has no task to delay).
-  points=(demo:0 spawn:0 none:0 demo:$delay_ms spawn:$delay_ms)
+  points=(demo:0 plain:0 spawn:0 none:0 demo:$delay_ms plain:$delay_ms spawn:$delay_ms)
   log "instructions: ${points[*]} under cachegrind, $vg_n and $((6 * vg_n)) sequential requests, $reps time(s)"
   for ((rep = 1; rep <= reps; rep++)); do
     for point in "${points[@]}"; do

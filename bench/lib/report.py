@@ -17,6 +17,7 @@ from collections import defaultdict
 
 LABELS = {
     "demo": "epilogue-demo",
+    "plain": "plain axum::serve + spawn",
     "spawn": "axum + tokio::spawn",
     "none": "axum, no task",
     "starlette": "Starlette",
@@ -25,7 +26,7 @@ LABELS = {
     "list": "epilogue-demo, /response/list",
     "blocking": "  the same, blocking task",
 }
-RUST = ["demo", "spawn", "none"]
+RUST = ["demo", "plain", "spawn", "none"]
 PEERS = ["starlette", "fastapi", "lilya"]
 
 
@@ -113,7 +114,8 @@ def main():
         delay = int(case[5:])
         print()
         if case == base:
-            print(f"Case 1: email delay {delay} ms; x = this / axum + tokio::spawn at the same connections")
+            print(f"Case 1: email delay {delay} ms; x = this / axum + tokio::spawn (the demo's own code) at the same"
+                  " connections, x plain = this / plain axum::serve + tokio::spawn (bench/plain)")
         else:
             print(
                 f"Case 2: email delay {delay} ms; x nodelay = this / the same server with delay {int(base[5:])} ms,"
@@ -121,20 +123,23 @@ def main():
             )
         header = ["conns", "server", "req/s", "p50 us", "p99 us", "CPU us/req", "others %"]
         if case == base:
-            header += ["req/s x", "p99 x", "CPU x"]
+            header += ["req/s x", "p99 x", "CPU x", "req/s x plain", "p99 x plain", "CPU x plain"]
         else:
             header += ["req/s x nodelay", "p99 x nodelay", "req/s x spawn", "p99 x spawn", "CPU x spawn"]
         rows = []
         for conns in conns_seen:
             ref = get(case, "spawn", conns)
+            plain = get(case, "plain", conns)
             for key in RUST:
                 p = get(case, key, conns)
                 if p is None:
                     continue
                 row = [str(conns), LABELS[key], fmt_int(p["rps"]), f"{p['p50']:.0f}", f"{p['p99']:.0f}", f"{p['cpu']:.1f}",
                        f"{p['others']:.0f}"]
-                if ref and case == base:
-                    row += [ratio(p["rps"], ref["rps"]), ratio(p["p99"], ref["p99"]), ratio(p["cpu"], ref["cpu"])]
+                if case == base:
+                    row += [ratio(p["rps"], ref and ref["rps"]), ratio(p["p99"], ref and ref["p99"]),
+                            ratio(p["cpu"], ref and ref["cpu"]), ratio(p["rps"], plain and plain["rps"]),
+                            ratio(p["p99"], plain and plain["p99"]), ratio(p["cpu"], plain and plain["cpu"])]
                 elif case != base:
                     nodelay = get(base, key, conns)
                     row += [
@@ -217,8 +222,9 @@ def main():
         print()
         n = meta.get("instr_n", "?")
         print(f"Instructions per request: valgrind cachegrind, user space, (I(6N) - I(N)) / 5N with N={n}, sequential keep-alive;")
-        print("        x = this / the same delay's axum + tokio::spawn or axum, no task (the no-task server is the same at any delay)")
-        header = ["delay", "server", "instr/req", "runs", "spread", "x spawn", "x no task"]
+        print("        x = this / the same delay's plain axum::serve + spawn, axum + tokio::spawn, or axum, no task (the")
+        print("        no-task server is the same at any delay); the demo runs without durable workers (--workers 0)")
+        header = ["delay", "server", "instr/req", "runs", "spread", "x plain", "x spawn", "x no task"]
         rows = []
         for key, delay in sorted(med, key=lambda kd: (kd[1], RUST.index(kd[0]) if kd[0] in RUST else 9)):
             v = instr[(key, delay)]
@@ -230,12 +236,13 @@ def main():
                     fmt_int(med[(key, delay)]),
                     str(len(v)),
                     f"{spread:.2f}%" if len(v) > 1 else "-",
+                    ratio(med[(key, delay)], med.get(("plain", delay))),
                     ratio(med[(key, delay)], med.get(("spawn", delay))),
                     ratio(med[(key, delay)], med.get(("none", 0))),
                 ]
             )
         print(table(header, rows, sep_after={4}))
-        if all((k, 0) in med for k in RUST):
+        if all((k, 0) in med for k in ("demo", "spawn", "none")):
             task = med[("spawn", 0)] - med[("none", 0)]
             ours = med[("demo", 0)] - med[("spawn", 0)]
             total = med[("demo", 0)] - med[("none", 0)]
@@ -256,9 +263,16 @@ def main():
         lines.append(f"  {'met   ' if ok else 'MISSED'}  {name}: {value:.2f} (target {better} {limit})")
 
     for (key, delay), value in sorted(med.items(), key=lambda kv: kv[0][1]):
+        if key == "demo" and ("plain", delay) in med and delay == 0:
+            target(f"instructions/request, epilogue / plain, delay {delay} ms", value / med[("plain", delay)], 0.92, "<=")
         if key == "demo" and ("spawn", delay) in med:
             target(f"instructions/request, epilogue / spawn, delay {delay} ms", value / med[("spawn", delay)], 1.00, "<=")
     if base:
+        d, pl = get(base, "demo", 64), get(base, "plain", 64)
+        if d and pl:
+            target("CPU/request, epilogue / plain, 64 conns", d["cpu"] / pl["cpu"], 1.00, "<=")
+            target("req/s, epilogue / plain, 64 conns", d["rps"] / pl["rps"], 1.0, ">=")
+            target("p99, epilogue / plain, 64 conns", d["p99"] / pl["p99"], 1.1, "<=")
         for conns in conns_seen:
             d, s = get(base, "demo", conns), get(base, "spawn", conns)
             if d and s:

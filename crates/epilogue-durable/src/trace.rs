@@ -9,14 +9,17 @@
 //! follows-from, which a trace viewer shows as "request → task, 2 s later,
 //! on worker 3". A link, not a parent: the request ended long before.
 
-use http::HeaderMap;
+use http::{HeaderMap, HeaderName};
 
 /// The key of a task's trace context in its River metadata.
 pub(crate) const METADATA_KEY: &str = "epilogue:traceparent";
 
+/// A name given as a `&str` is parsed at every lookup.
+const TRACEPARENT: HeaderName = HeaderName::from_static("traceparent");
+
 /// The request's `traceparent`, if it has a well-formed one.
 pub(crate) fn from_headers(headers: &HeaderMap) -> Option<String> {
-    let value = headers.get("traceparent")?.to_str().ok()?;
+    let value = headers.get(TRACEPARENT)?.to_str().ok()?;
     parse(value).is_some().then(|| value.to_owned())
 }
 
