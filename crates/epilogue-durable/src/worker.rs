@@ -1,10 +1,10 @@
 //! Running a stored task: River fetches it, epilogue's [`Runner`] runs it.
 //!
-//! River's executor calls `RunOnRunner`'s `Worker::work` for each attempt. Instead of
-//! running the task on River's own tokio task, it hands the attempt to the
-//! application's runner, so durable tasks share the runner's lanes, limits,
-//! per-name stats, metrics and shutdown with the in-memory ones, and waits
-//! for its outcome. River keeps everything the store needs: the claim, the
+//! River's executor calls `RunOnRunner`'s `Worker::work` for each attempt,
+//! on a tokio task of its own. The attempt runs there, but as a group of
+//! the application's runner (`Runner::run_here`), so durable tasks share
+//! the runner's limits, per-name stats, metrics and shutdown with the
+//! in-memory ones. River keeps everything the store needs: the claim, the
 //! attempt count, the retry schedule, rescue and completion.
 
 use std::panic::AssertUnwindSafe;
@@ -158,11 +158,14 @@ impl<T: DurableTask> riverqueue::Worker<Envelope<T>> for RunOnRunner<T> {
             .instrument(span)
         };
         let task = BackgroundTask::new(attempt_fn, ()).name(T::NAME);
-        if self.runner.spawn(task).is_err() {
+        // On River's own task for this attempt, which waits for it anyway:
+        // no hand-off to a lane and back.
+        let Ok(run) = self.runner.run_here(task) else {
             // Full, or shutting down: River offers it again later (to this
             // process or another), without using up an attempt.
             return Ok(WorkOutcome::Snooze(REFUSED_SNOOZE));
-        }
+        };
+        run.await;
         match ended.await {
             Ok(Ended::Ran(Ok(output))) => {
                 if !output.is_null() {

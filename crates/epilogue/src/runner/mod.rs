@@ -74,7 +74,9 @@ use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
 
+use futures_util::FutureExt;
 use tokio::sync::Semaphore;
+use tracing::Instrument;
 
 use crate::stats::Stats;
 use crate::tasks::BackgroundTasks;
@@ -292,6 +294,58 @@ impl Runner {
                 Err(refused)
             }
         }
+    }
+
+    /// Runs `tasks` as one group on the task that awaits the returned
+    /// future, rather than on one of the runner's lanes: for a caller that
+    /// already has a task of its own and waits for the work to end, such as
+    /// a queue's worker running one job (the durable tasks of
+    /// `epilogue-durable`). It saves the hand-off to a lane and the wake-up
+    /// back.
+    ///
+    /// Otherwise the group is the runner's as if [spawned](Runner::spawn):
+    /// admitted under its limits, counted in its [`Stats`], waited for by
+    /// its shutdown, and cut off (the future returns) at the shutdown
+    /// deadline. If `max_running` groups run already, it waits for a place
+    /// behind the others and starts on a lane, and the future completes at
+    /// once. Dropping the future drops the group, counted as cut off.
+    ///
+    /// # Errors
+    ///
+    /// [`Refused`] when the runner is full or shutting down; `tasks` is then
+    /// dropped without running.
+    pub fn run_here(
+        &self,
+        tasks: impl Into<BackgroundTasks>,
+    ) -> Result<impl Future<Output = ()> + Send + 'static, Refused> {
+        let tasks = tasks.into();
+        let permit = match self.admit() {
+            Ok(permit) => permit,
+            Err(refused) => {
+                tasks.discard();
+                return Err(refused);
+            }
+        };
+        let here = permit.defer(tasks).start_here();
+        let deadline = self.state.deadline_flag();
+        Ok(async move {
+            let Some(group) = here else {
+                return;
+            };
+            let (span, group) = lanes::Group::run(group);
+            let group = std::panic::AssertUnwindSafe(group.instrument(span)).catch_unwind();
+            tokio::select! {
+                biased;
+                // As a lane does: the group's drops count what it had not
+                // finished as cut off.
+                () = deadline.wait() => {}
+                ran = group => {
+                    if ran.is_err() {
+                        tracing::error!("a background group panicked outside its tasks; it is dropped");
+                    }
+                }
+            }
+        })
     }
 
     /// Takes room for one group that will be known later, such as the tasks
@@ -625,6 +679,88 @@ mod tests {
         gate.notify_one();
         drain(&runner).await;
         assert_eq!(*journal.lock().unwrap(), ["second", "third"]);
+    }
+
+    /// A task that notes which tokio task it ran on.
+    fn note_task_id(seen: &Arc<Mutex<Option<tokio::task::Id>>>) -> BackgroundTask {
+        BackgroundTask::new(
+            |seen: Arc<Mutex<Option<tokio::task::Id>>>| async move {
+                *seen.lock().unwrap() = tokio::task::try_id();
+            },
+            (seen.clone(),),
+        )
+        .name("note_task_id")
+    }
+
+    #[tokio::test]
+    async fn run_here_runs_the_group_on_the_awaiting_task_and_counts_it() {
+        let runner = Runner::new();
+        let journal = Journal::default();
+        let seen = Arc::new(Mutex::new(None));
+        let awaiting = tokio::spawn({
+            let runner = runner.clone();
+            let tasks = BackgroundTasks::from([
+                note(&journal, "a"),
+                failing(),
+                note_task_id(&seen),
+                note(&journal, "b"),
+            ]);
+            async move {
+                runner.run_here(tasks).unwrap().await;
+                tokio::task::id()
+            }
+        });
+        let awaiting = awaiting.await.unwrap();
+        // Done when the future is: no lane involved, no drain needed.
+        assert_eq!(*journal.lock().unwrap(), ["a", "b"]);
+        assert_eq!(*seen.lock().unwrap(), Some(awaiting));
+        let stats = runner.stats();
+        assert_eq!(
+            (stats.accepted, stats.succeeded, stats.failed, stats.running),
+            (4, 3, 1, 0)
+        );
+        assert_eq!(stats.by_task["note_task_id"].succeeded, 1);
+        assert!(drain(&runner).await.drained);
+    }
+
+    #[tokio::test]
+    async fn run_here_waits_its_turn_on_a_lane_when_every_place_is_taken() {
+        let runner = Runner::builder().max_running(1).build();
+        let journal = Journal::default();
+        let gate = Arc::new(Notify::new());
+        let mut first = BackgroundTasks::new();
+        first.add_task(
+            |gate: Arc<Notify>| async move { gate.notified().await },
+            (gate.clone(),),
+        );
+        runner.spawn(first).unwrap();
+        tokio::task::yield_now().await;
+        // Queued behind the place's holder: the future completes at once.
+        runner.run_here(note(&journal, "later")).unwrap().await;
+        assert!(journal.lock().unwrap().is_empty());
+        assert_eq!(runner.stats().pending, 1);
+        gate.notify_one();
+        assert!(drain(&runner).await.drained);
+        assert_eq!(*journal.lock().unwrap(), ["later"]);
+    }
+
+    #[tokio::test]
+    async fn run_here_is_refused_when_full_and_cut_off_at_the_deadline() {
+        let runner = Runner::builder().max_running(1).max_pending(0).build();
+        let forever = || BackgroundTask::new(|| std::future::pending::<()>(), ()).name("forever");
+        let running = runner.run_here(forever()).unwrap();
+        let running = tokio::spawn(running);
+        assert_eq!(
+            runner.run_here(forever()).err(),
+            Some(Refused::Full { limit: 1 })
+        );
+        let report = runner.shutdown(Duration::from_millis(50)).await;
+        assert_eq!(report.cut_off, ["forever"]);
+        // The deadline ends the awaiting future too.
+        tokio::time::timeout(Duration::from_secs(10), running)
+            .await
+            .expect("the future returns at the deadline")
+            .unwrap();
     }
 
     #[tokio::test]

@@ -112,6 +112,15 @@ impl Deferred {
         self.start_now();
     }
 
+    /// Takes a running place for the group if one is free, and gives it
+    /// back for the caller to run on its own task; else queues it behind
+    /// the groups waiting, to start on a lane.
+    pub(super) fn start_here(mut self) -> Option<Accepted> {
+        let group = self.group.take()?;
+        let state = group.admission.state().clone();
+        state.start_here(group)
+    }
+
     fn start_now(&mut self) {
         if let Some(group) = self.group.take() {
             let state = group.admission.state().clone();

@@ -244,6 +244,19 @@ impl State {
         self.start_waiting();
     }
 
+    /// Takes a running place for `group` now, if one is free and nobody
+    /// waits for one, and gives the group back for the caller to run; else
+    /// queues it, as [`start`](State::start) does, to start on a lane.
+    pub(super) fn start_here(&self, mut group: Accepted) -> Option<Accepted> {
+        if self.places.take_if_none_waits() {
+            group.admission.running = true;
+            return Some(group);
+        }
+        self.places.queue(group);
+        self.start_waiting();
+        None
+    }
+
     /// A running group ended (or never will): its place goes to the first
     /// waiting group, if there is one.
     fn give_place_back(&self) {
