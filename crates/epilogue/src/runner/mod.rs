@@ -747,7 +747,7 @@ mod tests {
     #[tokio::test]
     async fn run_here_is_refused_when_full_and_cut_off_at_the_deadline() {
         let runner = Runner::builder().max_running(1).max_pending(0).build();
-        let forever = || BackgroundTask::new(|| std::future::pending::<()>(), ()).name("forever");
+        let forever = || BackgroundTask::new(std::future::pending::<()>, ()).name("forever");
         let running = runner.run_here(forever()).unwrap();
         let running = tokio::spawn(running);
         assert_eq!(
