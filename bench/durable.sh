@@ -24,8 +24,8 @@
 #    PostgreSQL worker process median <= 5 ms and p99 <= 25 ms at a trickle;
 #    SQLite worker process p99 <= 100 ms; in-process worker p99 <= 10 ms on
 #    both stores, and <= 10 ms after an idle minute (full run only).
-# 3. Throughput: the demo's workers >= 0.9x River used directly (no-op
-#    jobs, 1 ms fetch cooldown: bench/river-direct), tasks/s, SQLite with
+# 3. Throughput: the demo's workers >= 0.9x River used directly (jobs that
+#    send the demo's welcome email, 1 ms fetch cooldown: bench/river-direct), tasks/s, SQLite with
 #    1 worker process, PostgreSQL with 1 and 2, at concurrency 16 and 100;
 #    beside River at a 2 ms cooldown too (how much that setting weighs), and the store's
 #    ceiling (a raw SQL claim-and-complete loop, 100 rows per statement).
@@ -49,7 +49,7 @@
 # 2.  Throughput: TASKS tasks stored by a --workers 0 service (FILL_CONC
 #     requests at a time), then `epilogue-demo worker --workers C` processes
 #     (own data dirs), timed until GET /durable/stats shows all succeeded;
-#     against bench/river-direct's `river` (TASKS no-op jobs, the same
+#     against bench/river-direct's `river` (TASKS jobs doing the demo's email, the same
 #     processes and C; 1 ms and 2 ms fetch cooldown) and `ceiling`; tasks/s
 #     from the first to the last task run, and the worker processes' CPU
 #     time per task. ROUNDS rounds, the order alternating; medians. Target 3.

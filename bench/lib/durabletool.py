@@ -638,8 +638,9 @@ def cmd_table(results):
         n = kind("drain")[0]["n"]
         print(f"2. Throughput, tasks/s: {n} tasks. demo = stored by a --workers 0 service ({meta.get('fill_conc', '?')} requests")
         print("   at a time), then `epilogue-demo worker --workers C` processes (own data dirs, --email-delay-ms 0;")
-        print("   epilogue-durable's fetch cooldown is 2 ms). River = bench/river-direct: the same count of no-op")
-        print("   jobs inserted with insert_many, then worker processes, each a River client with C workers and a")
+        print("   epilogue-durable's fetch cooldown is 2 ms). River = bench/river-direct: the same count of jobs")
+        print("   that send the demo's welcome email (one JSON line appended to a file, as the demo's task does),")
+        print("   inserted with insert_many, then worker processes, each a River client with C workers and a")
         print("   fetch cooldown of 1 ms (the target's comparator) or 2 ms. Rates over the span, first to last task")
         print("   run (the outboxes' sent_at; the jobs' own clock): (n - 1) / span; steady = the middle 80 % of the")
         print("   runs; wall = from starting the processes until the store shows all completed (demo: GET")

@@ -5,7 +5,7 @@
 //! ```text
 //! river-direct river --store URL --tasks N --concurrency C [--processes P]
 //!                    [--fetch-cooldown-ms MS] [--timeout-s S]
-//!     River used directly: inserts N no-op jobs (insert_many, 500 a batch),
+//!     River used directly: inserts N jobs (insert_many, 500 a batch),
 //!     then starts P worker processes (`work` below), each a River client
 //!     with C workers and a fetch cooldown of MS (1 ms, River's least, by
 //!     default), and polls the store every 20 ms until N jobs are completed.
@@ -15,14 +15,27 @@
 //!     reduced to its state change) and completes them in another, until
 //!     none is left.
 //! river-direct work --store URL --concurrency C [--fetch-cooldown-ms MS]
-//!     One worker process of `river`: runs the no-op jobs until its stdin
+//!     One worker process of `river`: runs the jobs until its stdin
 //!     closes, then stops River and prints what it ran.
+//! ```
+//!
+//! A job does what the demo's durable welcome email does, so that the two
+//! differ by the library, not by the work: it appends one JSON line
+//! (`to`, `message`, an RFC 3339 `sent_at`, the job's id and attempt) to a
+//! file of its process with one `write` under a mutex, and keeps the last
+//! 10,000 in memory. The file is removed when the process ends.
+//!
+//! ```text
 //! ```
 //!
 //! Each command prints one JSON object on stdout. `work` reports when each
 //! job ran (wall-clock microseconds since the epoch, comparable across
 //! processes) and its CPU time; `river` the rates from them.
 
+use std::collections::VecDeque;
+use std::fs::{File, OpenOptions};
+use std::io::Write;
+use std::path::PathBuf;
 use std::process::{ExitCode, Stdio};
 use std::str::FromStr;
 use std::sync::{Arc, Mutex, PoisonError};
@@ -36,15 +49,72 @@ use riverqueue::sqlx::{self, PgPool, SqlitePool};
 use riverqueue::{
     BoxError, Client, Job, JobArgs, QueueConfig, WorkContext, WorkOutcome, Workers, QUEUE_DEFAULT,
 };
+use chrono::{SecondsFormat, Utc};
 use serde::{Deserialize, Serialize};
 use serde_json::json;
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 
-/// The job: its arguments look like the demo's welcome email; it does nothing.
+/// The job: the demo's welcome email.
 #[derive(Serialize, Deserialize, JobArgs)]
-#[river(kind = "bench_noop")]
-struct Noop {
+#[river(kind = "bench_welcome")]
+struct Welcome {
     email: String,
+}
+
+/// The line a job appends, as the demo's outbox writes it.
+#[derive(Serialize)]
+struct Email {
+    to: Option<String>,
+    message: &'static str,
+    sent_at: String,
+    task_id: String,
+    attempt: u32,
+}
+
+/// The most recent emails kept in memory, as the demo keeps them.
+const RECENT_EMAILS: usize = 10_000;
+
+/// A worker process's outbox: its file, and the most recent emails.
+struct Outbox {
+    path: PathBuf,
+    sent: Mutex<(File, VecDeque<Email>)>,
+}
+
+impl Outbox {
+    fn open() -> Result<Self, Error> {
+        let path =
+            std::env::temp_dir().join(format!("river-direct-outbox-{}.jsonl", std::process::id()));
+        let file = OpenOptions::new().create(true).append(true).open(&path)?;
+        Ok(Self {
+            path,
+            sent: Mutex::new((file, VecDeque::new())),
+        })
+    }
+
+    fn send(&self, job: &Job<Welcome>) -> std::io::Result<()> {
+        let email = Email {
+            to: Some(job.args.email.clone()),
+            message: "Welcome (durable).",
+            sent_at: Utc::now().to_rfc3339_opts(SecondsFormat::Micros, true),
+            task_id: job.row.id.to_string(),
+            attempt: u32::try_from(job.row.attempt).unwrap_or(1),
+        };
+        let mut line = serde_json::to_vec(&email)?;
+        line.push(b'\n');
+        let mut sent = self.sent.lock().unwrap_or_else(PoisonError::into_inner);
+        sent.0.write_all(&line)?;
+        if sent.1.len() == RECENT_EMAILS {
+            sent.1.pop_front();
+        }
+        sent.1.push_back(email);
+        Ok(())
+    }
+}
+
+impl Drop for Outbox {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.path);
+    }
 }
 
 /// Jobs inserted per `insert_many`.
@@ -158,7 +228,7 @@ async fn insert(pool: &Pool, tasks: usize) -> Result<f64, Error> {
     let mut left = tasks;
     while left > 0 {
         let n = left.min(INSERT_BATCH);
-        let jobs = (0..n).map(|_| Noop {
+        let jobs = (0..n).map(|_| Welcome {
             email: "bench@example.com".to_owned(),
         });
         client.insert_many(jobs).await?;
@@ -187,21 +257,26 @@ fn epoch_us() -> u64 {
 /// When each job of this process ran, microseconds since the epoch.
 type Ran = Arc<Mutex<Vec<u64>>>;
 
-/// `work`: one River client running the no-op jobs until stdin closes.
+/// `work`: one River client running the jobs until stdin closes.
 async fn work(
     pool: Pool,
     concurrency: usize,
     cooldown: Duration,
 ) -> Result<serde_json::Value, Error> {
     let ran: Ran = Arc::default();
+    let outbox = Arc::new(Outbox::open()?);
     let mut workers = Workers::new();
     let seen = ran.clone();
-    workers.add_fn(move |_: WorkContext, _: Job<Noop>| {
+    workers.add_fn(move |_: WorkContext, job: Job<Welcome>| {
         let now = epoch_us();
         seen.lock()
             .unwrap_or_else(PoisonError::into_inner)
             .push(now);
-        async { Ok::<_, BoxError>(WorkOutcome::Complete) }
+        let outbox = outbox.clone();
+        async move {
+            outbox.send(&job)?;
+            Ok::<_, BoxError>(WorkOutcome::Complete)
+        }
     })?;
     let client = pool
         .client()
