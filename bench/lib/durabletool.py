@@ -29,7 +29,7 @@ Usage: durabletool.py COMMAND ARGS...
       Appends an instruction count record ((I(6N) - I(N)) / 5N), and with
       the two inclusive callgrind_annotate listings, the request path's
       (the inclusive cost of the connection's future and of the runner's
-      lanes, see ROOTS).
+      lanes, see CONNECTIONS and LANES).
   wrk RESULTS LABEL CONNECTIONS ROUND WRK_OUTPUT
       Appends wrk's requests per second and latency percentiles; fails on
       a non-2xx answer or a socket error.
@@ -150,33 +150,36 @@ def read_outboxes(paths):
 
 
 # The request path in a callgrind_annotate --inclusive=yes listing: the
-# inclusive instructions of the HTTP connection's future (hyper's, polled by
-# the connection's task: parsing, routing, the handler, the executing layer,
-# writing the response) and of the runner's lanes (the in-memory task). The
-# durable store's own work (River's client: fetches, elections, the
-# scheduler, on tasks of their own and sqlx's SQLite threads) runs under
-# neither. Function-level lines only (those ending with the object file).
-# The connection's is required; a route with no in-memory task has no lanes.
-ROOTS = (
+# inclusive instructions of the HTTP connection's future (hyper-util's
+# `auto` connection, or hyper's HTTP/1 one where it is not inlined into it,
+# polled by the connection's task: parsing, routing, the handler, the
+# executing layer, writing the response) and of the runner's lanes (the
+# in-memory task). The durable store's own work (River's client: fetches,
+# elections, the scheduler, on tasks of their own and sqlx's SQLite threads)
+# runs under neither. Function-level lines only (those ending with the
+# object file). A connection is required; a route with no in-memory task has
+# no lanes.
+CONNECTIONS = (
+    "<hyper_util::server::conn::auto::UpgradeableConnection<I,S,E> as core::future::future::Future>::poll [",
     "<hyper::server::conn::http1::UpgradeableConnection<I,S> as core::future::future::Future>::poll [",
-    "epilogue::runner::lanes::lane::{{closure}} [",
 )
-REQUIRED_ROOTS = ROOTS[:1]
+LANES = "epilogue::runner::lanes::lane::{{closure}} ["
 
 
 def roots(path):
-    total, found = 0, set()
+    found = {}
     with open(path, encoding="utf-8", errors="replace") as f:
         for line in f:
-            for root in ROOTS:
+            for root in CONNECTIONS + (LANES,):
                 if root in line:
                     m = re.match(r"^\s*([\d,]+)\s", line)
                     if m:
-                        total += int(m.group(1).replace(",", ""))
-                        found.add(root)
-    if not set(REQUIRED_ROOTS) <= found:
-        raise Failed(f"{path}: the request path's function {REQUIRED_ROOTS[0]!r} is not in the listing")
-    return total
+                        found[root] = found.get(root, 0) + int(m.group(1).replace(",", ""))
+    # The outermost connection future found: the other is inside it.
+    connection = next((found[root] for root in CONNECTIONS if root in found), None)
+    if connection is None:
+        raise Failed(f"{path}: the request path's function {CONNECTIONS[0]!r} is not in the listing")
+    return connection + found.get(LANES, 0)
 
 
 def median(values):
