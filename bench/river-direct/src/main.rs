@@ -41,6 +41,7 @@ use std::str::FromStr;
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
+use chrono::{SecondsFormat, Utc};
 use riverqueue::sqlx::postgres::PgPoolOptions;
 use riverqueue::sqlx::sqlite::{
     SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous,
@@ -49,7 +50,6 @@ use riverqueue::sqlx::{self, PgPool, SqlitePool};
 use riverqueue::{
     BoxError, Client, Job, JobArgs, QueueConfig, WorkContext, WorkOutcome, Workers, QUEUE_DEFAULT,
 };
-use chrono::{SecondsFormat, Utc};
 use serde::{Deserialize, Serialize};
 use serde_json::json;
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};

@@ -73,12 +73,7 @@ impl<T: DurableTask> riverqueue::Worker<Envelope<T>> for RunOnRunner<T> {
         let attempt = u32::try_from(job.row.attempt).unwrap_or(1);
         // The trace context of the request that stored it, so that a trace
         // can follow the request to this run, on whichever process.
-        let traceparent = job
-            .row
-            .metadata
-            .get::<String>(crate::trace::METADATA_KEY)
-            .ok()
-            .flatten();
+        let traceparent = crate::trace::stored(&job.row.metadata);
         // DEBUG, as the runner's own task spans: inside River's `river_job`
         // span, and formatting it at INFO cost a tenth of a task's CPU.
         let span = tracing::debug_span!(
