@@ -568,10 +568,14 @@ def cmd_table(results):
         rows.append(["4. /response/single instr/request, --workers 4 vs 0: request path",
                      f"{w4['path_per_req']:,.0f} vs {w0['path_per_req']:,.0f} ({d:+.2%})",
                      f"within {INSTR_WITHIN:.0%}", verdict(abs(d) <= INSTR_WITHIN)])
+        # Not a verdict: River's timers (fetch polls, the scheduler, the
+        # elector, the rescuer) tick a few times more or fewer in one
+        # window than in the other, hundreds of thousands of instructions
+        # each; full runs gave +3.05 %, -2.17 % and +1.02 %.
         d = w4["per_req"] / w0["per_req"] - 1
-        rows.append(["   whole process (with River's idle work per second)",
+        rows.append(["   whole process, River's own timers included (information)",
                      f"{w4['per_req']:,.0f} vs {w0['per_req']:,.0f} ({d:+.2%})",
-                     f"within {INSTR_WITHIN:.0%}", verdict(abs(d) <= INSTR_WITHIN)])
+                     "", "-"])
     else:
         rows.append(["4. /response/single instructions, --workers 4 vs 0", "not run", "", "-"])
     print(table(rows, right_from=4))
@@ -584,7 +588,7 @@ def cmd_table(results):
         print("    keep-alive POSTs (lib/seqclient.py), server pinned to CPU 0; collection from 1 s after the server")
         print("    listens, for the same window in both runs (the 6N run's requests + 0.5 s), so that work per second")
         print("    cancels out. whole = every instruction of the process; request path = inclusive instructions of")
-        print("    the connection's future (hyper) and of the runner's lanes (the in-memory task), without River's")
+        print("    the connection's future (hyper-util's) and of the runner's lanes (the in-memory task), without River's")
         print("    own tasks and threads (target 4; not for /durable/register, whose commit runs on the store's own")
         print("    task). Instructions only: SQLite's fsync per commit is a wait (see 1b).")
         rows = [["route, flags", "whole", "request path", "x /response/single (whole)", "window s"]]
@@ -641,7 +645,7 @@ def cmd_table(results):
         n = kind("drain")[0]["n"]
         print(f"2. Throughput, tasks/s: {n} tasks. demo = stored by a --workers 0 service ({meta.get('fill_conc', '?')} requests")
         print("   at a time), then `epilogue-demo worker --workers C` processes (own data dirs, --email-delay-ms 0;")
-        print("   epilogue-durable's fetch cooldown is 2 ms). River = bench/river-direct: the same count of jobs")
+        print("   epilogue-durable's fetch cooldown is 1 ms). River = bench/river-direct: the same count of jobs")
         print("   that send the demo's welcome email (one JSON line appended to a file, as the demo's task does),")
         print("   inserted with insert_many, then worker processes, each a River client with C workers and a")
         print("   fetch cooldown of 1 ms (the target's comparator) or 2 ms. Rates over the span, first to last task")

@@ -94,7 +94,9 @@
 //!   [`Store::dead`], queued again by [`Store::retry`].
 //! - Tasks run on the application's [`Runner`](epilogue::Runner): they
 //!   share its limits, per-name [`Stats`](epilogue::Stats), metrics and
-//!   shutdown. When the runner's shutdown starts, the store stops fetching;
+//!   shutdown. Each attempt is polled on River's own task for it, as one of
+//!   the runner's groups ([`Runner::run_here`](epilogue::Runner::run_here)),
+//!   not on one of the runner's lanes: River waits for it there anyway. When the runner's shutdown starts, the store stops fetching;
 //!   tasks still running at its deadline go back to the queue without
 //!   using up an attempt.
 //! - River writes completions in batches, within about 10 ms of a task's
