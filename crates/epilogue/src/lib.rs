@@ -253,6 +253,7 @@
 //!   the `metrics` module (feature `metrics`).
 //! - **For crates that build on the runner** (as `epilogue-durable` does):
 //!   [`http::Commit`] (work committed before the response leaves),
+//!   [`Runner::run_here`] (a group polled on the caller's own task),
 //!   [`runner::Hold`] (a shutdown waits for it), [`runner::panic_message`].
 //!
 //! # How it fits together

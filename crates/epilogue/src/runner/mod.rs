@@ -334,16 +334,16 @@ impl Runner {
             };
             let (span, group) = lanes::Group::run(group);
             let group = std::panic::AssertUnwindSafe(group.instrument(span)).catch_unwind();
-            tokio::select! {
-                biased;
-                // As a lane does: the group's drops count what it had not
-                // finished as cut off.
-                () = deadline.wait() => {}
-                ran = group => {
-                    if ran.is_err() {
-                        tracing::error!("a background group panicked outside its tasks; it is dropped");
-                    }
-                }
+            // The deadline first, as a lane does: the group's drops count
+            // what it had not finished as cut off.
+            let passed = std::pin::pin!(deadline.wait());
+            let group = std::pin::pin!(group);
+            let panicked = match futures_util::future::select(passed, group).await {
+                futures_util::future::Either::Left(_) => false,
+                futures_util::future::Either::Right((ran, _)) => ran.is_err(),
+            };
+            if panicked {
+                tracing::error!("a background group panicked outside its tasks; it is dropped");
             }
         })
     }
@@ -517,6 +517,14 @@ mod tests {
         .name(name)
     }
 
+    /// A task that holds its running place until `gate` is notified.
+    fn waits_for(gate: &Arc<Notify>) -> BackgroundTask {
+        BackgroundTask::new(
+            |gate: Arc<Notify>| async move { gate.notified().await },
+            (gate.clone(),),
+        )
+    }
+
     fn failing() -> BackgroundTask {
         BackgroundTask::new(|| async { Err::<(), _>("no mail server") }, ()).name("failing")
     }
@@ -660,12 +668,7 @@ mod tests {
         let runner = Runner::builder().max_running(1).build();
         let journal = Journal::default();
         let gate = Arc::new(Notify::new());
-        let mut first = BackgroundTasks::new();
-        first.add_task(
-            |gate: Arc<Notify>| async move { gate.notified().await },
-            (gate.clone(),),
-        );
-        runner.spawn(first).unwrap();
+        runner.spawn(waits_for(&gate)).unwrap();
         for name in ["second", "third"] {
             runner.spawn(note(&journal, name)).unwrap();
         }
@@ -728,12 +731,7 @@ mod tests {
         let runner = Runner::builder().max_running(1).build();
         let journal = Journal::default();
         let gate = Arc::new(Notify::new());
-        let mut first = BackgroundTasks::new();
-        first.add_task(
-            |gate: Arc<Notify>| async move { gate.notified().await },
-            (gate.clone(),),
-        );
-        runner.spawn(first).unwrap();
+        runner.spawn(waits_for(&gate)).unwrap();
         tokio::task::yield_now().await;
         // Queued behind the place's holder: the future completes at once.
         runner.run_here(note(&journal, "later")).unwrap().await;
