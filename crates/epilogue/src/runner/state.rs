@@ -228,25 +228,23 @@ impl State {
 
     /// Starts `group` now if a running place is free and nobody waits for
     /// one, else queues it behind those who do.
-    pub(super) fn start(&self, mut group: Accepted) {
-        if self.places.take_if_none_waits() {
-            group.admission.running = true;
-            if let Err(group) = self.lanes.send(group) {
-                tracing::error!(
-                    tasks = group.tasks.len(),
-                    "background group accepted outside a tokio runtime; cut off"
-                );
-                group.cut_off();
-            }
+    pub(super) fn start(&self, group: Accepted) {
+        let Some(group) = self.start_here(group) else {
             return;
+        };
+        if let Err(group) = self.lanes.send(group) {
+            tracing::error!(
+                tasks = group.tasks.len(),
+                "background group accepted outside a tokio runtime; cut off"
+            );
+            group.cut_off();
         }
-        self.places.queue(group);
-        self.start_waiting();
     }
 
     /// Takes a running place for `group` now, if one is free and nobody
-    /// waits for one, and gives the group back for the caller to run; else
-    /// queues it, as [`start`](State::start) does, to start on a lane.
+    /// waits for one, and gives the group back, holding it, for the caller
+    /// to run ([`start`](State::start) sends it to a lane); else queues it
+    /// behind those who wait, to start on a lane.
     pub(super) fn start_here(&self, mut group: Accepted) -> Option<Accepted> {
         if self.places.take_if_none_waits() {
             group.admission.running = true;
