@@ -368,14 +368,18 @@ async fn metrics(
 /// `GET /stats`: the runner's counters, and its limits under `limits`
 /// (every counter stays at the top level).
 async fn stats(Extract(state): Extract<State>) -> Json<serde_json::Value> {
+    Json(stats_json(&state.runner))
+}
+
+/// The body of `GET /stats`: the runner's counters, and its limits.
+pub fn stats_json(runner: &Runner) -> serde_json::Value {
     let mut stats =
-        serde_json::to_value(state.runner.stats()).expect("Stats serialises to a JSON object");
-    let limits =
-        serde_json::to_value(state.runner.limits()).expect("Limits serialises to a JSON object");
+        serde_json::to_value(runner.stats()).expect("Stats serialises to a JSON object");
+    let limits = serde_json::to_value(runner.limits()).expect("Limits serialises to a JSON object");
     if let Some(fields) = stats.as_object_mut() {
         fields.insert("limits".to_owned(), limits);
     }
-    Json(stats)
+    stats
 }
 
 #[cfg(test)]

@@ -35,6 +35,18 @@ impl<S: Send + Sync> FromRequest<S> for Credentials {
 
     async fn from_request(request: Request, state: &S) -> Result<Self, Self::Rejection> {
         let Json(body) = Json::<Value>::from_request(request, state).await?;
+        Self::from_json(&body)
+    }
+}
+
+impl Credentials {
+    /// The credentials in a request's JSON body, checked: the part of the
+    /// checks that is the same whichever framework read the body.
+    ///
+    /// # Errors
+    ///
+    /// A 422 that says which field is missing or of the wrong type.
+    pub fn from_json(body: &Value) -> Result<Self, ApiError> {
         // Checked by hand rather than by serde, whose messages quote the
         // offending value: a password sent as a number would come back.
         let field = |name: &str| match body.get(name) {
@@ -95,6 +107,16 @@ impl ApiError {
     /// An error with this status and message.
     pub fn new(status: StatusCode, message: String) -> Self {
         Self { status, message }
+    }
+
+    /// Its status.
+    pub fn status(&self) -> StatusCode {
+        self.status
+    }
+
+    /// What to fix, for the JSON body `{"error": message}`.
+    pub fn message(&self) -> &str {
+        &self.message
     }
 
     fn unprocessable(message: String) -> Self {

@@ -89,7 +89,7 @@ async fn open_store(
 /// SIGHUP (logrotate's `postrotate`): the data files are looked at before
 /// their next write, and opened again if moved or deleted; otherwise that
 /// happens within a second.
-fn reopen_files_on_sighup() {
+pub fn reopen_files_on_sighup() {
     let mut hangups = match signal(SignalKind::hangup()) {
         Ok(hangups) => hangups,
         Err(error) => {
@@ -108,7 +108,7 @@ fn reopen_files_on_sighup() {
 /// One line per task name, however many tasks ran: what an on-call engineer
 /// reads after a deploy. Durable tasks are counted with the others, by
 /// their kind.
-fn log_report(report: &ShutdownReport) {
+pub fn log_report(report: &ShutdownReport) {
     let stats = &report.stats;
     for (task, counts) in &stats.by_task {
         tracing::info!(

@@ -4,7 +4,7 @@
 
 mod common;
 
-use common::{signup, Demo, Reply, PASSWORD, TASK_ROUTES};
+use common::{signup, Demo, Reply, PASSWORD};
 use reqwest::header::CONTENT_TYPE;
 use reqwest::StatusCode;
 use serde_json::json;
@@ -32,7 +32,10 @@ async fn the_password_never_comes_out() {
     let mut demo = Demo::start_logging("trace", &[]).await;
     let mut replies = Vec::new();
 
-    for path in TASK_ROUTES.into_iter().chain(["/fail?mode=panic"]) {
+    for path in common::task_routes()
+        .into_iter()
+        .chain(["/fail?mode=panic"])
+    {
         let reply = demo.post(path, &signup("ada@example.com")).await;
         assert_eq!(reply.status, StatusCode::CREATED, "{path}: {reply:?}");
         replies.push(reply);
@@ -89,55 +92,4 @@ async fn the_password_never_comes_out() {
         assert!(!text.is_empty(), "{file} is empty: the test proves nothing");
         assert_no_password(file, &text);
     }
-}
-
-/// The store URL's password, given in `EPILOGUE_STORE`, is not shown by
-/// `--help` (clap shows environment values unless told not to).
-#[tokio::test]
-async fn help_does_not_show_the_store_urls_password() {
-    const SECRET: &str = "s3cret-store-pw";
-    let scratch = common::Scratch::new();
-    for args in [&["--help"][..], &["worker", "--help"][..]] {
-        let mut command = Demo::command();
-        command.args(args).env(
-            "EPILOGUE_STORE",
-            format!("postgres://app:{SECRET}@127.0.0.1:1/app"),
-        );
-        let exited = common::run_to_exit(command, &scratch).await;
-        assert!(exited.status.success(), "{args:?}: {}", exited.stderr);
-        assert!(exited.stdout.contains("--store"), "{}", exited.stdout);
-        assert!(
-            !exited.stdout.contains(SECRET) && !exited.stderr.contains(SECRET),
-            "{args:?} shows the password:\n{}",
-            exited.stdout
-        );
-    }
-}
-
-/// A store that cannot be reached is reported, at the most verbose log
-/// level, without the password of its URL.
-#[tokio::test]
-async fn an_unreachable_stores_error_does_not_show_its_password() {
-    const SECRET: &str = "s3cret-store-pw";
-    let scratch = common::Scratch::new();
-    let mut command = Demo::command();
-    command
-        .args(["--addr", "127.0.0.1:0", "--data-dir"])
-        .arg(scratch.path().join("data"))
-        .env("RUST_LOG", "trace")
-        // Port 1: nothing listens there.
-        .env(
-            "EPILOGUE_STORE",
-            format!("postgres://app:{SECRET}@127.0.0.1:1/app"),
-        );
-    let exited = common::run_to_exit(command, &scratch).await;
-    assert_eq!(exited.status.code(), Some(1), "{}", exited.stderr);
-    assert!(
-        exited.stderr.contains("cannot open the durable task store"),
-        "{}",
-        exited.stderr
-    );
-    assert_no_password("stderr", &exited.stderr);
-    assert!(!exited.stderr.contains(SECRET), "{}", exited.stderr);
-    assert!(!exited.stdout.contains(SECRET), "{}", exited.stdout);
 }

@@ -9,18 +9,6 @@ use std::time::{Duration, Instant};
 use common::{raw_post, signup, Demo, RawHttp, PATIENCE};
 use serde_json::json;
 
-/// Waits for a line of stderr with all of `words`.
-async fn logged(demo: &Demo, words: &[&str]) -> String {
-    common::eventually(&format!("a log line with {words:?}"), async || {
-        let stderr = demo.stderr();
-        let line = stderr
-            .lines()
-            .find(|line| words.iter().all(|word| line.contains(word)));
-        line.map(str::to_owned)
-    })
-    .await
-}
-
 #[tokio::test]
 async fn sigterm_runs_every_accepted_task_then_exits_0() {
     let mut demo = Demo::start(&["--email-delay-ms", "2000"]).await;
@@ -68,7 +56,8 @@ async fn sigterm_runs_every_accepted_task_then_exits_0() {
     assert_eq!(logged_to, [None, to("list@example.com")]);
 
     // What ran: 5 emails and 2 log lines succeeded, the `fail` task panicked.
-    logged(&demo, &["drained=true", "succeeded=7", "panicked=1"]).await;
+    demo.wait_for_log_line(&["drained=true", "succeeded=7", "panicked=1"])
+        .await;
     assert_eq!(
         demo.stdout().lines().count(),
         1,
@@ -96,42 +85,9 @@ async fn sigterm_cuts_off_what_the_grace_period_cannot_wait_for() {
         "exited after {took:?}, before the grace period was over"
     );
 
-    logged(&demo, &["cut off", "send_email_notification"]).await;
+    demo.wait_for_log_line(&["cut off", "send_email_notification"])
+        .await;
     assert!(demo.outbox().is_empty(), "{:?}", demo.outbox());
-}
-
-/// Promise: shutdown reports are exact. A plain `fn` task still running at
-/// the deadline cannot be stopped; it is reported cut off, and the process
-/// exits without waiting for it, so the work the report calls cut off is
-/// never done.
-#[tokio::test]
-async fn blocking_tasks_reported_cut_off_do_not_finish_after_the_report() {
-    const N: usize = 8;
-    let mut demo = Demo::start(&["--shutdown-grace-s", "1", "--log-delay-ms", "5000"]).await;
-    for i in 0..N {
-        demo.post("/response/list", &signup(&format!("user{i}@example.com")))
-            .await
-            .assert_created(json!({ "message": "Email sent" }));
-    }
-    // Each group's email is sent before its `write_in_file` starts.
-    common::eventually("every email out", async || {
-        (demo.outbox().len() == N).then_some(())
-    })
-    .await;
-
-    let signalled = Instant::now();
-    demo.terminate();
-    let status = demo.exit_status(PATIENCE).await;
-    let took = signalled.elapsed();
-    assert_eq!(status.code(), Some(0), "stderr:\n{}", demo.stderr());
-    let reported = logged(&demo, &["write_in_file", "background tasks of this name"]).await;
-    assert!(reported.contains(&format!("cut_off={N}")), "{reported}");
-    assert!(
-        took < Duration::from_secs(4),
-        "exit took {took:?}: it waited for the cut-off tasks"
-    );
-    // The process is gone: nothing can write any more.
-    assert_eq!(demo.log(), [], "cut-off tasks wrote their lines");
 }
 
 /// A request whose body has not arrived when SIGTERM comes is finished, and
@@ -209,22 +165,19 @@ async fn limits_and_a_grace_period_of_any_size_neither_panic_nor_lose_work() {
 #[tokio::test]
 async fn sigterm_exits_0_when_stderr_cannot_be_written() {
     use std::io::{BufRead, BufReader};
-    use std::process::{Command, Stdio};
 
     let scratch = common::Scratch::new();
     let full = std::fs::OpenOptions::new()
         .write(true)
         .open("/dev/full")
         .expect("/dev/full");
-    let mut child = Command::new(env!("CARGO_BIN_EXE_epilogue-demo"))
+    let mut child = Demo::command()
         .args(["--addr", "127.0.0.1:0", "--data-dir"])
         .arg(scratch.path().join("data"))
         .current_dir(scratch.path())
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
         .stderr(full)
         .spawn()
-        .expect("epilogue-demo starts");
+        .expect("the demo starts");
     let stdout = child.stdout.take().expect("piped stdout");
     let line = tokio::task::spawn_blocking(move || {
         let mut line = String::new();
@@ -250,7 +203,7 @@ async fn sigterm_exits_0_when_stderr_cannot_be_written() {
 
     let pid = nix::unistd::Pid::from_raw(i32::try_from(child.id()).unwrap());
     nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM).unwrap();
-    let status = common::eventually("epilogue-demo to exit", async || {
+    let status = common::eventually("the demo to exit", async || {
         child.try_wait().expect("try_wait")
     })
     .await;

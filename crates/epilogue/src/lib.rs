@@ -270,6 +270,7 @@
 //! # Features
 //!
 //! - `axum` (default): the [`axum`] module, and `signal`.
+//! - `actix`: the [`actix`] module (actix-web 4), and `signal`.
 //! - `signal`: [`shutdown_signal`], Ctrl-C or SIGTERM.
 //! - `metrics`: counters, gauges and histograms through the `metrics` facade,
 //!   with nothing on the request path but two histograms (and `serve`'s
@@ -294,6 +295,9 @@ pub mod runner;
 pub mod task;
 mod tasks;
 
+#[cfg(feature = "actix")]
+#[cfg_attr(docsrs, doc(cfg(feature = "actix")))]
+pub mod actix;
 #[cfg(feature = "axum")]
 #[cfg_attr(docsrs, doc(cfg(feature = "axum")))]
 pub mod axum;

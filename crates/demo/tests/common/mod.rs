@@ -6,6 +6,14 @@
 //!
 //! Nothing here sleeps to synchronise: tests wait for an observable event
 //! with [`eventually`], which gives up after [`PATIENCE`].
+//!
+//! The same tests also drive `epilogue-demo-actix`, which keeps the
+//! contract (`DEMO-CONTRACT.md`) up to and including Promises: each file of
+//! `crates/demo-actix/tests` includes one file of this directory, and the
+//! harness starts [`BINARY`], the binary of the package compiling it. A file
+//! included there must test nothing beyond those sections (durable tasks,
+//! uploads, `/metrics`, `/dashboard`, self-protection, `by_task`); such
+//! tests go in a file that only `epilogue-demo` runs.
 
 #![allow(dead_code)] // each test file uses its own part
 
@@ -45,8 +53,25 @@ const POLL_EVERY: Duration = Duration::from_millis(25);
 /// anywhere it should not be is a real leak.
 pub const PASSWORD: &str = "hunter2-SECRET-pw";
 
-/// Every POST route that carries tasks (`/fail` with a valid mode).
-pub const TASK_ROUTES: [&str; 8] = [
+/// The demo binary under test. `CARGO_BIN_EXE_<name>` is set only for the
+/// binaries of the package whose tests are compiled, so this is
+/// `epilogue-demo` in `crates/demo` and `epilogue-demo-actix` in
+/// `crates/demo-actix`.
+pub const BINARY: &str = match option_env!("CARGO_BIN_EXE_epilogue-demo") {
+    Some(axum) => axum,
+    None => match option_env!("CARGO_BIN_EXE_epilogue-demo-actix") {
+        Some(actix) => actix,
+        None => panic!("these tests drive epilogue-demo or epilogue-demo-actix, of their package"),
+    },
+};
+
+/// Whether [`BINARY`] is `epilogue-demo`, which has routes beyond the
+/// contract.
+pub const IS_EPILOGUE_DEMO: bool = option_env!("CARGO_BIN_EXE_epilogue-demo").is_some();
+
+/// Every POST route of the contract that carries tasks (`/fail` with a
+/// valid mode).
+const CONTRACT_TASK_ROUTES: [&str; 7] = [
     "/handler/single",
     "/handler/list",
     "/response/single",
@@ -54,8 +79,19 @@ pub const TASK_ROUTES: [&str; 8] = [
     "/response/add-task",
     "/extractor",
     "/fail?mode=error",
-    "/chaos",
 ];
+
+/// Every POST route of [`BINARY`] that carries tasks: the contract's, and
+/// `epilogue-demo`'s `/chaos` (of `faults.rs`), which the contract does not
+/// have but which must keep its promises too.
+pub fn task_routes() -> Vec<&'static str> {
+    let beyond_the_contract: &[&str] = if IS_EPILOGUE_DEMO { &["/chaos"] } else { &[] };
+    CONTRACT_TASK_ROUTES
+        .iter()
+        .chain(beyond_the_contract)
+        .copied()
+        .collect()
+}
 
 /// What every POST route takes.
 pub fn signup(email: &str) -> Value {
@@ -155,7 +191,9 @@ struct Process {
 
 impl Process {
     fn spawn(mut command: Command) -> Self {
-        let mut child = command.spawn().expect("cannot start epilogue-demo");
+        let mut child = command
+            .spawn()
+            .unwrap_or_else(|e| panic!("cannot start {BINARY}: {e}"));
         let (stdout, stdout_reader) = Captured::drain(child.stdout.take().expect("piped stdout"));
         let (stderr, stderr_reader) = Captured::drain(child.stderr.take().expect("piped stderr"));
         Self {
@@ -171,7 +209,7 @@ impl Process {
         eventually("the `listening on` line on stdout", async || {
             if let Some(status) = self.child.try_wait().expect("try_wait") {
                 panic!(
-                    "epilogue-demo exited ({status}) before listening; stderr:\n{}",
+                    "{BINARY} exited ({status}) before listening; stderr:\n{}",
                     self.stderr.text()
                 );
             }
@@ -313,7 +351,7 @@ impl Demo {
     /// of the test's environment, `RUST_LOG=info`, stdout and stderr
     /// captured.
     pub fn command() -> Command {
-        let mut command = Command::new(env!("CARGO_BIN_EXE_epilogue-demo"));
+        let mut command = Command::new(BINARY);
         for (key, _) in std::env::vars_os() {
             if key.to_string_lossy().starts_with("EPILOGUE_") {
                 command.env_remove(key);
@@ -393,6 +431,19 @@ impl Demo {
     /// Everything the demo wrote to stderr so far.
     pub fn stderr(&self) -> String {
         self.process.stderr.text()
+    }
+
+    /// Waits for a line of stderr (the demo's log) with all of `words`, and
+    /// returns it.
+    pub async fn wait_for_log_line(&self, words: &[&str]) -> String {
+        eventually(&format!("a log line with {words:?}"), async || {
+            let stderr = self.stderr();
+            let line = stderr
+                .lines()
+                .find(|line| words.iter().all(|word| line.contains(word)));
+            line.map(str::to_owned)
+        })
+        .await
     }
 
     /// `POST path` with `body` as JSON.

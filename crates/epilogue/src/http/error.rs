@@ -22,5 +22,6 @@ pub enum ScopeError {
 
 /// What to do when the executing layer is missing.
 pub(crate) const MISSING_LAYER: &str = "epilogue's BackgroundLayer is missing: wrap the \
-    application in it (epilogue::axum::serve does), outside every route-level background \
+    application in it (epilogue::axum::serve does; with actix-web, \
+    App::wrap(epilogue::actix::Background::new(runner))), outside every route-level background \
     layer and RequestTasks or Admitted extractor";

@@ -74,7 +74,9 @@ pub use refusal::{GrpcRefusal, JsonRefusal, Refusal};
 pub use route::{RouteFuture, RouteTasks, RouteTasksLayer};
 pub use scope::RequestTasks;
 
-use scope::Attached;
+pub(crate) use scope::Attached;
+#[cfg(feature = "actix")]
+pub(crate) use {route::RouteCopy, scope::Scope};
 
 /// Adds `tasks` after the tasks already attached to a response's extensions,
 /// to run once the response has been sent by [`BackgroundLayer`], whatever

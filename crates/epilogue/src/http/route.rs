@@ -90,6 +90,18 @@ impl<R> RouteTasksLayer<R> {
     }
 }
 
+impl<R> RouteTasksLayer<R> {
+    /// This request's copy of the route's tasks, `None` if it has none.
+    pub(crate) fn copy_for(&self, scope: &Scope) -> Option<RouteCopy> {
+        (!self.tasks.0.is_empty()).then(|| RouteCopy {
+            scope: scope.clone(),
+            tasks: self.tasks.clone(),
+            always: self.always,
+            answered: false,
+        })
+    }
+}
+
 impl<S, R: Clone> Layer<S> for RouteTasksLayer<R> {
     type Service = RouteTasks<S, R>;
 
@@ -127,12 +139,7 @@ where
         match Scope::admit_in(request.extensions()) {
             Err(error) => RouteFuture::answered(self.layer.refusal.respond(&error)),
             Ok(scope) => {
-                let tasks = (!self.layer.tasks.0.is_empty()).then(|| RouteCopy {
-                    scope: scope.clone(),
-                    tasks: self.layer.tasks.clone(),
-                    always: self.layer.always,
-                    answered: false,
-                });
+                let tasks = self.layer.copy_for(scope);
                 RouteFuture::inner(self.inner.call(request), tasks)
             }
         }
@@ -165,7 +172,9 @@ pin_project! {
 
 /// What a request of the route adds to its scope once answered. Dropped
 /// before that (the handler never answered), its tasks count as abandoned.
-struct RouteCopy {
+/// One request's copy of a route's tasks, added to its scope once the
+/// handler has answered.
+pub(crate) struct RouteCopy {
     scope: Scope,
     tasks: Arc<Template>,
     always: bool,
@@ -173,7 +182,7 @@ struct RouteCopy {
 }
 
 impl RouteCopy {
-    fn answer(mut self, status: http::StatusCode) {
+    pub(crate) fn answer(mut self, status: http::StatusCode) {
         self.answered = true;
         // Route-level tasks of a rejected request are not run, by design:
         // nothing was promised, so nothing is counted.

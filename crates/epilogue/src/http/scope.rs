@@ -65,11 +65,16 @@ impl Scope {
     /// The scope in these extensions, admitted.
     pub(crate) fn admit_in(extensions: &Extensions) -> Result<&Self, ScopeError> {
         let scope = Self::of(extensions).ok_or(ScopeError::MissingLayer)?;
-        scope.admit().map_err(|refused| ScopeError::Refused {
-            refused,
-            retry_after: scope.runner().retry_after(),
-        })?;
+        scope.admit_or_refuse()?;
         Ok(scope)
+    }
+
+    /// [`admit`](Self::admit), with the refusal an HTTP answer is made of.
+    pub(crate) fn admit_or_refuse(&self) -> Result<(), ScopeError> {
+        self.admit().map_err(|refused| ScopeError::Refused {
+            refused,
+            retry_after: self.runner().retry_after(),
+        })
     }
 
     pub(crate) fn runner(&self) -> &Runner {
@@ -246,6 +251,12 @@ impl RequestTasks {
     pub fn from_extensions(extensions: &Extensions) -> Result<Self, ScopeError> {
         let scope = Scope::admit_in(extensions)?.clone();
         Ok(Self { scope })
+    }
+
+    /// The tasks of an admitted scope.
+    #[cfg(feature = "actix")]
+    pub(crate) fn of_admitted(scope: Scope) -> Self {
+        Self { scope }
     }
 
     /// Adds `function(args...)` after the tasks added so far, like

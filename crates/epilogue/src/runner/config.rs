@@ -13,6 +13,8 @@ pub(super) struct Config {
     pub(super) retry_after: Duration,
     /// `None`: one per worker thread of the runtime.
     pub(super) lanes: Option<usize>,
+    /// `None`: the runtime the group starts on.
+    pub(super) runtime: Option<tokio::runtime::Handle>,
 }
 
 /// A runner's limits, from [`Runner::limits`](super::Runner::limits); set

@@ -58,6 +58,8 @@ pub(super) trait Group: Send + 'static {
 pub(super) struct Lanes<G> {
     /// `None`: one per worker thread of the runtime.
     count: Option<usize>,
+    /// The runtime the lanes run on; `None`: the one a group starts on.
+    runtime: Option<Handle>,
     /// The shutdown deadline: the lanes drop their groups when it passes.
     deadline: Arc<Latch>,
     set: Mutex<Option<LaneSet<G>>>,
@@ -132,19 +134,25 @@ impl<G> Drop for LaneSet<G> {
 }
 
 impl<G: Group> Lanes<G> {
-    pub(super) fn new(count: Option<usize>, deadline: Arc<Latch>) -> Self {
+    pub(super) fn new(count: Option<usize>, runtime: Option<Handle>, deadline: Arc<Latch>) -> Self {
         Self {
             count,
+            runtime,
             deadline,
             set: Mutex::new(None),
         }
     }
 
-    /// Hands a group that holds a running place to a lane of the current
-    /// runtime, starting the lanes if need be. `Err` outside a runtime.
+    /// Hands a group that holds a running place to a lane of the runner's
+    /// runtime, or else of the current one, starting the lanes if need be.
+    /// `Err` outside a runtime.
     pub(super) fn send(&self, group: G) -> Result<(), G> {
-        let Ok(handle) = Handle::try_current() else {
-            return Err(group);
+        let handle = match &self.runtime {
+            Some(handle) => handle.clone(),
+            None => match Handle::try_current() {
+                Ok(handle) => handle,
+                Err(_) => return Err(group),
+            },
         };
         let mut set = self.set.lock().unwrap_or_else(|e| e.into_inner());
         let mut group = group;

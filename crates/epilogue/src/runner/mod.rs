@@ -138,6 +138,7 @@ impl Default for Config {
             task_timeout: None,
             retry_after: Duration::from_secs(1),
             lanes: None,
+            runtime: None,
         }
     }
 }
@@ -216,6 +217,29 @@ impl Builder {
     /// rounded up to whole seconds on the wire).
     pub fn retry_after(mut self, retry_after: Duration) -> Self {
         self.config.retry_after = retry_after;
+        self
+    }
+
+    /// Runs every group on `runtime`, whichever runtime starts it (default:
+    /// the runtime the group starts on).
+    ///
+    /// For a server whose workers each run a single-threaded runtime of
+    /// their own, as actix-web's do: there, by default, a group would run on
+    /// the thread of the worker whose response started it, and a task that
+    /// blocks (or a burst of tasks) would stall that worker's requests
+    /// (actix-web#3049). Give it a multi-threaded runtime, and background
+    /// work runs on every core, apart from the requests; plain-`fn` tasks
+    /// then use that runtime's blocking pool.
+    ///
+    /// ```
+    /// let background = tokio::runtime::Runtime::new().unwrap();
+    /// let runner = epilogue::Runner::builder()
+    ///     .runtime(background.handle().clone())
+    ///     .build();
+    /// # drop(runner);
+    /// ```
+    pub fn runtime(mut self, runtime: tokio::runtime::Handle) -> Self {
+        self.config.runtime = Some(runtime);
         self
     }
 

@@ -124,7 +124,7 @@ impl State {
         let deadline = Arc::<Latch>::default();
         Self {
             places: Places::new(config.max_running),
-            lanes: Lanes::new(config.lanes, deadline.clone()),
+            lanes: Lanes::new(config.lanes, config.runtime.clone(), deadline.clone()),
             blocking: Arc::new(Semaphore::new(config.max_blocking)),
             config,
             idle: Notify::new(),

@@ -1,0 +1,4 @@
+//! The contract tests of `crates/demo/tests/privacy.rs`, run against this binary.
+
+#[path = "../../demo/tests/privacy.rs"]
+mod privacy;
