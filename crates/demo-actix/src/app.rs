@@ -18,7 +18,7 @@ use epilogue_demo::tasks::{
 };
 use serde::Deserialize;
 use serde_json::{json, Value};
-use tracing_actix_web::TracingLogger;
+use tracing_actix_web::{DefaultRootSpanBuilder, RootSpanBuilder, TracingLogger};
 
 /// The files the tasks write, under the data directory.
 #[derive(Clone)]
@@ -80,7 +80,29 @@ pub fn app(
         .wrap(Background::new(runner.clone()))
         .app_data(web::Data::new(runner))
         .wrap(Compress::default())
-        .wrap(TracingLogger::default())
+        .wrap(TracingLogger::<RequestLog>::new())
+}
+
+/// tracing-actix-web's request span, and one `debug` event when the
+/// response is ready, as tower-http's `TraceLayer` logs in the axum demo:
+/// `RUST_LOG=debug` shows every request, the default level none.
+struct RequestLog;
+
+impl RootSpanBuilder for RequestLog {
+    fn on_request_start(request: &ServiceRequest) -> tracing::Span {
+        DefaultRootSpanBuilder::on_request_start(request)
+    }
+
+    fn on_request_end<B: MessageBody>(
+        span: tracing::Span,
+        outcome: &Result<ServiceResponse<B>, actix_web::Error>,
+    ) {
+        if let Ok(response) = outcome {
+            let status = response.status().as_u16();
+            span.in_scope(|| tracing::debug!(status, "finished processing request"));
+        }
+        DefaultRootSpanBuilder::on_request_end(span, outcome);
+    }
 }
 
 /// A 201 with `{"message": message}`.
