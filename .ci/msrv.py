@@ -3,7 +3,7 @@
 Only one toolchain can be installed on our machines, so each declared
 `rust-version` is checked two ways: clippy's `incompatible_msrv` lint (in
 `.ci/run`) catches our own use of newer standard-library APIs, and this script
-checks that every package the library and the demo build with (normal and
+checks that every package the library and the demos build with (normal and
 build dependencies, all features, this platform) declares a `rust-version` no
 newer than the crate's own. A dependency that declares none is listed, not failed.
 
@@ -50,7 +50,7 @@ def main():
     nodes = {n["id"]: n for n in meta["resolve"]["nodes"]}
     failures = []
     for member in members:
-        if member["name"] not in ("epilogue", "epilogue-durable", "epilogue-demo"):
+        if member["name"] not in ("epilogue", "epilogue-durable", "epilogue-demo", "epilogue-demo-actix"):
             continue
         msrv = member.get("rust_version")
         if not msrv:
