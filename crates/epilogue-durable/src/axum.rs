@@ -5,7 +5,7 @@ use std::convert::Infallible;
 
 use axum::extract::FromRequestParts;
 use axum::http::request::Parts;
-use axum::http::{header, HeaderValue, StatusCode};
+use axum::http::{header, HeaderValue};
 use axum::response::{IntoResponse, IntoResponseParts, Response, ResponseParts};
 
 use crate::error::DurableError;
@@ -48,32 +48,15 @@ impl IntoResponse for DurableTasks {
 /// store's own error, which is logged.
 impl IntoResponse for DurableError {
     fn into_response(self) -> Response {
-        let (status, reason) = if self.is_unavailable() {
-            (StatusCode::SERVICE_UNAVAILABLE, "store_unavailable")
-        } else if matches!(self, Self::Encode(_)) {
-            (StatusCode::BAD_REQUEST, "task_not_encodable")
-        } else {
-            (StatusCode::INTERNAL_SERVER_ERROR, "durable_misconfigured")
-        };
-        let message = if self.is_unavailable() {
-            tracing::error!(error = %self, "durable task not stored; answering 503");
-            "the durable task store is unavailable; nothing was stored, try again".to_owned()
-        } else {
-            tracing::error!(error = %self, "durable task not stored");
-            self.to_string()
-        };
-        let body = serde_json::json!({ "error": message, "reason": reason }).to_string();
-        let mut response = (status, body).into_response();
+        let answer = self.answer();
+        let mut response = (answer.status, answer.body).into_response();
         let headers = response.headers_mut();
         headers.insert(
             header::CONTENT_TYPE,
             HeaderValue::from_static("application/json"),
         );
-        if self.is_unavailable() {
-            headers.insert(
-                header::RETRY_AFTER,
-                HeaderValue::from(self.retry_after().as_secs().max(1)),
-            );
+        if let Some(seconds) = answer.retry_after {
+            headers.insert(header::RETRY_AFTER, HeaderValue::from(seconds));
         }
         response
     }

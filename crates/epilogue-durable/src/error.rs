@@ -72,6 +72,50 @@ impl DurableError {
     }
 }
 
+/// How a [`DurableError`] is answered over HTTP, whatever the framework.
+#[cfg(any(feature = "axum", feature = "actix"))]
+pub(crate) struct Answer {
+    pub(crate) status: http::StatusCode,
+    /// `{"error": .., "reason": ..}`.
+    pub(crate) body: String,
+    /// In seconds, for a `503`.
+    pub(crate) retry_after: Option<u64>,
+}
+
+#[cfg(any(feature = "axum", feature = "actix"))]
+impl DurableError {
+    /// `503` with `Retry-After` when the store is unavailable (nothing was
+    /// stored: try again), `400` for a task that does not encode, `500` for
+    /// a mistake in the service's code. The body never shows the store's
+    /// own error, which is logged here.
+    pub(crate) fn answer(&self) -> Answer {
+        let (status, reason) = if self.is_unavailable() {
+            (http::StatusCode::SERVICE_UNAVAILABLE, "store_unavailable")
+        } else if matches!(self, Self::Encode(_)) {
+            (http::StatusCode::BAD_REQUEST, "task_not_encodable")
+        } else {
+            (
+                http::StatusCode::INTERNAL_SERVER_ERROR,
+                "durable_misconfigured",
+            )
+        };
+        let message = if self.is_unavailable() {
+            tracing::error!(error = %self, "durable task not stored; answering 503");
+            "the durable task store is unavailable; nothing was stored, try again".to_owned()
+        } else {
+            tracing::error!(error = %self, "durable task not stored");
+            self.to_string()
+        };
+        Answer {
+            status,
+            body: serde_json::json!({ "error": message, "reason": reason }).to_string(),
+            retry_after: self
+                .is_unavailable()
+                .then(|| self.retry_after().as_secs().max(1)),
+        }
+    }
+}
+
 impl DurableError {
     /// The same error for another caller of a batch that failed: a store
     /// error shares its source, a lost file its path.

@@ -151,6 +151,8 @@ mod task;
 mod trace;
 mod worker;
 
+#[cfg(feature = "actix")]
+mod actix;
 #[cfg(feature = "axum")]
 #[cfg_attr(docsrs, doc(cfg(feature = "axum")))]
 pub mod admin;

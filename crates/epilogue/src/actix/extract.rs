@@ -66,12 +66,6 @@ impl ResponseError for ScopeError {
 
     fn error_response(&self) -> HttpResponse {
         // The same answer as on axum, from the same code.
-        let refusal: http::Response<String> = JsonRefusal.respond(self);
-        let (parts, body) = refusal.into_parts();
-        let mut response = HttpResponse::build(self.status_code());
-        for (name, value) in &parts.headers {
-            response.insert_header((name.as_str(), value.as_bytes()));
-        }
-        response.body(body)
+        super::to_actix(JsonRefusal.respond(self))
     }
 }

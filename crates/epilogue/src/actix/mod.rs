@@ -138,10 +138,22 @@ mod run;
 
 pub use body::TasksBody;
 pub use extract::Admitted;
-pub use middleware::{Background, BackgroundMiddleware, ResponseFuture};
+pub use middleware::{commit_extensions, Background, BackgroundMiddleware, ResponseFuture};
 pub use respond::{with_tasks, WithTasks};
 pub use route::{background, RouteFuture, RouteTasks, RouteTasksMiddleware};
 pub use run::run;
+
+/// An answer of epilogue's own (`http` 1) as actix-web's.
+fn to_actix(response: http::Response<String>) -> actix_web::HttpResponse {
+    let (parts, body) = response.into_parts();
+    let status = actix_web::http::StatusCode::from_u16(parts.status.as_u16())
+        .unwrap_or(actix_web::http::StatusCode::INTERNAL_SERVER_ERROR);
+    let mut answer = actix_web::HttpResponse::build(status);
+    for (name, value) in &parts.headers {
+        answer.insert_header((name.as_str(), value.as_bytes()));
+    }
+    answer.body(body)
+}
 
 /// actix-web's status (`http` 0.2) as the `http` 1 status the scope reads.
 fn status(status: actix_web::http::StatusCode) -> http::StatusCode {

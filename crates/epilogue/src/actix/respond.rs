@@ -59,6 +59,14 @@ fn attach<B>(response: &mut HttpResponse<B>, tasks: BackgroundTasks) {
     }
 }
 
+/// Whether `response` carries tasks.
+pub(super) fn has_tasks<B>(response: &HttpResponse<B>) -> bool {
+    response
+        .extensions()
+        .get::<Attached>()
+        .is_some_and(|attached| !attached.0.is_empty())
+}
+
 /// The tasks attached to `response`, taken out of it.
 pub(super) fn detach<B>(response: &mut HttpResponse<B>) -> BackgroundTasks {
     response

@@ -76,7 +76,12 @@ pub use scope::RequestTasks;
 
 pub(crate) use scope::Attached;
 #[cfg(feature = "actix")]
-pub(crate) use {route::RouteCopy, scope::Scope};
+pub(crate) use {
+    commit::CommitHook,
+    refusal::{store_unavailable_with, STORE_UNAVAILABLE},
+    route::RouteCopy,
+    scope::Scope,
+};
 
 /// Adds `tasks` after the tasks already attached to a response's extensions,
 /// to run once the response has been sent by [`BackgroundLayer`], whatever

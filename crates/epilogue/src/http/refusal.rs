@@ -53,9 +53,15 @@ fn json_refusal<B>(body: B, error: &ScopeError) -> Response<B> {
 /// `503` when a request's durable tasks could not be stored: the store's
 /// own error is logged, not shown to the client.
 pub(crate) fn store_unavailable<B>() -> Response<BackgroundBody<B>> {
-    let mut response = Response::new(BackgroundBody::own(
-        r#"{"error":"the durable task store is unavailable; nothing was stored, try again","reason":"store_unavailable"}"#,
-    ));
+    store_unavailable_with(BackgroundBody::own(STORE_UNAVAILABLE))
+}
+
+/// The body of [`store_unavailable`].
+pub(crate) const STORE_UNAVAILABLE: &str = r#"{"error":"the durable task store is unavailable; nothing was stored, try again","reason":"store_unavailable"}"#;
+
+/// [`store_unavailable`], with `body` of any type.
+pub(crate) fn store_unavailable_with<B>(body: B) -> Response<B> {
+    let mut response = Response::new(body);
     *response.status_mut() = StatusCode::SERVICE_UNAVAILABLE;
     let headers = response.headers_mut();
     headers.insert(
