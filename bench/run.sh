@@ -5,7 +5,8 @@
 #   bench/run.sh --quick    1 run of 3 s per case, ~3-4 minutes
 #
 # Options: --quick, --no-python (skip the Python peers), --no-valgrind (skip
-# the instruction counts), -h/--help. Environment: PEERS_DIR (the Python
+# the instruction counts), --no-actix (skip bench/actix.sh, which otherwise
+# runs last with the same --quick and --no-valgrind), -h/--help. Environment: PEERS_DIR (the Python
 # peers, default bench/peers/python), PYTHON (the
 # interpreter that makes bench/.venv, default python3), BUSY_PCT and
 # BUSY_RETRIES (a run during which other processes took more than BUSY_PCT %,
@@ -38,11 +39,13 @@ root=$(cd "$here/.." && pwd)
 quick=0
 python_peers=1
 valgrind_counts=1
+actix=1
 for arg in "$@"; do
   case "$arg" in
     --quick) quick=1 ;;
     --no-python) python_peers=0 ;;
     --no-valgrind) valgrind_counts=0 ;;
+    --no-actix) actix=0 ;;
     -h | --help) sed -n '2,/^set -euo/p' "$0" | sed '$d; s/^# \{0,1\}//'; exit 0 ;;
     *) echo "run.sh: unknown argument $arg (try --help)" >&2; exit 2 ;;
   esac
@@ -294,6 +297,16 @@ fi
 # --- Report --------------------------------------------------------------------
 "$python" "$here/lib/report.py" "$results" | tee "$results_dir/report.txt"
 log "raw results and wrk outputs: $results_dir"
+
+# --- actix-web -----------------------------------------------------------------
+if ((actix)); then
+  log "== actix-web: epilogue-demo-actix against plain actix-web (bench/actix.sh)"
+  actix_args=()
+  if ((quick)); then actix_args+=(--quick); fi
+  if ((!valgrind_counts)); then actix_args+=(--no-valgrind); fi
+  "$here/actix.sh" "${actix_args[@]}" || failures=$((failures + 1))
+fi
+
 if ((failures > 0)); then
   log "run.sh: $failures error(s), see above"
   exit 1

@@ -429,6 +429,71 @@ async fn tasks_run_on_the_runners_runtime_not_on_the_worker() {
     assert!(task.starts_with("tokio"), "{task}");
 }
 
+/// Without a runtime of its own, each worker runs its own requests' tasks
+/// (lanes per runtime): no hand-off between threads, and no worker's
+/// lanes replaced by another's.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn without_a_runtime_each_worker_runs_its_own_tasks() {
+    let runner = Runner::new();
+    let (threads_tx, mut threads) = tokio::sync::mpsc::unbounded_channel::<(String, String)>();
+    let app_runner = runner.clone();
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap();
+    let server = HttpServer::new(move || {
+        let threads_tx = threads_tx.clone();
+        App::new()
+            .route(
+                "/where",
+                web::post().to(move || {
+                    let threads_tx = threads_tx.clone();
+                    async move {
+                        let task = BackgroundTask::new(
+                            |tx: UnboundedSender<(String, String)>, worker: String| async move {
+                                let _ = tx.send((worker, thread_name()));
+                            },
+                            (threads_tx, thread_name()),
+                        );
+                        with_tasks(created().await, task)
+                    }
+                }),
+            )
+            .wrap(Background::new(app_runner.clone()))
+    })
+    .workers(2)
+    .disable_signals()
+    .listen(listener)
+    .unwrap()
+    .run();
+    let _server = Server {
+        addr,
+        handle: server.handle(),
+    };
+    tokio::spawn(server);
+
+    // actix-web hands connections to its workers in turn.
+    let mut connections = [Connection::open(addr).await, Connection::open(addr).await];
+    let mut workers = std::collections::BTreeSet::new();
+    for _ in 0..3 {
+        for connection in &mut connections {
+            assert_eq!(
+                connection.post_json("/where", "").await.status,
+                StatusCode::CREATED
+            );
+            let (worker, task) = tokio::time::timeout(common::PATIENCE, threads.recv())
+                .await
+                .unwrap()
+                .unwrap();
+            assert_eq!(
+                task, worker,
+                "a task ran on another thread than its request"
+            );
+            workers.insert(worker);
+        }
+    }
+    assert_eq!(workers.len(), 2, "{workers:?}");
+    eventually("six groups done", || async { runner.stats().succeeded == 6 }).await;
+}
+
 /// Reports "streamed", or "early" if the body had not ended yet.
 async fn report_once_ended(tx: Tx, ended: Arc<AtomicBool>) {
     let name = if ended.load(Ordering::SeqCst) {

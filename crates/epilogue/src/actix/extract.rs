@@ -66,6 +66,6 @@ impl ResponseError for ScopeError {
 
     fn error_response(&self) -> HttpResponse {
         // The same answer as on axum, from the same code.
-        super::to_actix(JsonRefusal.respond(self))
+        super::convert::to_actix(JsonRefusal.respond(self))
     }
 }

@@ -3,7 +3,7 @@
 use std::cell::Ref;
 use std::future::{ready, Future, Ready};
 use std::pin::Pin;
-use std::sync::Arc;
+use std::sync::{Arc, Once};
 use std::task::{ready, Context, Poll};
 
 use actix_web::body::{EitherBody, MessageBody};
@@ -12,8 +12,8 @@ use actix_web::{Error, HttpMessage, HttpRequest, ResponseError};
 use pin_project_lite::pin_project;
 
 use super::body::TasksBody;
+use super::convert::{status, to_actix};
 use super::respond::detach;
-use super::{status, to_actix};
 use crate::http::{
     store_unavailable_with, Commit, CommitFuture, CommitHook, PendingCommit, Scope,
     STORE_UNAVAILABLE,
@@ -97,6 +97,14 @@ where
     type Future = Ready<Result<Self::Transform, Self::InitError>>;
 
     fn new_transform(&self, service: S) -> Self::Future {
+        if !self.runner.has_runtime() {
+            static WARNED: Once = Once::new();
+            WARNED.call_once(|| {
+                tracing::warn!(
+                    "the runner has no runtime of its own (`Runner::builder().runtime(..)`): background tasks run on actix-web's worker threads, stall their requests when they block, and are cut off when the workers stop"
+                );
+            });
+        }
         ready(Ok(BackgroundMiddleware {
             service,
             runner: self.runner.clone(),

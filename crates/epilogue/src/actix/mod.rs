@@ -18,7 +18,11 @@
 //! (actix-web#3049). Give the [`Runner`](crate::Runner) a multi-threaded
 //! runtime with [`Builder::runtime`](crate::runner::Builder::runtime), as
 //! below: background work then runs on every core, apart from the workers,
-//! and plain-`fn` tasks on that runtime's blocking pool. Tasks must be
+//! and plain-`fn` tasks on that runtime's blocking pool. Without it, each
+//! worker's tasks run on that worker (cheaper: no hand-off between
+//! threads), stall its requests when they block, and are cut off when
+//! the server stops its workers, before the runner can drain them: the
+//! middleware warns once at start. Tasks must be
 //! `Send`, as on axum; a task that is not fails to compile with a message
 //! that says so.
 //!
@@ -130,6 +134,7 @@
 //! ```
 
 mod body;
+mod convert;
 mod extract;
 mod middleware;
 mod respond;
@@ -142,20 +147,3 @@ pub use middleware::{commit_extensions, Background, BackgroundMiddleware, Respon
 pub use respond::{with_tasks, WithTasks};
 pub use route::{background, RouteFuture, RouteTasks, RouteTasksMiddleware};
 pub use run::run;
-
-/// An answer of epilogue's own (`http` 1) as actix-web's.
-fn to_actix(response: http::Response<String>) -> actix_web::HttpResponse {
-    let (parts, body) = response.into_parts();
-    let status = actix_web::http::StatusCode::from_u16(parts.status.as_u16())
-        .unwrap_or(actix_web::http::StatusCode::INTERNAL_SERVER_ERROR);
-    let mut answer = actix_web::HttpResponse::build(status);
-    for (name, value) in &parts.headers {
-        answer.insert_header((name.as_str(), value.as_bytes()));
-    }
-    answer.body(body)
-}
-
-/// actix-web's status (`http` 0.2) as the `http` 1 status the scope reads.
-fn status(status: actix_web::http::StatusCode) -> http::StatusCode {
-    http::StatusCode::from_u16(status.as_u16()).unwrap_or(http::StatusCode::INTERNAL_SERVER_ERROR)
-}

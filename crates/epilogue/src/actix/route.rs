@@ -9,8 +9,8 @@ use actix_web::dev::{forward_ready, Service, ServiceRequest, ServiceResponse, Tr
 use actix_web::{Error, ResponseError};
 use pin_project_lite::pin_project;
 
+use super::convert::status;
 use super::extract::admit;
-use super::status;
 use crate::http::{RouteCopy, RouteTasksLayer};
 use crate::tasks::BackgroundTasks;
 

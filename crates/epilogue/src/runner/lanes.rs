@@ -62,7 +62,9 @@ pub(super) struct Lanes<G> {
     runtime: Option<Handle>,
     /// The shutdown deadline: the lanes drop their groups when it passes.
     deadline: Arc<Latch>,
-    set: Mutex<Option<LaneSet<G>>>,
+    /// One set per runtime groups start on (one, unless each thread of the
+    /// server runs a runtime of its own, as actix-web's workers do).
+    sets: Mutex<Vec<LaneSet<G>>>,
 }
 
 #[derive(Debug)]
@@ -125,6 +127,15 @@ impl<G> Inbox<G> {
     }
 }
 
+impl<G> LaneSet<G> {
+    /// Every lane has ended: their runtime is gone.
+    fn ended(&self) -> bool {
+        self.inboxes
+            .iter()
+            .all(|inbox| inbox.closed.load(Ordering::Acquire))
+    }
+}
+
 impl<G> Drop for LaneSet<G> {
     fn drop(&mut self) {
         for inbox in self.inboxes.iter() {
@@ -139,7 +150,7 @@ impl<G: Group> Lanes<G> {
             count,
             runtime,
             deadline,
-            set: Mutex::new(None),
+            sets: Mutex::new(Vec::new()),
         }
     }
 
@@ -154,15 +165,20 @@ impl<G: Group> Lanes<G> {
                 Err(_) => return Err(group),
             },
         };
-        let mut set = self.set.lock().unwrap_or_else(|e| e.into_inner());
+        let mut sets = self.sets.lock().unwrap_or_else(|e| e.into_inner());
         let mut group = group;
         // A second try on fresh lanes, when those of this runtime have ended.
         for _ in 0..2 {
-            let current = set.as_ref().is_some_and(|set| set.runtime == handle.id());
-            if !current {
-                *set = Some(self.spawn(&handle));
-            }
-            let lanes = set.as_ref().expect("set above");
+            let index = match sets.iter().position(|set| set.runtime == handle.id()) {
+                Some(index) => index,
+                None => {
+                    // The lanes of runtimes gone since.
+                    sets.retain(|set| !set.ended());
+                    sets.push(self.spawn(&handle));
+                    sets.len() - 1
+                }
+            };
+            let lanes = &sets[index];
             let n = lanes.inboxes.len();
             let first = if n == 1 {
                 0
@@ -175,7 +191,7 @@ impl<G: Group> Lanes<G> {
                     Err(back) => group = back,
                 }
             }
-            *set = None;
+            sets.swap_remove(index);
         }
         Err(group)
     }
@@ -202,7 +218,7 @@ impl<G> Lanes<G> {
     /// Work that still comes (the groups of requests admitted before the
     /// runner closed, started as their bodies are sent) starts new lanes.
     pub(super) fn retire(&self) {
-        self.set.lock().unwrap_or_else(|e| e.into_inner()).take();
+        self.sets.lock().unwrap_or_else(|e| e.into_inner()).clear();
     }
 }
 

@@ -453,6 +453,12 @@ impl Runner {
         self.state.stats()
     }
 
+    /// Whether its groups run on a runtime of its own ([`Builder::runtime`]).
+    #[cfg(feature = "actix")]
+    pub(crate) fn has_runtime(&self) -> bool {
+        self.state.config().runtime.is_some()
+    }
+
     /// The limits this runner was built with.
     pub fn limits(&self) -> Limits {
         self.state.config().limits()
