@@ -10,35 +10,12 @@ mod common;
 use std::net::SocketAddr;
 
 use actix_web::{web, App, HttpResponse, HttpServer};
-use common::{recv, start, stored_total, task_in, task_info, Db};
+use common::{mail, recv, start, stored_total, task_in, task_info, Db, Mail};
 use epilogue::actix::Background;
 use epilogue::Runner;
-use epilogue_durable::{
-    BoxError, DurableError, DurableTask, Job, RequestDurable, Store, TaskId, TaskState,
-};
+use epilogue_durable::{DurableError, RequestDurable, Store, TaskId, TaskState};
 use reqwest::StatusCode;
-use serde::{Deserialize, Serialize};
-use tokio::sync::mpsc::{unbounded_channel, UnboundedReceiver, UnboundedSender};
-
-#[derive(Serialize, Deserialize)]
-struct Mail {
-    to: String,
-}
-
-impl DurableTask for Mail {
-    const NAME: &'static str = "mail";
-    type State = UnboundedSender<(TaskId, String)>;
-    type Output = ();
-
-    async fn run(self, job: Job, sent: Self::State) -> Result<(), BoxError> {
-        let _ = sent.send((job.id(), self.to));
-        Ok(())
-    }
-}
-
-fn mail(to: &str) -> Mail {
-    Mail { to: to.to_owned() }
-}
+use tokio::sync::mpsc::{unbounded_channel, UnboundedReceiver};
 
 async fn added(durable: RequestDurable) -> Result<HttpResponse, DurableError> {
     durable.add(&mail("added"))?;

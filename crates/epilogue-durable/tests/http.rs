@@ -10,36 +10,12 @@ use std::net::SocketAddr;
 use axum::http::StatusCode;
 use axum::routing::post;
 use axum::Router;
-use common::{join, recv, start, stored_total, task_in, task_info, total, Db};
+use common::{join, mail, recv, start, stored_total, task_in, task_info, total, Db, Mail};
 use epilogue::{Runner, ShutdownReport};
-use epilogue_durable::{
-    BoxError, DurableError, DurableTask, DurableTasks, Job, RequestDurable, Store, TaskId,
-    TaskState,
-};
-use serde::{Deserialize, Serialize};
-use tokio::sync::mpsc::{unbounded_channel, UnboundedReceiver, UnboundedSender};
+use epilogue_durable::{DurableError, DurableTasks, RequestDurable, Store, TaskId, TaskState};
+use tokio::sync::mpsc::{unbounded_channel, UnboundedReceiver};
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
-
-#[derive(Serialize, Deserialize)]
-struct Mail {
-    to: String,
-}
-
-impl DurableTask for Mail {
-    const NAME: &'static str = "mail";
-    type State = UnboundedSender<(TaskId, String)>;
-    type Output = ();
-
-    async fn run(self, job: Job, sent: Self::State) -> Result<(), BoxError> {
-        let _ = sent.send((job.id(), self.to));
-        Ok(())
-    }
-}
-
-fn mail(to: &str) -> Mail {
-    Mail { to: to.to_owned() }
-}
 
 async fn added(durable: RequestDurable) -> Result<StatusCode, DurableError> {
     durable.add(&mail("added"))?;

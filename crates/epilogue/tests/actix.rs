@@ -491,7 +491,10 @@ async fn without_a_runtime_each_worker_runs_its_own_tasks() {
         }
     }
     assert_eq!(workers.len(), 2, "{workers:?}");
-    eventually("six groups done", || async { runner.stats().succeeded == 6 }).await;
+    eventually("six groups done", || async {
+        runner.stats().succeeded == 6
+    })
+    .await;
 }
 
 /// Reports "streamed", or "early" if the body had not ended yet.

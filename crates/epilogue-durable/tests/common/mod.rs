@@ -251,3 +251,25 @@ macro_rules! reporting_task {
 }
 #[allow(unused_imports)] // Not every test file declares one.
 pub(crate) use reporting_task;
+
+/// A durable task that reports its id and address to the test: the
+/// request tests' task, on axum and on actix-web.
+#[derive(Serialize, Deserialize)]
+pub struct Mail {
+    pub to: String,
+}
+
+impl DurableTask for Mail {
+    const NAME: &'static str = "mail";
+    type State = mpsc::UnboundedSender<(TaskId, String)>;
+    type Output = ();
+
+    async fn run(self, job: Job, sent: Self::State) -> Result<(), BoxError> {
+        let _ = sent.send((job.id(), self.to));
+        Ok(())
+    }
+}
+
+pub fn mail(to: &str) -> Mail {
+    Mail { to: to.to_owned() }
+}
