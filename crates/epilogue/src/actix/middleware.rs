@@ -36,7 +36,10 @@ use crate::runner::Runner;
 /// use actix_web::{web, App};
 /// use epilogue::{actix::Background, Runner};
 ///
-/// let runner = Runner::new();
+/// // The background work's own runtime, apart from actix's workers
+/// // (with `#[tokio::main]`: `Handle::current()`).
+/// let background = tokio::runtime::Runtime::new().unwrap();
+/// let runner = Runner::builder().runtime(background.handle().clone()).build();
 /// let app = App::new()
 ///     .route("/healthz", web::get().to(|| async { "ok" }))
 ///     .wrap(Background::new(runner.clone()));
