@@ -65,20 +65,24 @@ impl FromRequest for RequestDurable {
 /// `400` for a task that does not encode, `500` for a mistake in the
 /// service's code; a JSON body that never shows the store's own error.
 impl ResponseError for DurableError {
+    // actix-web (and tracing-actix-web) ask for the status apart from the
+    // answer: this one logs nothing, `error_response` logs the error once.
     fn status_code(&self) -> StatusCode {
-        StatusCode::from_u16(self.answer().status.as_u16())
-            .unwrap_or(StatusCode::INTERNAL_SERVER_ERROR)
+        actix_status(self.status_and_reason().0)
     }
 
     fn error_response(&self) -> HttpResponse {
         let answer = self.answer();
-        let status = StatusCode::from_u16(answer.status.as_u16())
-            .unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
-        let mut response = HttpResponse::build(status);
+        let mut response = HttpResponse::build(actix_status(answer.status));
         response.insert_header(header::ContentType::json());
         if let Some(seconds) = answer.retry_after {
             response.insert_header((header::RETRY_AFTER, seconds));
         }
         response.body(answer.body)
     }
+}
+
+/// An `http` 1 status as actix-web's (`http` 0.2).
+fn actix_status(status: http::StatusCode) -> StatusCode {
+    StatusCode::from_u16(status.as_u16()).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR)
 }

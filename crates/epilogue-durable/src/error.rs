@@ -84,12 +84,10 @@ pub(crate) struct Answer {
 
 #[cfg(any(feature = "axum", feature = "actix"))]
 impl DurableError {
-    /// `503` with `Retry-After` when the store is unavailable (nothing was
-    /// stored: try again), `400` for a task that does not encode, `500` for
-    /// a mistake in the service's code. The body never shows the store's
-    /// own error, which is logged here.
-    pub(crate) fn answer(&self) -> Answer {
-        let (status, reason) = if self.is_unavailable() {
+    /// The status of [`answer`](Self::answer), and the body's `reason`,
+    /// without logging.
+    pub(crate) fn status_and_reason(&self) -> (http::StatusCode, &'static str) {
+        if self.is_unavailable() {
             (http::StatusCode::SERVICE_UNAVAILABLE, "store_unavailable")
         } else if matches!(self, Self::Encode(_)) {
             (http::StatusCode::BAD_REQUEST, "task_not_encodable")
@@ -98,7 +96,15 @@ impl DurableError {
                 http::StatusCode::INTERNAL_SERVER_ERROR,
                 "durable_misconfigured",
             )
-        };
+        }
+    }
+
+    /// `503` with `Retry-After` when the store is unavailable (nothing was
+    /// stored: try again), `400` for a task that does not encode, `500` for
+    /// a mistake in the service's code. The body never shows the store's
+    /// own error, which is logged here.
+    pub(crate) fn answer(&self) -> Answer {
+        let (status, reason) = self.status_and_reason();
         let message = if self.is_unavailable() {
             tracing::error!(error = %self, "durable task not stored; answering 503");
             "the durable task store is unavailable; nothing was stored, try again".to_owned()

@@ -187,6 +187,12 @@ struct Open {
 }
 
 impl Open {
+    fn scope(&self) -> &Scope {
+        self.scope
+            .as_ref()
+            .expect("ResponseFuture polled after completion")
+    }
+
     fn take(&mut self) -> Scope {
         self.commit = None;
         self.scope
@@ -216,52 +222,41 @@ where
     type Output = Output<B>;
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
-        let this = self.project();
-        if let Some((commit, _)) = this.committing {
-            let committed = ready!(commit.as_mut().poll(cx));
-            let (_, response) = this.committing.take().expect("checked above");
-            return Poll::Ready(match committed {
-                Ok(()) => finish(this.scope, response),
-                Err(error) => unavailable(this.scope, response, &*error),
-            });
-        }
-        let response = ready!(this.inner.poll(cx))?;
-        let returns_tasks = super::respond::has_tasks(response.response());
-        // Admitted now if nothing admitted it before its handler ran: the
-        // runner's bounds hold on every route.
-        if let Err(error) = this
-            .scope
-            .scope
-            .as_ref()
-            .expect("ResponseFuture polled after completion")
-            .admit_late(returns_tasks)
-        {
-            // Never accepted: the refusal is counted, not the tasks.
-            let mut response = response;
-            detach(response.response_mut()).discard();
-            this.scope.take().abandon();
-            let (request, _) = response.into_parts();
-            let refusal = ServiceResponse::new(request, error.error_response());
-            return Poll::Ready(Ok(refusal.map_into_right_body()));
-        }
-        let status = status(response.status());
-        // Durable work added by the handler, committed before the response
-        // leaves; a response the handler returned carries none on actix-web.
-        let commit = this
-            .scope
-            .commit
-            .as_ref()
-            .and_then(|pending| pending.commit(status, &mut http::Extensions::new()));
-        match commit {
-            Some(mut commit) => match commit.as_mut().poll(cx) {
-                Poll::Ready(Ok(())) => Poll::Ready(finish(this.scope, response)),
-                Poll::Ready(Err(error)) => Poll::Ready(unavailable(this.scope, response, &*error)),
-                Poll::Pending => {
-                    *this.committing = Some((commit, response));
-                    Poll::Pending
-                }
-            },
-            None => Poll::Ready(finish(this.scope, response)),
+        let mut this = self.project();
+        loop {
+            if let Some((commit, _)) = this.committing {
+                let committed = ready!(commit.as_mut().poll(cx));
+                let (_, response) = this.committing.take().expect("checked above");
+                return Poll::Ready(match committed {
+                    Ok(()) => finish(this.scope, response),
+                    Err(error) => unavailable(this.scope, response, &*error),
+                });
+            }
+            let mut response = ready!(this.inner.as_mut().poll(cx))?;
+            let returns_tasks = super::respond::has_tasks(response.response());
+            // Admitted now if nothing admitted it before its handler ran: the
+            // runner's bounds hold on every route.
+            if let Err(error) = this.scope.scope().admit_late(returns_tasks) {
+                // Never accepted: the refusal is counted, not the tasks.
+                detach(response.response_mut()).discard();
+                this.scope.take().abandon();
+                let (request, _) = response.into_parts();
+                let refusal = ServiceResponse::new(request, error.error_response());
+                return Poll::Ready(Ok(refusal.map_into_right_body()));
+            }
+            let status = status(response.status());
+            // Durable work added by the handler, committed before the
+            // response leaves; a response the handler returned carries none
+            // on actix-web.
+            let commit = this
+                .scope
+                .commit
+                .as_ref()
+                .and_then(|pending| pending.commit(status, &mut http::Extensions::new()));
+            match commit {
+                Some(commit) => *this.committing = Some((commit, response)),
+                None => return Poll::Ready(finish(this.scope, response)),
+            }
         }
     }
 }
