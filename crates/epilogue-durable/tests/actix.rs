@@ -7,15 +7,12 @@
 
 mod common;
 
-use std::net::SocketAddr;
-
 use actix_web::{web, App, HttpResponse, HttpServer};
-use common::{mail, recv, start, stored_total, task_in, task_info, Db, Mail};
+use common::{mail, task_in, task_info, Mail, MailService};
 use epilogue::actix::Background;
 use epilogue::Runner;
-use epilogue_durable::{DurableError, RequestDurable, Store, TaskId, TaskState};
+use epilogue_durable::{DurableError, RequestDurable, TaskId, TaskState};
 use reqwest::StatusCode;
-use tokio::sync::mpsc::{unbounded_channel, UnboundedReceiver};
 
 async fn added(durable: RequestDurable) -> Result<HttpResponse, DurableError> {
     durable.add(&mail("added"))?;
@@ -32,33 +29,26 @@ async fn enqueued(durable: RequestDurable) -> Result<HttpResponse, DurableError>
     Ok(HttpResponse::Created().body(id.to_string()))
 }
 
-/// An actix-web server (one worker) with a store on a SQLite file of its own.
+/// An actix-web server (one worker) in front of a [`MailService`].
 struct Server {
-    db: Db,
-    addr: SocketAddr,
-    store: Store,
+    mail: MailService,
     runner: Runner,
-    sent: UnboundedReceiver<(TaskId, String)>,
     handle: actix_web::dev::ServerHandle,
-    client: reqwest::Client,
 }
 
 impl Server {
     async fn start(commit: bool) -> Self {
-        let db = Db::new();
         let runner = Runner::builder()
             .runtime(tokio::runtime::Handle::current())
             .build();
-        let (sent_tx, sent) = unbounded_channel();
-        let store = start(&db, &runner, |store| store.register::<Mail>(sent_tx)).await;
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let mail = MailService::open(&runner, listener.local_addr().unwrap()).await;
         let background = Background::new(runner.clone());
         let background = if commit {
-            background.commit(store.clone())
+            background.commit(mail.store.clone())
         } else {
             background
         };
-        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-        let addr = listener.local_addr().unwrap();
         let server = HttpServer::new(move || {
             App::new()
                 .route("/added", web::post().to(added))
@@ -74,38 +64,29 @@ impl Server {
         let handle = server.handle();
         tokio::spawn(server);
         Self {
-            db,
-            addr,
-            store,
+            mail,
             runner,
-            sent,
             handle,
-            client: reqwest::Client::new(),
         }
-    }
-
-    /// Posts to `path`, and checks the response's status.
-    async fn post_expecting(&self, path: &str, status: StatusCode) -> reqwest::Response {
-        let url = format!("http://{}{path}", self.addr);
-        let response = self.client.post(url).send().await.unwrap();
-        assert_eq!(response.status(), status, "POST {path}");
-        response
-    }
-
-    async fn stored(&self) -> u64 {
-        stored_total(&self.store).await
-    }
-
-    /// Waits for the next mail to run, checks it went `to`, and returns its id.
-    async fn sent_to(&mut self, to: &str) -> TaskId {
-        let (id, sent_to) = recv(&mut self.sent, &format!("the task for {to:?} to run")).await;
-        assert_eq!(sent_to, to);
-        id
     }
 
     async fn stop(self) {
         self.handle.stop(true).await;
         common::shut_down(&self.runner).await;
+    }
+}
+
+impl std::ops::Deref for Server {
+    type Target = MailService;
+
+    fn deref(&self) -> &MailService {
+        &self.mail
+    }
+}
+
+impl std::ops::DerefMut for Server {
+    fn deref_mut(&mut self) -> &mut MailService {
+        &mut self.mail
     }
 }
 
@@ -139,7 +120,7 @@ async fn a_task_enqueued_by_a_handler_has_its_id_and_the_requests_trace_context(
     let traceparent = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
     let response = server
         .client
-        .post(format!("http://{}/enqueued", server.addr))
+        .post(server.url("/enqueued"))
         .header("traceparent", traceparent)
         .send()
         .await

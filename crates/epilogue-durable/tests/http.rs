@@ -5,15 +5,13 @@
 mod common;
 
 use std::future::IntoFuture;
-use std::net::SocketAddr;
 
 use axum::http::StatusCode;
 use axum::routing::post;
 use axum::Router;
-use common::{join, mail, recv, start, stored_total, task_in, task_info, total, Db, Mail};
+use common::{join, mail, recv, task_in, task_info, total, Mail, MailService};
 use epilogue::{Runner, ShutdownReport};
-use epilogue_durable::{DurableError, DurableTasks, RequestDurable, Store, TaskId, TaskState};
-use tokio::sync::mpsc::{unbounded_channel, UnboundedReceiver};
+use epilogue_durable::{DurableError, DurableTasks, RequestDurable, TaskId, TaskState};
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 
@@ -54,72 +52,48 @@ fn app() -> Router {
         .route("/enqueued", post(enqueued))
 }
 
-/// A server on 127.0.0.1 with a store on a SQLite file of its own.
+/// An axum server on 127.0.0.1 in front of a [`MailService`].
 struct Server {
-    db: Db,
-    addr: SocketAddr,
-    store: Store,
-    sent: UnboundedReceiver<(TaskId, String)>,
+    mail: MailService,
     stop: oneshot::Sender<()>,
     served: JoinHandle<ShutdownReport>,
-    client: reqwest::Client,
 }
 
 impl Server {
     async fn start(commit: bool) -> Self {
-        let db = Db::new();
         let runner = Runner::new();
-        let (sent_tx, sent) = unbounded_channel();
-        let store = start(&db, &runner, |store| store.register::<Mail>(sent_tx)).await;
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let addr = listener.local_addr().unwrap();
+        let mail = MailService::open(&runner, listener.local_addr().unwrap()).await;
         let (stop, stopped) = oneshot::channel::<()>();
         let serve = epilogue::axum::serve(listener, app(), runner).with_graceful_shutdown(async {
             let _ = stopped.await;
         });
         let serve = if commit {
-            serve.commit(store.clone())
+            serve.commit(mail.store.clone())
         } else {
             serve
         };
         let served = tokio::spawn(serve.into_future());
-        Self {
-            db,
-            addr,
-            store,
-            sent,
-            stop,
-            served,
-            client: reqwest::Client::new(),
-        }
-    }
-
-    /// The URL of `path` on this server.
-    fn url(&self, path: &str) -> String {
-        format!("http://{}{path}", self.addr)
-    }
-
-    /// Posts to `path`, and checks the response's status.
-    async fn post_expecting(&self, path: &str, status: StatusCode) -> reqwest::Response {
-        let response = self.client.post(self.url(path)).send().await.unwrap();
-        assert_eq!(response.status(), status, "POST {path}");
-        response
-    }
-
-    async fn stored(&self) -> u64 {
-        stored_total(&self.store).await
-    }
-
-    /// Waits for the next mail to run, checks it went `to`, and returns its id.
-    async fn sent_to(&mut self, to: &str) -> TaskId {
-        let (id, sent_to) = recv(&mut self.sent, &format!("the task for {to:?} to run")).await;
-        assert_eq!(sent_to, to);
-        id
+        Self { mail, stop, served }
     }
 
     async fn stop(self) -> ShutdownReport {
         let _ = self.stop.send(());
         join(self.served, "the server to stop").await
+    }
+}
+
+impl std::ops::Deref for Server {
+    type Target = MailService;
+
+    fn deref(&self) -> &MailService {
+        &self.mail
+    }
+}
+
+impl std::ops::DerefMut for Server {
+    fn deref_mut(&mut self) -> &mut MailService {
+        &mut self.mail
     }
 }
 

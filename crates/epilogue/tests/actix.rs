@@ -31,7 +31,7 @@ fn runner() -> Runner {
         .build()
 }
 
-/// An actix-web server on a free port, one worker, stopped on drop.
+/// An actix-web server on a free port, stopped on drop.
 struct Server {
     addr: std::net::SocketAddr,
     handle: actix_web::dev::ServerHandle,
@@ -43,13 +43,17 @@ impl Drop for Server {
     }
 }
 
-/// Serves the app `factory` builds (a closure, called on the worker).
+/// Serves the app `factory` builds (a closure, called on each worker),
+/// with one worker unless told.
 macro_rules! serve {
-    ($factory:expr) => {{
+    ($factory:expr) => {
+        serve!($factory, workers = 1)
+    };
+    ($factory:expr, workers = $workers:expr) => {{
         let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
         let addr = listener.local_addr().unwrap();
         let server = HttpServer::new($factory)
-            .workers(1)
+            .workers($workers)
             .disable_signals()
             .listen(listener)
             .unwrap()
@@ -62,6 +66,15 @@ macro_rules! serve {
 
 async fn created() -> HttpResponse {
     HttpResponse::Created().body("created")
+}
+
+/// A `POST` route whose handler adds the task `name` to its request's
+/// tasks, and answers 201.
+fn extracting(name: &'static str) -> actix_web::Route {
+    web::post().to(move |tasks: RequestTasks, tx: web::Data<Tx>| async move {
+        tasks.push(task(&tx, name));
+        created().await
+    })
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -105,13 +118,7 @@ async fn the_five_patterns_and_the_extractor_run_their_tasks() {
                     with_tasks(created().await, tasks)
                 }),
             )
-            .route(
-                "/extractor",
-                web::post().to(|tasks: RequestTasks, tx: web::Data<Tx>| async move {
-                    tasks.push(task(&tx, "extracted"));
-                    created().await
-                }),
-            )
+            .route("/extractor", extracting("extracted"))
             .wrap(Background::new(app_runner.clone()))
     });
 
@@ -258,13 +265,7 @@ async fn route_and_extracted_tasks_need_a_success_returned_ones_do_not() {
                     )
                 }),
             )
-            .route(
-                "/marker",
-                web::post().to(|tasks: RequestTasks, tx: web::Data<Tx>| async move {
-                    tasks.push(task(&tx, "marker"));
-                    created().await
-                }),
-            )
+            .route("/marker", extracting("marker"))
             .wrap(Background::new(app_runner.clone()))
     });
 
@@ -437,41 +438,35 @@ async fn without_a_runtime_each_worker_runs_its_own_tasks() {
     let runner = Runner::new();
     let (threads_tx, mut threads) = tokio::sync::mpsc::unbounded_channel::<(String, String)>();
     let app_runner = runner.clone();
-    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    let addr = listener.local_addr().unwrap();
-    let server = HttpServer::new(move || {
-        let threads_tx = threads_tx.clone();
-        App::new()
-            .route(
-                "/where",
-                web::post().to(move || {
-                    let threads_tx = threads_tx.clone();
-                    async move {
-                        let task = BackgroundTask::new(
-                            |tx: UnboundedSender<(String, String)>, worker: String| async move {
-                                let _ = tx.send((worker, thread_name()));
-                            },
-                            (threads_tx, thread_name()),
-                        );
-                        with_tasks(created().await, task)
-                    }
-                }),
-            )
-            .wrap(Background::new(app_runner.clone()))
-    })
-    .workers(2)
-    .disable_signals()
-    .listen(listener)
-    .unwrap()
-    .run();
-    let _server = Server {
-        addr,
-        handle: server.handle(),
-    };
-    tokio::spawn(server);
+    let server = serve!(
+        move || {
+            let threads_tx = threads_tx.clone();
+            App::new()
+                .route(
+                    "/where",
+                    web::post().to(move || {
+                        let threads_tx = threads_tx.clone();
+                        async move {
+                            let task = BackgroundTask::new(
+                                |tx: UnboundedSender<(String, String)>, worker: String| async move {
+                                    let _ = tx.send((worker, thread_name()));
+                                },
+                                (threads_tx, thread_name()),
+                            );
+                            with_tasks(created().await, task)
+                        }
+                    }),
+                )
+                .wrap(Background::new(app_runner.clone()))
+        },
+        workers = 2
+    );
 
     // actix-web hands connections to its workers in turn.
-    let mut connections = [Connection::open(addr).await, Connection::open(addr).await];
+    let mut connections = [
+        Connection::open(server.addr).await,
+        Connection::open(server.addr).await,
+    ];
     let mut workers = std::collections::BTreeSet::new();
     for _ in 0..3 {
         for connection in &mut connections {

@@ -6,6 +6,7 @@
 #![allow(dead_code, unused_macros)]
 
 use std::future::Future;
+use std::net::SocketAddr;
 use std::str::FromStr;
 use std::time::{Duration, Instant};
 
@@ -272,4 +273,60 @@ impl DurableTask for Mail {
 
 pub fn mail(to: &str) -> Mail {
     Mail { to: to.to_owned() }
+}
+
+/// A store on a SQLite file of its own, taking [`Mail`] tasks, seen from a
+/// client of the server at `addr` in front of it: what the request tests
+/// share, on axum and on actix-web (each starts its own server).
+pub struct MailService {
+    pub db: Db,
+    pub store: Store,
+    pub sent: mpsc::UnboundedReceiver<(TaskId, String)>,
+    pub addr: SocketAddr,
+    pub client: reqwest::Client,
+}
+
+impl MailService {
+    /// Opens the store and starts it on `runner`; the server will listen
+    /// on `addr`.
+    pub async fn open(runner: &Runner, addr: SocketAddr) -> Self {
+        let db = Db::new();
+        let (sent_tx, sent) = mpsc::unbounded_channel();
+        let store = start(&db, runner, |store| store.register::<Mail>(sent_tx)).await;
+        Self {
+            db,
+            store,
+            sent,
+            addr,
+            client: reqwest::Client::new(),
+        }
+    }
+
+    /// The URL of `path` on the server.
+    pub fn url(&self, path: &str) -> String {
+        format!("http://{}{path}", self.addr)
+    }
+
+    /// Posts to `path`, and checks the response's status.
+    pub async fn post_expecting(
+        &self,
+        path: &str,
+        status: reqwest::StatusCode,
+    ) -> reqwest::Response {
+        let response = self.client.post(self.url(path)).send().await.unwrap();
+        assert_eq!(response.status(), status, "POST {path}");
+        response
+    }
+
+    /// How many tasks the store holds.
+    pub async fn stored(&self) -> u64 {
+        stored_total(&self.store).await
+    }
+
+    /// Waits for the next mail to run, checks it went `to`, and returns its id.
+    pub async fn sent_to(&mut self, to: &str) -> TaskId {
+        let (id, sent_to) = recv(&mut self.sent, &format!("the task for {to:?} to run")).await;
+        assert_eq!(sent_to, to);
+        id
+    }
 }
