@@ -8,7 +8,7 @@
 //! with [`eventually`], which gives up after [`PATIENCE`].
 //!
 //! The same tests also drive `epilogue-demo-actix`, which keeps the
-//! contract (`DEMO-CONTRACT.md`) up to and including Promises: each file of
+//! contract (`crates/demo/README.md`) up to and including Promises: each file of
 //! `crates/demo-actix/tests` includes one file of this directory, and the
 //! harness starts [`BINARY`], the binary of the package compiling it. A file
 //! included there must test nothing beyond those sections (durable tasks,
